@@ -1,0 +1,1 @@
+"""Platform adapters (console now; Discord and Matrix next) and the ReplyStream seam."""

@@ -1,0 +1,43 @@
+"""The PlatformAdapter seam: how the core reaches a platform, and how a platform reaches it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from agent.events import Inbound
+
+
+class ReplyStream(Protocol):
+    """One answer being rendered on a platform while it is generated."""
+
+    async def push(self, delta: str) -> None:
+        """New text has arrived (the adapter decides how often to show it)."""
+        ...
+
+    async def finish(self, text: str) -> None:
+        """The answer is complete; ``text`` is the whole of it and must be delivered whole."""
+        ...
+
+    async def fail(self, notice: str) -> None:
+        """The answer could not be completed; tell the person, briefly."""
+        ...
+
+
+class ReplyTarget(Protocol):
+    """What the core needs from an adapter to answer an inbound message."""
+
+    async def open_reply(self, inbound: Inbound) -> ReplyStream: ...
+
+
+class PlatformAdapter(ReplyTarget, Protocol):
+    """A platform connection. ``run`` delivers events to ``submit`` until ``stop``."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def run(self, submit: Callable[[Inbound, ReplyTarget], Awaitable[object]]) -> None: ...
+
+    async def stop(self) -> None:
+        """Stop intake: no new events after this returns."""
+        ...

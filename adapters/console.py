@@ -1,0 +1,141 @@
+"""The console adapter: chat in a terminal, or answer one message per line from a pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TextIO
+
+from adapters.base import ReplyTarget
+from agent.events import Inbound, channel_key
+
+QUIT_WORDS = frozenset({"/quit", "/exit"})
+
+
+class ConsoleReply:
+    """Streams tokens to a text stream as they arrive."""
+
+    def __init__(self, out: TextIO, err: TextIO, prefix: str) -> None:
+        self._out = out
+        self._err = err
+        self._prefix = prefix
+        self._shown = False
+
+    async def push(self, delta: str) -> None:
+        if not self._shown:
+            delta = delta.lstrip()
+            if not delta:
+                return
+            self._out.write(self._prefix)
+            self._shown = True
+        self._out.write(delta)
+        self._out.flush()
+
+    async def finish(self, text: str) -> None:
+        if not self._shown:  # nothing was streamed (a non-streaming backend): show it whole
+            self._out.write(self._prefix + text)
+        self._out.write("\n")
+        self._out.flush()
+
+    async def fail(self, notice: str) -> None:
+        if self._shown:
+            self._out.write("\n")
+            self._out.flush()
+        self._err.write(notice + "\n")
+        self._err.flush()
+
+
+class ConsoleAdapter:
+    """Interactive chat when stdin is a terminal; one message per line otherwise."""
+
+    def __init__(
+        self,
+        *,
+        channel: str,
+        user_name: str,
+        assistant_name: str,
+        stdin: TextIO,
+        stdout: TextIO,
+        stderr: TextIO,
+        interactive: bool,
+    ) -> None:
+        self.channel_key = channel_key("console", channel)
+        self._user = user_name
+        self._assistant = assistant_name
+        self._in = stdin
+        self._out = stdout
+        self._err = stderr
+        self._interactive = interactive
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._want_line = threading.Event()
+        self._stopped = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return "console"
+
+    async def open_reply(self, inbound: Inbound) -> ConsoleReply:
+        prefix = f"{self._assistant}> " if self._interactive else ""
+        return ConsoleReply(self._out, self._err if not self._interactive else self._out, prefix)
+
+    def inbound(self, text: str) -> Inbound:
+        return Inbound(
+            platform="console",
+            channel_key=self.channel_key,
+            author_id=self._user,
+            author_name=self._user,
+            text=text,
+            is_direct=True,
+        )
+
+    async def run(self, submit: Callable[[Inbound, ReplyTarget], Awaitable[object]]) -> None:
+        loop = asyncio.get_running_loop()
+        # A daemon thread, so a read blocked on the terminal never holds up the exit.
+        threading.Thread(target=self._read_lines, args=(loop,), daemon=True).start()
+        if self._interactive:
+            self._out.write(
+                f"Beseda console chat on channel {self.channel_key}. "
+                "Type a message; /quit or Ctrl-D to leave.\n"
+            )
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            while not self._stopped.is_set():
+                self._want_line.set()
+                line = await self._lines.get()
+                if line is None:
+                    break
+                text = line.strip()
+                if not text:
+                    continue
+                if self._interactive and text in QUIT_WORDS:
+                    break
+                reply = await submit(self.inbound(text), self)
+                if isinstance(reply, asyncio.Future):
+                    # The next prompt appears only after the answer (or a stop).
+                    await asyncio.wait([reply, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+
+    def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            self._want_line.wait()
+            self._want_line.clear()
+            try:
+                if self._interactive:
+                    line: str | None = input(f"{self._user}> ")
+                else:
+                    line = self._in.readline() or None
+            except EOFError:
+                line = None
+            except (OSError, ValueError):  # stdin closed under us
+                line = None
+            if loop.is_closed():
+                return
+            loop.call_soon_threadsafe(self._lines.put_nowait, line)
+            if line is None:
+                return
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        self._lines.put_nowait(None)

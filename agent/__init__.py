@@ -1,0 +1,1 @@
+"""Beseda's core: configuration, lifecycle, channel workers, context, generators."""

@@ -1,0 +1,97 @@
+"""The one lifecycle owner: builds every component, runs the adapters, shuts down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+from adapters.base import PlatformAdapter
+from agent.config import Config
+from agent.context import ContextBuilder
+from agent.core import Core
+from agent.generators.base import Generator, SamplingParams
+from agent.generators.llama_cpp import load_generator
+from memory.db import Database
+from memory.history import SqlHistoryStore
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class App:
+    def __init__(self, config: Config, db: Database, generator: Generator, core: Core) -> None:
+        self.config = config
+        self.db = db
+        self.generator = generator
+        self.core = core
+        self._signals = 0
+
+    @classmethod
+    async def start(cls, config: Config, generator: Generator | None = None) -> App:
+        """Open the database (migrating it), load the model, and wire the core."""
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(config.database_url)
+        try:
+            await db.migrate()
+            if generator is None:
+                generator = await load_generator(config)
+        except BaseException:
+            await db.close()
+            raise
+        builder = ContextBuilder(
+            generator,
+            config.persona.system_prompt,
+            max_tokens=config.model.max_tokens,
+            safety_margin=config.chat.safety_margin_tokens,
+        )
+        core = Core(
+            SqlHistoryStore(db),
+            generator,
+            builder,
+            SamplingParams.from_config(config.model),
+            history_limit=config.chat.history_limit,
+            max_message_chars=config.chat.max_message_chars,
+        )
+        return cls(config, db, generator, core)
+
+    async def serve(self, adapters: Sequence[PlatformAdapter]) -> None:
+        """Run until every adapter has finished or SIGINT/SIGTERM; then drain and return."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+
+        def on_signal() -> None:
+            self._signals += 1
+            if self._signals == 1:
+                log.warning("stopping: finishing replies in progress (signal again to force)")
+                stop.set()
+            elif main is not None:
+                main.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            async with asyncio.TaskGroup() as group:
+                runs = [group.create_task(a.run(self.core.submit)) for a in adapters]
+                group.create_task(self._stop_when(stop, runs))
+                await stop.wait()
+                for adapter in adapters:
+                    await adapter.stop()
+                await self.core.close(SHUTDOWN_GRACE_SECONDS)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    @staticmethod
+    async def _stop_when(stop: asyncio.Event, runs: Sequence[asyncio.Task[None]]) -> None:
+        await asyncio.wait(runs)
+        stop.set()
+
+    async def aclose(self) -> None:
+        """Close resources in reverse order of creation."""
+        await self.core.close(0)
+        await self.generator.aclose()
+        await self.db.close()

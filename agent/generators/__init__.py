@@ -1,0 +1,1 @@
+"""Generation backends behind the Generator protocol (see base.py)."""

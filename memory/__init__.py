@@ -1,0 +1,1 @@
+"""History store, and later embeddings, vector store, documents and long-term memories."""

@@ -1,0 +1,207 @@
+"""Conversation history: the HistoryStore seam and its SQLAlchemy implementation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from memory.db import Database
+from memory.models import ChannelRow, MessageRow, utcnow
+
+
+class Status(StrEnum):
+    RECEIVED = "received"  # a user turn, stored before anything else happens
+    STREAMING = "streaming"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    channel_key: str
+    role: str
+    text: str
+    status: Status
+    author_id: str | None
+    author_name: str | None
+    platform_message_id: str | None
+    in_reply_to_id: int | None
+    created_at: datetime
+
+
+class HistoryStore(Protocol):
+    async def append(
+        self,
+        channel_key: str,
+        role: str,
+        text: str,
+        *,
+        status: Status = Status.DONE,
+        author_id: str | None = None,
+        author_name: str | None = None,
+        platform_message_id: str | None = None,
+        in_reply_to_id: int | None = None,
+        created_at: datetime | None = None,
+    ) -> StoredMessage: ...
+
+    async def update(
+        self, message_id: int, *, text: str | None = None, status: Status | None = None
+    ) -> None: ...
+
+    async def get(self, message_id: int) -> StoredMessage | None: ...
+
+    async def conversation(
+        self, channel_key: str, *, before_id: int | None = None, limit: int = 200
+    ) -> list[StoredMessage]:
+        """The newest ``limit`` turns in conversation order, oldest first.
+
+        With ``before_id``, only what precedes that user turn: turns stored before it and the
+        replies to them (a reply is placed right after the turn it answers, even when other
+        messages were stored in between).
+        """
+        ...
+
+    async def count(self, channel_key: str) -> int: ...
+
+    async def channels(self) -> list[str]: ...
+
+
+class SqlHistoryStore:
+    """HistoryStore over any SQLAlchemy async database (SQLite, PostgreSQL)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._channel_ids: dict[str, int] = {}
+
+    async def _channel_id(self, session: AsyncSession, key: str) -> int:
+        if key in self._channel_ids:
+            return self._channel_ids[key]
+        found = await session.scalar(select(ChannelRow.id).where(ChannelRow.key == key))
+        if found is None:
+            row = ChannelRow(key=key, platform=key.split(":", 1)[0])
+            try:
+                async with session.begin_nested():
+                    session.add(row)
+            except IntegrityError:  # created concurrently by another process
+                found = await session.scalar(select(ChannelRow.id).where(ChannelRow.key == key))
+            else:
+                found = row.id
+        assert found is not None
+        return found
+
+    async def append(
+        self,
+        channel_key: str,
+        role: str,
+        text: str,
+        *,
+        status: Status = Status.DONE,
+        author_id: str | None = None,
+        author_name: str | None = None,
+        platform_message_id: str | None = None,
+        in_reply_to_id: int | None = None,
+        created_at: datetime | None = None,
+    ) -> StoredMessage:
+        async with self._db.session() as session, session.begin():
+            channel_id = await self._channel_id(session, channel_key)
+            now = created_at or utcnow()
+            row = MessageRow(
+                channel_id=channel_id,
+                role=role,
+                text=text,
+                status=str(status),
+                author_id=author_id,
+                author_name=author_name,
+                platform_message_id=platform_message_id,
+                in_reply_to_id=in_reply_to_id,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            await session.flush()
+            stored = _stored(row, channel_key)
+        # Cached only once committed, so a rolled-back channel row is never remembered.
+        self._channel_ids[channel_key] = channel_id
+        return stored
+
+    async def update(
+        self, message_id: int, *, text: str | None = None, status: Status | None = None
+    ) -> None:
+        async with self._db.session() as session, session.begin():
+            row = await session.get(MessageRow, message_id)
+            if row is None:
+                raise KeyError(message_id)
+            if text is not None:
+                row.text = text
+            if status is not None:
+                row.status = str(status)
+
+    async def get(self, message_id: int) -> StoredMessage | None:
+        async with self._db.session() as session:
+            result = await session.execute(
+                select(MessageRow, ChannelRow.key)
+                .join(ChannelRow, ChannelRow.id == MessageRow.channel_id)
+                .where(MessageRow.id == message_id)
+            )
+            found = result.first()
+            return None if found is None else _stored(found[0], found[1])
+
+    async def conversation(
+        self, channel_key: str, *, before_id: int | None = None, limit: int = 200
+    ) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        async with self._db.session() as session:
+            channel_id = await session.scalar(
+                select(ChannelRow.id).where(ChannelRow.key == channel_key)
+            )
+            if channel_id is None:
+                return []
+            # A reply sorts right after the turn it answers.
+            anchor = func.coalesce(MessageRow.in_reply_to_id, MessageRow.id)
+            query = select(MessageRow).where(MessageRow.channel_id == channel_id)
+            if before_id is not None:
+                query = query.where(
+                    or_(MessageRow.id < before_id, MessageRow.in_reply_to_id < before_id)
+                )
+            query = query.order_by(anchor.desc(), MessageRow.id.desc()).limit(limit)
+            rows = (await session.scalars(query)).all()
+            return [_stored(row, channel_key) for row in reversed(rows)]
+
+    async def count(self, channel_key: str) -> int:
+        async with self._db.session() as session:
+            total = await session.scalar(
+                select(func.count(MessageRow.id))
+                .join(ChannelRow, ChannelRow.id == MessageRow.channel_id)
+                .where(ChannelRow.key == channel_key)
+            )
+            return int(total or 0)
+
+    async def channels(self) -> list[str]:
+        async with self._db.session() as session:
+            return list(
+                (await session.scalars(select(ChannelRow.key).order_by(ChannelRow.id))).all()
+            )
+
+
+def _stored(row: MessageRow, channel_key: str) -> StoredMessage:
+    return StoredMessage(
+        id=row.id,
+        channel_key=channel_key,
+        role=row.role,
+        text=row.text,
+        status=Status(row.status),
+        author_id=row.author_id,
+        author_name=row.author_name,
+        platform_message_id=row.platform_message_id,
+        in_reply_to_id=row.in_reply_to_id,
+        created_at=row.created_at,
+    )

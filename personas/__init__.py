@@ -1,0 +1,1 @@
+"""Persona cards. The persona is configured in config.toml [persona] for now."""

@@ -1,0 +1,113 @@
+"""HistoryStore contract: the same assertions for every database (see conftest.database)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from memory.db import Database, DatabaseError, head_revision
+from memory.history import SqlHistoryStore, Status
+
+
+async def test_append_and_get_round_trip(history: SqlHistoryStore) -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    stored = await history.append(
+        "discord:1", "user", "привет, Beseda", status=Status.RECEIVED,
+        author_id="42", author_name="Маша", platform_message_id="m-1", created_at=when,
+    )  # fmt: skip
+    again = await history.get(stored.id)
+    assert again == stored
+    assert again is not None
+    assert again.text == "привет, Beseda"
+    assert again.status is Status.RECEIVED
+    assert again.created_at == when
+    assert again.created_at.tzinfo is not None
+    assert await history.get(stored.id + 1000) is None
+
+
+async def test_update_changes_text_and_status(history: SqlHistoryStore) -> None:
+    stored = await history.append("c:1", "assistant", "", status=Status.STREAMING)
+    await history.update(stored.id, text="done now", status=Status.DONE)
+    again = await history.get(stored.id)
+    assert again is not None
+    assert (again.text, again.status) == ("done now", Status.DONE)
+
+
+async def test_conversation_is_oldest_first_and_limited(history: SqlHistoryStore) -> None:
+    for i in range(5):
+        await history.append("c:1", "user", f"m{i}")
+    recent = await history.conversation("c:1", limit=3)
+    assert [m.text for m in recent] == ["m2", "m3", "m4"]
+    assert await history.conversation("c:1", limit=0) == []
+    assert await history.conversation("unknown:1") == []
+
+
+async def test_channels_are_isolated(history: SqlHistoryStore) -> None:
+    await history.append("discord:1", "user", "one")
+    await history.append("matrix:!a:b", "user", "two")
+    assert [m.text for m in await history.conversation("discord:1")] == ["one"]
+    assert [m.text for m in await history.conversation("matrix:!a:b")] == ["two"]
+    assert await history.count("discord:1") == 1
+    assert await history.channels() == ["discord:1", "matrix:!a:b"]
+
+
+async def test_reply_sorts_after_the_turn_it_answers(history: SqlHistoryStore) -> None:
+    # Two user turns arrive before the first is answered; the answer is stored last.
+    first = await history.append("c:1", "user", "first")
+    second = await history.append("c:1", "user", "second")
+    await history.append("c:1", "assistant", "answer to first", in_reply_to_id=first.id)
+    texts = [m.text for m in await history.conversation("c:1")]
+    assert texts == ["first", "answer to first", "second"]
+    # What precedes the second turn: the first turn and its answer, not the second itself.
+    before = [m.text for m in await history.conversation("c:1", before_id=second.id)]
+    assert before == ["first", "answer to first"]
+    assert await history.conversation("c:1", before_id=first.id) == []
+
+
+async def test_concurrent_appends_to_a_new_channel(history: SqlHistoryStore) -> None:
+    await asyncio.gather(*(history.append("new:1", "user", f"m{i}") for i in range(10)))
+    assert await history.count("new:1") == 10
+    assert await history.channels() == ["new:1"]
+
+
+async def test_timestamps_must_be_aware(history: SqlHistoryStore) -> None:
+    naive = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
+    with pytest.raises(Exception, match="naive datetime"):
+        await history.append("c:1", "user", "x", created_at=naive)
+    assert await history.count("c:1") == 0
+
+
+async def test_migrations_are_idempotent_and_at_head(database: Database) -> None:
+    await database.migrate()
+    assert await database.revision() == head_revision()
+
+
+async def test_sqlite_file_uses_wal(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'nested' / 'h.db'}")
+    await db.migrate()
+    async with db.engine.connect() as conn:
+        mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+    await db.close()
+    assert mode == "wal"
+
+
+async def test_history_survives_reopening(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'h.db'}"
+    db = Database(url)
+    await db.migrate()
+    await SqlHistoryStore(db).append("c:1", "user", "remember me")
+    await db.close()
+    db = Database(url)
+    await db.migrate()
+    texts = [m.text for m in await SqlHistoryStore(db).conversation("c:1")]
+    await db.close()
+    assert texts == ["remember me"]
+
+
+def test_bad_database_url_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseError, match=r"\[storage\] database_url"):
+        Database("not a url")
