@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TextIO
@@ -11,6 +12,10 @@ from adapters.base import ReplyTarget
 from agent.events import Inbound, channel_key
 
 QUIT_WORDS = frozenset({"/quit", "/exit"})
+
+with contextlib.suppress(ImportError):
+    # Line editing and history for input(); it also puts the prompt on stdout, not stderr.
+    import readline  # noqa: F401
 
 
 class ConsoleReply:

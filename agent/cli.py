@@ -94,6 +94,11 @@ def _setup_logging(config: Config) -> None:
     )
     # Alembic announces every migration step at INFO; that is noise for a chat user.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+    # llama.cpp's own log (printed straight to stderr by llama-cpp-python when its logger
+    # allows): warnings about vocab-only loads and the like mean nothing to a user.
+    logging.getLogger("llama-cpp-python").setLevel(
+        logging.DEBUG if config.logging.level == "DEBUG" else logging.ERROR
+    )
 
 
 def _console(config: Config, channel: str | None, *, interactive: bool) -> ConsoleAdapter:
