@@ -8,11 +8,11 @@ import signal
 from collections.abc import Sequence
 
 from adapters.base import PlatformAdapter
-from agent.config import Config
+from agent.config import Config, select_backend
 from agent.context import ContextBuilder
 from agent.core import Core
+from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
-from agent.generators.llama_cpp import load_generator
 from memory.db import Database
 from memory.history import SqlHistoryStore
 
@@ -32,6 +32,8 @@ class App:
     @classmethod
     async def start(cls, config: Config, generator: Generator | None = None) -> App:
         """Open the database (migrating it), load the model, and wire the core."""
+        # tabby_url/tabby_key pick the remote backend and its sampling defaults (temperature 0).
+        config = select_backend(config)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(config.database_url)
         try:

