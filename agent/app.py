@@ -8,13 +8,15 @@ import signal
 from collections.abc import Sequence
 
 from adapters.base import PlatformAdapter
+from agent.background import Background
 from agent.config import Config, select_backend
 from agent.context import ContextBuilder
 from agent.core import Core
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
+from agent.window import WindowKeeper, minute_date_source, zone_clock
 from memory.db import Database
-from memory.history import SqlHistoryStore
+from memory.history import HistoryStore, SqlHistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +45,7 @@ class App:
         except BaseException:
             await db.close()
             raise
-        builder = ContextBuilder(
-            generator,
-            config.persona.system_prompt,
-            max_tokens=config.model.max_tokens,
-            safety_margin=config.chat.safety_margin_tokens,
-        )
-        core = Core(
-            SqlHistoryStore(db),
-            generator,
-            builder,
-            SamplingParams.from_config(config.model),
-            history_limit=config.chat.history_limit,
-            max_message_chars=config.chat.max_message_chars,
-        )
-        return cls(config, db, generator, core)
+        return cls(config, db, generator, build_core(config, SqlHistoryStore(db), generator))
 
     async def serve(self, adapters: Sequence[PlatformAdapter]) -> None:
         """Run until every adapter has finished or SIGINT/SIGTERM; then drain and return."""
@@ -97,3 +85,38 @@ class App:
         await self.core.close(0)
         await self.generator.aclose()
         await self.db.close()
+
+
+def build_core(config: Config, history: HistoryStore, generator: Generator) -> Core:
+    """The core and its context machinery, as configured (also used by benchmarks)."""
+    ctx = config.context
+    builder = ContextBuilder(
+        generator,
+        config.persona.system_prompt,
+        max_tokens=config.model.max_tokens,
+        safety_margin=config.chat.safety_margin_tokens,
+        evict_fraction=ctx.evict_fraction,
+        summarize_at=ctx.summarize_at,
+    )
+    background = Background()
+    clock = zone_clock(ctx.timezone)
+    window = WindowKeeper(
+        history,
+        builder,
+        generator,
+        background,
+        history_limit=config.chat.history_limit,
+        summaries=ctx.summaries,
+        summary_max_tokens=ctx.summary_max_tokens,
+        assistant_name=config.persona.name,
+        volatile=[minute_date_source(clock, ctx.timezone)] if ctx.date == "minute" else [],
+        today=clock if ctx.date == "day" else None,
+    )
+    return Core(
+        history,
+        generator,
+        window,
+        SamplingParams.from_config(config.model),
+        background,
+        max_message_chars=config.chat.max_message_chars,
+    )

@@ -11,9 +11,10 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 ENV_PREFIX = "BESEDA_"
 ENV_NESTING = "__"
@@ -127,6 +128,36 @@ class ChatConfig(_Section):
     max_message_chars: int = Field(default=20_000, ge=100)
 
 
+class ContextConfig(_Section):
+    """How the prompt is kept within the context window (see README, 'Context window')."""
+
+    # When the history window overflows, this share of the history budget is evicted at once
+    # (in whole turns), so the prompt prefix stays byte-identical between evictions.
+    evict_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # Summarising the next block starts in the background once the window fills this share
+    # of its budget, so the summary is usually ready when the block is evicted.
+    summarize_at: float = Field(default=0.75, gt=0.0, le=1.0)
+    summaries: bool = True
+    summary_max_tokens: int = Field(default=200, ge=16)
+    # Per-channel llama.cpp states kept in RAM (LRU), so switching channels does not
+    # re-evaluate every prompt from scratch. 0 turns the cache off.
+    state_cache_mb: int = Field(default=1024, ge=0)
+    # The date the model is told: "day" in the system prompt (the prefix changes once a day),
+    # "minute" in the volatile block before each new message (the previous exchange is then
+    # evaluated again every turn: slower), or "off".
+    date: Literal["day", "minute", "off"] = "day"
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+
 class ConsoleConfig(_Section):
     channel: str = Field(default="local", min_length=1)
     user_name: str = Field(default="you", min_length=1)
@@ -141,6 +172,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     persona: PersonaConfig = PersonaConfig()
     chat: ChatConfig = ChatConfig()
+    context: ContextConfig = ContextConfig()
     console: ConsoleConfig = ConsoleConfig()
     logging: LoggingConfig = LoggingConfig()
     # Where the file was read from; relative paths inside it are resolved against its folder.

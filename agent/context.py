@@ -1,8 +1,17 @@
 """Assembles the prompt for one reply within the model's token budget.
 
-Layout, most stable first so llama.cpp can reuse the cached prefix: persona system prompt,
-then the history window, then the new message. The persona and the new message are never
-dropped; history is dropped oldest first when the budget is short.
+The layout runs from most stable to most volatile, so llama.cpp can reuse the prompt it
+evaluated last time as a cached prefix:
+
+1. persona system prompt and today's date, 2. rolling summary of evicted history (inside the
+system message: some chat templates allow only one), 3. the history window, 4. the volatile
+block (retrieved memories and documents), 5. the new message (4 and 5 form the last user
+turn).
+
+The window only changes by appending, until it overflows: then a large block of the oldest
+turns is evicted at once, never one message per turn. Summarising the next block starts in
+the background before that, so the summary and the eviction usually land together and the
+prefix changes once per block.
 """
 
 from __future__ import annotations
@@ -11,9 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.generators.base import ChatMessage, Generator, GeneratorError
-from memory.history import Status, StoredMessage
+from memory.history import ChannelState, Status, StoredMessage
 
 CUT_MARKER = "\n[… cut: the message was too long for the context window]"
+SUMMARY_HEADING = "Summary of the earlier conversation:"
 
 
 class ContextError(GeneratorError):
@@ -28,6 +38,17 @@ class Prompt:
     tokens: int
     budget: int
     new_message_cut: bool
+    # The window start this prompt was built with (an anchor; None when the window is empty).
+    window_start_id: int | None = None
+    # Set when turns had to leave the window for this prompt: the last evicted anchor.
+    evicted_to: int | None = None
+    # Set when the oldest block should be summarised now: the block's last anchor.
+    summarize_to: int | None = None
+
+
+def anchor(message: StoredMessage) -> int:
+    """Conversation position: a reply sits with the turn it answers."""
+    return message.in_reply_to_id if message.in_reply_to_id is not None else message.id
 
 
 class ContextBuilder:
@@ -38,54 +59,111 @@ class ContextBuilder:
         *,
         max_tokens: int,
         safety_margin: int,
+        evict_fraction: float = 0.5,
+        summarize_at: float = 0.75,
     ) -> None:
         self._generator = generator
-        self._system = ChatMessage("system", system_prompt)
+        self._system_prompt = system_prompt
         self._max_tokens = max_tokens
         self._margin = safety_margin
+        self._evict_fraction = evict_fraction
+        self._summarize_at = summarize_at
+        # Token counts of stored turns by id: a turn's text never changes once it is done.
+        self._turn_tokens: dict[int, int] = {}
 
     @property
     def budget(self) -> int:
         """Prompt tokens allowed: the context size minus the reply and a safety margin."""
         return self._generator.n_ctx - self._max_tokens - self._margin
 
-    def build(self, history: Sequence[StoredMessage], new_text: str) -> Prompt:
+    def system_message(self, state: ChannelState, today: str | None = None) -> ChatMessage:
+        text = self._system_prompt
+        if today:
+            text = f"{text}\nToday is {today}."
+        if state.summary is not None and state.summary.text:
+            text = f"{text}\n\n{SUMMARY_HEADING}\n{state.summary.text}"
+        return ChatMessage("system", text)
+
+    def build(
+        self,
+        history: Sequence[StoredMessage],
+        new_text: str,
+        *,
+        state: ChannelState | None = None,
+        volatile: Sequence[str] = (),
+        today: str | None = None,
+    ) -> Prompt:
+        """The prompt for ``new_text`` given the window's turns (oldest first)."""
+        state = state or ChannelState()
         gen = self._generator
         budget = self.budget
-        base = gen.count_prompt_tokens([self._system, ChatMessage("user", "")])
+        system = self.system_message(state, today)
+        base = gen.count_prompt_tokens([system, ChatMessage("user", "")])
         if base >= budget:
             raise ContextError(
-                f"the persona's system prompt needs {base} tokens but only {budget} are "
-                "available: shorten it, lower [model] max_tokens or raise [model] n_ctx"
+                f"the system prompt and summary need {base} tokens but only {budget} are "
+                "available: shorten the persona, lower [model] max_tokens or raise [model] n_ctx"
             )
-        new_text, cut = self._fit_text(new_text, budget - base)
-        new_message = ChatMessage("user", new_text)
-
+        new_message, cut = self._new_message(system, base, budget, new_text, volatile)
+        fixed = gen.count_prompt_tokens([system, new_message])
         turns = [m for m in history if _usable(m)]
-        used = gen.count_prompt_tokens([self._system, new_message])
-        overhead = max(0, base - gen.count_prompt_tokens([self._system]))
-        start = len(turns)
-        # Newest first; per-turn estimates keep this linear, the exact check below corrects.
-        while start > 0:
-            cost = gen.count_tokens(turns[start - 1].text) + overhead
-            if used + cost > budget:
-                break
-            used += cost
-            start -= 1
-        window = turns[start:]
+        history_budget = budget - fixed
+        costs = [self._cost(m) for m in turns]
+
+        block = self._evict_fraction * history_budget
+        evicted_to = None
+        overflow = sum(costs) - history_budget
+        if overflow > 0:
+            count = _oldest_exchanges(turns, costs, max(overflow, block))
+            evicted_to = anchor(turns[count - 1])
+            turns, costs = turns[count:], costs[count:]
         while True:
-            messages = (self._system, *(_as_chat(m) for m in window), new_message)
+            messages = (system, *(_as_chat(m) for m in turns), new_message)
             tokens = gen.count_prompt_tokens(messages)
-            if tokens <= budget or not window:
+            if tokens <= budget or not turns:
                 break
-            window = window[1:]
+            # The per-turn estimates were a little short: drop one more exchange.
+            count = _oldest_exchanges(turns, costs, 1)
+            evicted_to = anchor(turns[count - 1])
+            turns, costs = turns[count:], costs[count:]
+
+        summarize_to = None
+        if turns and sum(costs) > self._summarize_at * history_budget:
+            # The block the next overflow will evict: summarise it ahead of time.
+            count = _oldest_exchanges(turns, costs, block)
+            summarize_to = anchor(turns[count - 1])
         return Prompt(
             messages=messages,
-            history_ids=tuple(m.id for m in window),
+            history_ids=tuple(m.id for m in turns),
             tokens=tokens,
             budget=budget,
             new_message_cut=cut,
+            window_start_id=anchor(turns[0]) if turns else None,
+            evicted_to=evicted_to,
+            summarize_to=summarize_to,
         )
+
+    def _new_message(
+        self, system: ChatMessage, base: int, budget: int, text: str, volatile: Sequence[str]
+    ) -> tuple[ChatMessage, bool]:
+        block = "\n".join(part for part in volatile if part)
+        if block:
+            with_block = ChatMessage("user", f"{block}\n\n{text}")
+            if self._generator.count_prompt_tokens([system, with_block]) <= budget:
+                return with_block, False
+        # No room for the volatile block: the person's own words come first.
+        fitted, cut = self._fit_text(text, budget - base)
+        return ChatMessage("user", fitted), cut
+
+    def _cost(self, message: StoredMessage) -> int:
+        cached = self._turn_tokens.get(message.id)
+        if cached is None:
+            # The template's tokens per turn (role markers) are estimated as 4.
+            cached = self._generator.count_tokens(message.text) + 4
+            if len(self._turn_tokens) > 100_000:
+                self._turn_tokens.clear()
+            self._turn_tokens[message.id] = cached
+        return cached
 
     def _fit_text(self, text: str, available: int) -> tuple[str, bool]:
         """Cut ``text`` (with a visible marker) to at most ``available`` tokens."""
@@ -102,6 +180,20 @@ class ContextBuilder:
             else:
                 high = middle - 1
         return text[:low] + CUT_MARKER, True
+
+
+def _oldest_exchanges(turns: Sequence[StoredMessage], costs: Sequence[int], at_least: float) -> int:
+    """How many of the oldest turns make up ``at_least`` tokens, in whole exchanges."""
+    dropped = 0
+    count = 0
+    while count < len(turns) and (dropped < at_least or _same_exchange(turns, count)):
+        dropped += costs[count]
+        count += 1
+    return count
+
+
+def _same_exchange(turns: Sequence[StoredMessage], index: int) -> bool:
+    return 0 < index < len(turns) and anchor(turns[index]) == anchor(turns[index - 1])
 
 
 def _usable(message: StoredMessage) -> bool:

@@ -12,9 +12,12 @@ import logging
 from dataclasses import dataclass, field
 
 from adapters.base import ReplyStream, ReplyTarget
-from agent.context import ContextBuilder, Prompt
+from agent import commands
+from agent.background import Background
+from agent.context import Prompt
 from agent.events import Inbound
 from agent.generators.base import GenerationStats, Generator, SamplingParams
+from agent.window import WindowKeeper
 from memory.history import HistoryStore, Status
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class _Job:
     text: str
     user_message_id: int
     target: ReplyTarget
+    command: tuple[str, str] | None = None
     done: asyncio.Future[Reply] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -54,17 +58,17 @@ class Core:
         self,
         history: HistoryStore,
         generator: Generator,
-        builder: ContextBuilder,
+        window: WindowKeeper,
         params: SamplingParams,
+        background: Background,
         *,
-        history_limit: int = 200,
         max_message_chars: int = 20_000,
     ) -> None:
         self._history = history
         self._generator = generator
-        self._builder = builder
+        self.window = window
         self._params = params
-        self._history_limit = history_limit
+        self.background = background
         self._max_chars = max_message_chars
         self._queues: dict[str, asyncio.Queue[_Job]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -79,9 +83,10 @@ class Core:
         if self._closed:
             raise CoreClosedError("Beseda is shutting down")
         text = self.clean_text(inbound.text)
+        command = commands.parse(text)
         stored = await self._history.append(
             inbound.channel_key,
-            "user",
+            "command" if command else "user",
             text,
             status=Status.RECEIVED,
             author_id=inbound.author_id,
@@ -89,7 +94,8 @@ class Core:
             platform_message_id=inbound.message_id,
             created_at=inbound.timestamp,
         )
-        job = _Job(inbound, text, stored.id, target)
+        job = _Job(inbound, text, stored.id, target, command)
+        self.background.foreground_started()
         key = inbound.channel_key
         self._queues.setdefault(key, asyncio.Queue()).put_nowait(job)
         if key not in self._workers:
@@ -105,8 +111,7 @@ class Core:
 
     async def prompt_for(self, channel_key: str, text: str) -> Prompt:
         """The prompt a new message would get now, without storing or generating anything."""
-        history = await self._history.conversation(channel_key, limit=self._history_limit)
-        return self._builder.build(history, self.clean_text(text))
+        return await self.window.preview(channel_key, self.clean_text(text))
 
     async def _work(self, key: str) -> None:
         queue = self._queues[key]
@@ -114,13 +119,18 @@ class Core:
             while not queue.empty():
                 job = queue.get_nowait()
                 try:
-                    reply = await self._answer(job)
+                    if job.command is not None:
+                        reply = await self._command(job, *job.command)
+                    else:
+                        reply = await self._answer(job)
                 except asyncio.CancelledError:
                     _settle(job, Reply("", Status.CANCELLED, job.user_message_id))
                     raise
                 except Exception as exc:  # e.g. the database went away: keep serving
                     log.exception("cannot answer message %d in %s", job.user_message_id, key)
                     reply = Reply("", Status.FAILED, job.user_message_id, error=str(exc))
+                finally:
+                    self.background.foreground_finished()
                 _settle(job, reply)
         finally:
             # No await between the emptiness check and this: a concurrent submit either
@@ -131,6 +141,7 @@ class Core:
             else:  # cancelled with jobs left: they stay RECEIVED in the database
                 while not queue.empty():
                     job = queue.get_nowait()
+                    self.background.foreground_finished()
                     _settle(job, Reply("", Status.CANCELLED, job.user_message_id))
 
     async def _answer(self, job: _Job) -> Reply:
@@ -144,10 +155,7 @@ class Core:
         stream: ReplyStream | None = None
         try:
             stream = await job.target.open_reply(inbound)
-            history = await self._history.conversation(
-                inbound.channel_key, before_id=job.user_message_id, limit=self._history_limit
-            )
-            prompt = self._builder.build(history, job.text)
+            prompt = await self.window.prepare(inbound.channel_key, job.user_message_id, job.text)
             tokens = self._generator.stream(prompt.messages, self._params)
             stats = tokens.stats
             async for piece in tokens:
@@ -184,9 +192,20 @@ class Core:
             log.exception("could not deliver the reply in %s", inbound.channel_key)
         return Reply(text, Status.DONE, job.user_message_id, assistant.id, stats)
 
+    async def _command(self, job: _Job, name: str, args: str) -> Reply:
+        invocation = commands.Invocation(name, args, job.inbound.channel_key, job.user_message_id)
+        text = await commands.run(invocation, self._history)
+        notice = await self._history.append(
+            job.inbound.channel_key, "notice", text, in_reply_to_id=job.user_message_id
+        )
+        stream = await job.target.open_reply(job.inbound)
+        await stream.finish(text)
+        return Reply(text, Status.DONE, job.user_message_id, notice.id)
+
     async def close(self, grace: float) -> None:
         """Take no new messages; let in-flight replies finish for ``grace`` s, then cancel."""
         self._closed = True
+        await self.background.close()
         workers = list(self._workers.values())
         if not workers:
             return

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -112,11 +115,27 @@ def _check_model(config: Config) -> Check:
 def _gguf_metadata(path: Path) -> dict[str, Any]:
     from llama_cpp import Llama  # noqa: PLC0415 - heavy import
 
-    llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    # A vocabulary-only load makes llama.cpp warn about a context it never uses, straight
+    # to file descriptor 2 from C: silence it for this call only.
+    with _quiet_stderr():
+        llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
         return dict(llama.metadata)
     finally:
         llama.close()
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _check_platforms() -> Check:

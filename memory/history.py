@@ -7,12 +7,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.db import Database
-from memory.models import ChannelRow, MessageRow, utcnow
+from memory.models import ChannelRow, MessageRow, SummaryRow, utcnow
 
 
 class Status(StrEnum):
@@ -37,6 +37,27 @@ class StoredMessage:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Summary:
+    id: int
+    text: str
+    # Anchors of the first and last turns covered, inclusive.
+    first_message_id: int
+    last_message_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    # None: no window yet (a new channel, or one from before windows existed).
+    window_start_id: int | None = None
+    # The summary the prompt shows (it covers what was evicted before the window).
+    summary: Summary | None = None
+    epoch: int = 0
+    # The newest summary of this epoch; newer than ``summary`` when it was made ahead of an
+    # eviction that has not happened yet.
+    latest_summary: Summary | None = None
+
+
 class HistoryStore(Protocol):
     async def append(
         self,
@@ -59,15 +80,44 @@ class HistoryStore(Protocol):
     async def get(self, message_id: int) -> StoredMessage | None: ...
 
     async def conversation(
-        self, channel_key: str, *, before_id: int | None = None, limit: int = 200
+        self,
+        channel_key: str,
+        *,
+        before_id: int | None = None,
+        since_id: int | None = None,
+        limit: int | None = 200,
     ) -> list[StoredMessage]:
         """The newest ``limit`` turns in conversation order, oldest first.
 
         With ``before_id``, only what precedes that user turn: turns stored before it and the
         replies to them (a reply is placed right after the turn it answers, even when other
-        messages were stored in between).
+        messages were stored in between). With ``since_id``, only turns whose anchor is at
+        least that id (the history window).
         """
         ...
+
+    async def channel_state(self, channel_key: str) -> ChannelState: ...
+
+    async def move_window(
+        self, channel_key: str, start_id: int, *, epoch: int, summary_id: int | None = None
+    ) -> bool:
+        """Move the window start forward to ``start_id`` and, if given, show ``summary_id``
+        in the prompt from now on. False (nothing changed) if a reset came in between."""
+        ...
+
+    async def add_summary(
+        self, channel_key: str, text: str, first_id: int, last_id: int, *, epoch: int
+    ) -> Summary | None:
+        """Store a rolling summary of turns ``first_id..last_id`` (it becomes
+        ``latest_summary``). None, storing nothing, if the channel was reset since ``epoch``.
+        """
+        ...
+
+    async def reset(self, channel_key: str, after_id: int) -> None:
+        """Start afresh: the window begins after ``after_id``, no summary. Nothing is deleted."""
+        ...
+
+    async def summaries(self, channel_key: str) -> list[Summary]: ...
 
     async def count(self, channel_key: str) -> int: ...
 
@@ -155,9 +205,14 @@ class SqlHistoryStore:
             return None if found is None else _stored(found[0], found[1])
 
     async def conversation(
-        self, channel_key: str, *, before_id: int | None = None, limit: int = 200
+        self,
+        channel_key: str,
+        *,
+        before_id: int | None = None,
+        since_id: int | None = None,
+        limit: int | None = 200,
     ) -> list[StoredMessage]:
-        if limit <= 0:
+        if limit is not None and limit <= 0:
             return []
         async with self._db.session() as session:
             channel_id = await session.scalar(
@@ -172,6 +227,8 @@ class SqlHistoryStore:
                 query = query.where(
                     or_(MessageRow.id < before_id, MessageRow.in_reply_to_id < before_id)
                 )
+            if since_id is not None:
+                query = query.where(anchor >= since_id)
             query = query.order_by(anchor.desc(), MessageRow.id.desc()).limit(limit)
             rows = (await session.scalars(query)).all()
             return [_stored(row, channel_key) for row in reversed(rows)]
@@ -184,6 +241,91 @@ class SqlHistoryStore:
                 .where(ChannelRow.key == channel_key)
             )
             return int(total or 0)
+
+    async def channel_state(self, channel_key: str) -> ChannelState:
+        async with self._db.session() as session:
+            result = await session.execute(
+                select(ChannelRow, SummaryRow)
+                .outerjoin(SummaryRow, SummaryRow.id == ChannelRow.summary_id)
+                .where(ChannelRow.key == channel_key)
+            )
+            found = result.first()
+            if found is None:
+                return ChannelState()
+            channel, summary = found
+            latest = await session.scalar(
+                select(SummaryRow)
+                .where(SummaryRow.channel_id == channel.id, SummaryRow.epoch == channel.epoch)
+                .order_by(SummaryRow.id.desc())
+                .limit(1)
+            )
+            return ChannelState(
+                channel.window_start_id,
+                None if summary is None else _summary(summary),
+                channel.epoch,
+                None if latest is None else _summary(latest),
+            )
+
+    async def move_window(
+        self, channel_key: str, start_id: int, *, epoch: int, summary_id: int | None = None
+    ) -> bool:
+        values: dict[str, int] = {"window_start_id": start_id}
+        if summary_id is not None:
+            values["summary_id"] = summary_id
+        async with self._db.session() as session, session.begin():
+            result = await session.execute(
+                update(ChannelRow)
+                .where(ChannelRow.key == channel_key, ChannelRow.epoch == epoch)
+                .where(
+                    or_(
+                        ChannelRow.window_start_id.is_(None),
+                        ChannelRow.window_start_id <= start_id,
+                    )
+                )
+                .values(**values)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    async def add_summary(
+        self, channel_key: str, text: str, first_id: int, last_id: int, *, epoch: int
+    ) -> Summary | None:
+        async with self._db.session() as session, session.begin():
+            channel = await session.scalar(
+                select(ChannelRow).where(ChannelRow.key == channel_key).with_for_update()
+            )
+            if channel is None or channel.epoch != epoch:
+                return None
+            row = SummaryRow(
+                channel_id=channel.id,
+                text=text,
+                first_message_id=first_id,
+                last_message_id=last_id,
+                epoch=epoch,
+                created_at=utcnow(),
+            )
+            session.add(row)
+            await session.flush()
+            return _summary(row)
+
+    async def reset(self, channel_key: str, after_id: int) -> None:
+        async with self._db.session() as session, session.begin():
+            channel_id = await self._channel_id(session, channel_key)
+            await session.execute(
+                update(ChannelRow)
+                .where(ChannelRow.id == channel_id)
+                .values(window_start_id=after_id + 1, summary_id=None, epoch=ChannelRow.epoch + 1)
+            )
+        self._channel_ids[channel_key] = channel_id
+
+    async def summaries(self, channel_key: str) -> list[Summary]:
+        async with self._db.session() as session:
+            rows = await session.scalars(
+                select(SummaryRow)
+                .join(ChannelRow, ChannelRow.id == SummaryRow.channel_id)
+                .where(ChannelRow.key == channel_key)
+                .order_by(SummaryRow.id)
+            )
+            return [_summary(row) for row in rows]
 
     async def channels(self) -> list[str]:
         async with self._db.session() as session:
@@ -205,3 +347,7 @@ def _stored(row: MessageRow, channel_key: str) -> StoredMessage:
         in_reply_to_id=row.in_reply_to_id,
         created_at=row.created_at,
     )
+
+
+def _summary(row: SummaryRow) -> Summary:
+    return Summary(row.id, row.text, row.first_message_id, row.last_message_id)

@@ -44,6 +44,31 @@ class ChannelRow(Base):
     key: Mapped[str] = mapped_column(String(255), unique=True)
     platform: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The history window holds the turns whose anchor (see MessageRow) is >= this id.
+    # It only moves forward, in blocks, so the prompt prefix stays byte-identical meanwhile.
+    window_start_id: Mapped[int | None] = mapped_column(Integer)
+    # The rolling summary in the prompt: everything evicted from the window since !reset.
+    summary_id: Mapped[int | None] = mapped_column(
+        ForeignKey("summaries.id", ondelete="SET NULL", use_alter=True)
+    )
+    # Bumped by !reset: background work started before it must not touch the new window.
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class SummaryRow(Base):
+    __tablename__ = "summaries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel_id: Mapped[int] = mapped_column(
+        ForeignKey("channels.id", ondelete="CASCADE"), index=True
+    )
+    text: Mapped[str] = mapped_column(Text)
+    # Anchors (see MessageRow) of the first and last turns the summary covers, inclusive.
+    first_message_id: Mapped[int] = mapped_column(Integer)
+    last_message_id: Mapped[int] = mapped_column(Integer)
+    # The channel's epoch when it was made: summaries from before a !reset are history only.
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class MessageRow(Base):
@@ -58,7 +83,8 @@ class MessageRow(Base):
     text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
     platform_message_id: Mapped[str | None] = mapped_column(String(255))
-    # For an assistant turn: the user turn it answers (places it right after that turn).
+    # For an assistant turn: the user turn it answers. A turn's anchor is
+    # coalesce(in_reply_to_id, id): conversation order, a reply right after its question.
     in_reply_to_id: Mapped[int | None] = mapped_column(
         ForeignKey("messages.id", ondelete="SET NULL"), index=True
     )

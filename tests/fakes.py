@@ -28,6 +28,8 @@ class FakeGenerator:
         self._n_ctx = n_ctx
         self.fail_with = fail_with
         self.gate: asyncio.Event | None = None
+        # Per-call gate: return an event to hold that generation until it is set.
+        self.hold: Callable[[Sequence[ChatMessage]], asyncio.Event | None] = lambda _m: None
         self.calls: list[tuple[ChatMessage, ...]] = []
         self.started = asyncio.Event()
         self._calls_changed = asyncio.Condition()
@@ -67,6 +69,9 @@ class FakeGenerator:
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
+        held = self.hold(messages)
+        if held is not None:
+            await held.wait()
         if self.fail_with is not None:
             raise self.fail_with
         for word in self._answer(messages).split(" "):

