@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from adapters.console import ConsoleAdapter
+from adapters.registry import configured_adapters
 from agent.app import App
 from agent.config import Config, ConfigError, config_path_from, load_config
 from agent.core import Reply
@@ -116,7 +117,8 @@ def _console(config: Config, channel: str | None, *, interactive: bool) -> Conso
 async def _run(config: Config) -> int:
     app = await App.start(config)
     try:
-        await app.serve([_console(config, None, interactive=sys.stdin.isatty())])
+        console = lambda: _console(config, None, interactive=sys.stdin.isatty())  # noqa: E731
+        await app.serve(configured_adapters(config, console))
     finally:
         await app.aclose()
     return 0

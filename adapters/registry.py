@@ -1,0 +1,20 @@
+"""Which platform adapters ``run`` starts: every configured platform, else the console."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from adapters.base import PlatformAdapter
+from agent.config import Config
+
+# Each platform module contributes a factory: it returns its adapter when the platform is
+# configured (credentials present), None otherwise. Add new platforms here.
+PlatformFactory = Callable[[Config], PlatformAdapter | None]
+PLATFORMS: list[PlatformFactory] = []
+
+
+def configured_adapters(
+    config: Config, console: Callable[[], PlatformAdapter]
+) -> list[PlatformAdapter]:
+    adapters = [adapter for factory in PLATFORMS if (adapter := factory(config)) is not None]
+    return adapters or [console()]
