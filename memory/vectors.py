@@ -1,0 +1,208 @@
+"""The vector store on Chroma: embedded (PersistentClient) or a Chroma server (HttpClient).
+
+Chroma's client is synchronous; every call runs on a worker thread so the event loop never
+blocks. Each collection records the embedder that filled it (name and dimension): vectors
+from two different models are not comparable, so opening a collection with another embedder
+is an error that names the re-index command instead of returning garbage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from memory.embeddings import Embedder
+
+# Chroma reads this at import time; Settings(anonymized_telemetry=False) covers the rest.
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+REINDEX_COMMAND = "python -m agent ingest --reindex"
+
+Scalar = str | int | float | bool
+Metadata = Mapping[str, Scalar]
+Where = dict[str, Any]
+
+
+class VectorStoreError(RuntimeError):
+    """The vector store cannot be opened or used."""
+
+
+class EmbedderMismatchError(VectorStoreError):
+    """The collection was built with another embedder than the configured one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    id: str
+    text: str
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    id: str
+    text: str
+    metadata: Metadata
+    # Cosine similarity: 1 is identical, 0 unrelated.
+    score: float
+
+
+class VectorStore(Protocol):
+    async def add(self, items: Sequence[Item]) -> None: ...
+
+    async def query(self, text: str, k: int, where: Where | None = None) -> list[Hit]: ...
+
+    async def get(self, where: Where | None = None) -> list[Item]: ...
+
+    async def delete(self, ids: Sequence[str]) -> None: ...
+
+    async def count(self) -> int: ...
+
+
+def open_client(data_dir: Path, url: str = "") -> Any:
+    """Embedded Chroma under ``data_dir/chroma``, or the server at ``url``."""
+    import chromadb  # noqa: PLC0415 - slow import, only when vectors are used
+    from chromadb.config import Settings  # noqa: PLC0415
+
+    settings = Settings(anonymized_telemetry=False)
+    try:
+        if url:
+            parsed = urlparse(url if "://" in url else f"http://{url}")
+            port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+            return chromadb.HttpClient(
+                host=parsed.hostname or "127.0.0.1",
+                port=port,
+                ssl=parsed.scheme == "https",
+                settings=settings,
+            )
+        folder = data_dir / "chroma"
+        folder.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(folder), settings=settings)
+    except Exception as exc:
+        where = url or str(data_dir / "chroma")
+        raise VectorStoreError(f"cannot open the Chroma vector store at {where}: {exc}") from exc
+
+
+class ChromaStore:
+    """One Chroma collection filled by one embedder."""
+
+    def __init__(self, client: Any, name: str, embedder: Embedder) -> None:
+        self._embedder = embedder
+        self.name = name
+        expected = {"embedder": embedder.name, "dimension": embedder.dimension}
+        self._collection = client.get_or_create_collection(
+            name, metadata={"hnsw:space": "cosine", **expected}
+        )
+        found = dict(self._collection.metadata or {})
+        if (
+            found.get("embedder") != expected["embedder"]
+            or found.get("dimension") != (expected["dimension"])
+        ):
+            raise EmbedderMismatchError(
+                f"the vector collection {name!r} was built with embedder "
+                f"{found.get('embedder')!r} (dimension {found.get('dimension')}), but the "
+                f"configured embedder is {embedder.name!r} (dimension {embedder.dimension}). "
+                f"Re-index with `{REINDEX_COMMAND}`, or set [vectors] embedder back."
+            )
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    async def add(self, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        vectors = await asyncio.to_thread(self._embedder.embed_passages, [i.text for i in items])
+        await asyncio.to_thread(
+            self._collection.upsert,
+            ids=[i.id for i in items],
+            embeddings=vectors,
+            documents=[i.text for i in items],
+            metadatas=[dict(i.metadata) or None for i in items],
+        )
+
+    async def query(self, text: str, k: int, where: Where | None = None) -> list[Hit]:
+        if k <= 0:
+            return []
+        vector = await asyncio.to_thread(self._embedder.embed_query, text)
+        return await self.query_vector(vector, k, where)
+
+    async def query_vector(self, vector: Sequence[float], k: int, where: Where | None) -> list[Hit]:
+        result = await asyncio.to_thread(
+            self._collection.query,
+            query_embeddings=[list(vector)],
+            n_results=k,
+            where=where,
+            include=["documents", "metadatas", "distances"],
+        )
+        ids = result["ids"][0]
+        documents = (result.get("documents") or [[]])[0]
+        metadatas = (result.get("metadatas") or [[]])[0]
+        distances = (result.get("distances") or [[]])[0]
+        return [
+            Hit(id_, doc or "", dict(meta or {}), 1.0 - float(dist))
+            for id_, doc, meta, dist in zip(ids, documents, metadatas, distances, strict=True)
+        ]
+
+    async def get(self, where: Where | None = None) -> list[Item]:
+        result = await asyncio.to_thread(
+            self._collection.get, where=where, include=["documents", "metadatas"]
+        )
+        documents = result.get("documents") or [None] * len(result["ids"])
+        metadatas = result.get("metadatas") or [None] * len(result["ids"])
+        return [
+            Item(id_, doc or "", dict(meta or {}))
+            for id_, doc, meta in zip(result["ids"], documents, metadatas, strict=True)
+        ]
+
+    async def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            await asyncio.to_thread(self._collection.delete, ids=list(ids))
+
+    async def count(self) -> int:
+        return int(await asyncio.to_thread(self._collection.count))
+
+
+def scope_filter(scopes: Sequence[str], extra: Where | None = None) -> Where:
+    """A Chroma ``where`` that admits only items whose scope is one of ``scopes``."""
+    scoped: Where = {"scope": {"$in": list(scopes)}}
+    return {"$and": [scoped, extra]} if extra else scoped
+
+
+async def reembed(client: Any, name: str, embedder: Embedder) -> int:
+    """Rebuild collection ``name`` with ``embedder`` from the texts it stores; returns items."""
+
+    def read_all() -> list[Item]:
+        try:
+            old = client.get_collection(name)
+        except Exception:  # no such collection: nothing to carry over
+            return []
+        result = old.get(include=["documents", "metadatas"])
+        metadatas = result.get("metadatas") or [None] * len(result["ids"])
+        documents = result.get("documents") or [None] * len(result["ids"])
+        return [
+            Item(i, d or "", dict(m or {}))
+            for i, d, m in zip(result["ids"], documents, metadatas, strict=True)
+        ]
+
+    items = await asyncio.to_thread(read_all)
+    await drop(client, name)
+    store = ChromaStore(client, name, embedder)
+    for start in range(0, len(items), 64):
+        await store.add(items[start : start + 64])
+    return len(items)
+
+
+async def drop(client: Any, name: str) -> None:
+    def delete() -> None:
+        # Absent already: that is the goal.
+        with contextlib.suppress(Exception):
+            client.delete_collection(name)
+
+    await asyncio.to_thread(delete)

@@ -1,0 +1,87 @@
+"""Vector store contract: the same assertions against embedded Chroma and a Chroma server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memory.vectors import ChromaStore, EmbedderMismatchError, Item, open_client, scope_filter
+from tests.retrieval_helpers import WordHashEmbedder, chroma_server
+
+CHROMA = Path(sys.executable).parent / "chroma"
+
+
+@pytest.fixture(scope="module")
+def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with chroma_server(CHROMA, tmp_path_factory.mktemp("chroma-server") / "db") as url:
+        yield url
+
+
+@pytest.fixture(params=["embedded", pytest.param("server", marks=pytest.mark.slow)])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "embedded":
+        return open_client(tmp_path)
+    url: str = request.getfixturevalue("chroma_url")
+    client = open_client(tmp_path, url)
+    # Each test gets fresh collections on the shared server.
+    for collection in client.list_collections():
+        client.delete_collection(getattr(collection, "name", collection))
+    return client
+
+
+ITEMS = [
+    Item("a1", "the cat sleeps on the warm sofa", {"scope": "global", "source": "cats.txt"}),
+    Item("a2", "кошка спит на тёплом диване", {"scope": "discord:1", "source": "ru.txt"}),
+    Item("a3", "stock prices fell sharply on monday", {"scope": "discord:2", "source": "m.txt"}),
+]
+
+
+async def test_query_ranks_by_similarity_and_reports_cosine(client: Any) -> None:
+    store = ChromaStore(client, "docs", WordHashEmbedder())
+    await store.add(ITEMS)
+    assert await store.count() == 3
+    hits = await store.query("where does the cat sleep", 3)
+    assert hits[0].id == "a1"
+    assert hits[0].metadata["source"] == "cats.txt"
+    assert hits[0].text == ITEMS[0].text
+    assert 0.0 < hits[0].score <= 1.0
+    assert hits[0].score > hits[-1].score
+
+
+async def test_scope_filter_is_applied_inside_the_query(client: Any) -> None:
+    store = ChromaStore(client, "docs", WordHashEmbedder())
+    await store.add(ITEMS)
+    hits = await store.query("stock prices fell", 3, scope_filter(["global", "discord:1"]))
+    assert {h.id for h in hits} == {"a1", "a2"}
+    only = await store.get(scope_filter(["discord:2"]))
+    assert [i.id for i in only] == ["a3"]
+
+
+async def test_upsert_replaces_and_delete_removes(client: Any) -> None:
+    store = ChromaStore(client, "docs", WordHashEmbedder())
+    await store.add(ITEMS)
+    await store.add([Item("a1", "dogs bark at night", {"scope": "global", "source": "dogs.txt"})])
+    assert await store.count() == 3
+    hits = await store.query("dogs bark", 1)
+    assert (hits[0].id, hits[0].metadata["source"]) == ("a1", "dogs.txt")
+    await store.delete(["a1", "a2"])
+    assert [i.id for i in await store.get()] == ["a3"]
+
+
+async def test_other_embedder_is_refused_with_reindex_command(client: Any) -> None:
+    await ChromaStore(client, "docs", WordHashEmbedder(64)).add(ITEMS)
+    with pytest.raises(EmbedderMismatchError, match="ingest --reindex") as err:
+        ChromaStore(client, "docs", WordHashEmbedder(32))
+    assert "dimension 64" in str(err.value)
+    with pytest.raises(EmbedderMismatchError, match="fake:other"):
+        ChromaStore(client, "docs", WordHashEmbedder(64, name="fake:other"))
+
+
+async def test_embedded_store_persists_across_clients(tmp_path: Path) -> None:
+    await ChromaStore(open_client(tmp_path), "docs", WordHashEmbedder()).add(ITEMS)
+    reopened = ChromaStore(open_client(tmp_path), "docs", WordHashEmbedder())
+    assert await reopened.count() == 3
