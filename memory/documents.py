@@ -1,0 +1,282 @@
+"""Document ingestion: read txt/md/pdf, chunk by tokens on natural boundaries, index.
+
+Incremental by content hash: unchanged files are skipped, changed ones re-indexed, deleted
+ones removed. A file that cannot be read is reported and skipped; the rest is indexed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memory.vectors import ChromaStore, Item
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = frozenset({".txt", ".md", ".markdown", ".pdf"})
+GLOBAL_SCOPE = "global"
+# Chroma metadata cannot be null: page 0 means "no pages" (txt, md).
+NO_PAGE = 0
+BATCH = 16
+
+_PARAGRAPHS = re.compile(r"\n\s*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+
+Counter = Callable[[str], int]
+
+
+class UnreadableDocumentError(Exception):
+    """A file that cannot be turned into text."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    number: int  # 1-based for PDFs, NO_PAGE otherwise
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    page: int
+    text: str
+
+
+@dataclass(slots=True)
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    chunks: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.updated)} updated, "
+            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, "
+            f"{len(self.failed)} failed; {self.chunks} chunks written"
+        )
+
+
+def read_document(path: Path) -> list[Page]:
+    """The text of ``path`` by page. Raises :class:`UnreadableDocumentError`."""
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        return _read_pdf(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UnreadableDocumentError("not UTF-8 text") from None
+    except OSError as exc:
+        raise UnreadableDocumentError(str(exc)) from None
+    return [Page(NO_PAGE, text)]
+
+
+def _read_pdf(path: Path) -> list[Page]:
+    from pypdf import PdfReader  # noqa: PLC0415 - only when there are PDFs
+    from pypdf.errors import PyPdfError  # noqa: PLC0415
+
+    # pypdf logs every repair it attempts on a damaged file; the report says it once.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    try:
+        reader = PdfReader(path)
+        pages = [Page(i, page.extract_text() or "") for i, page in enumerate(reader.pages, 1)]
+    except (PyPdfError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise UnreadableDocumentError(f"not a readable PDF: {exc}") from None
+    if not any(p.text.strip() for p in pages):
+        raise UnreadableDocumentError("no extractable text (scanned or damaged PDF)")
+    return pages
+
+
+def chunk_pages(
+    pages: Sequence[Page], count: Counter, *, max_tokens: int, overlap_tokens: int
+) -> list[Chunk]:
+    """Chunks of at most ``max_tokens``, cut between paragraphs, else sentences, else words;
+    consecutive chunks of a page share up to ``overlap_tokens`` of whole units."""
+    chunks: list[Chunk] = []
+    for page in pages:
+        units = [(u, count(u)) for u in _units(page.text, count, max_tokens)]
+        current: list[tuple[str, int]] = []
+        size = 0
+        for unit, tokens in units:
+            if current and size + tokens > max_tokens:
+                chunks.append(Chunk(page.number, _join(current)))
+                carried: list[tuple[str, int]] = []
+                kept = 0
+                for previous in reversed(current):
+                    if kept + previous[1] > overlap_tokens or kept + previous[1] + tokens > (
+                        max_tokens
+                    ):
+                        break
+                    carried.insert(0, previous)
+                    kept += previous[1]
+                current, size = carried, kept
+            current.append((unit, tokens))
+            size += tokens
+        if current:
+            chunks.append(Chunk(page.number, _join(current)))
+    return chunks
+
+
+def _units(text: str, count: Counter, max_tokens: int) -> Iterator[str]:
+    for raw in _PARAGRAPHS.split(text):
+        paragraph = " ".join(raw.split())
+        if not paragraph:
+            continue
+        if count(paragraph) <= max_tokens:
+            yield paragraph
+            continue
+        for sentence in _SENTENCE_END.split(paragraph):
+            if count(sentence) <= max_tokens:
+                yield sentence
+                continue
+            words: list[str] = []
+            for word in sentence.split(" "):
+                if words and count(" ".join([*words, word])) > max_tokens:
+                    yield " ".join(words)
+                    words = []
+                words.append(word)
+            if words:
+                yield " ".join(words)
+
+
+def _join(units: Sequence[tuple[str, int]]) -> str:
+    return "\n\n".join(u for u, _ in units)
+
+
+def discover(root: Path) -> dict[str, Path]:
+    """Supported files under ``root`` (a folder or one file), keyed by their source name."""
+    if root.is_file():
+        return {root.name: root}
+    if not root.is_dir():
+        return {}
+    return {
+        path.relative_to(root).as_posix(): path
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.suffix.lower() in SUFFIXES and not path.name.startswith(".")
+    }
+
+
+class DocumentIndex:
+    """Documents of one scope in a vector store collection."""
+
+    def __init__(
+        self, store: ChromaStore, *, chunk_tokens: int = 200, overlap_tokens: int = 40
+    ) -> None:
+        self.store = store
+        self._chunk_tokens = chunk_tokens
+        self._overlap = overlap_tokens
+
+    async def indexed(self, scope: str = GLOBAL_SCOPE) -> dict[str, tuple[str, list[str]]]:
+        """source -> (content hash, chunk ids) for what is in the index now."""
+        found: dict[str, tuple[str, list[str]]] = {}
+        for item in await self.store.get({"scope": scope}):
+            source = str(item.metadata.get("source", ""))
+            digest = str(item.metadata.get("hash", ""))
+            found.setdefault(source, (digest, []))[1].append(item.id)
+        return found
+
+    async def ingest(
+        self,
+        root: Path,
+        *,
+        scope: str = GLOBAL_SCOPE,
+        progress: bool = False,
+        prune: bool = True,
+    ) -> IngestReport:
+        """Bring the index of ``scope`` in line with the files under ``root``."""
+        report = IngestReport()
+        files = discover(root)
+        known = await self.indexed(scope)
+        bar = _progress(len(files), enabled=progress)
+        try:
+            for source, path in files.items():
+                bar.set_postfix_str(source[-40:], refresh=False)
+                await self._ingest_file(source, path, scope, known.get(source), report)
+                bar.update(1)
+        finally:
+            bar.close()
+        if prune:
+            for source in sorted(set(known) - set(files)):
+                await self.store.delete(known[source][1])
+                report.removed.append(source)
+        return report
+
+    async def _ingest_file(
+        self,
+        source: str,
+        path: Path,
+        scope: str,
+        previous: tuple[str, list[str]] | None,
+        report: IngestReport,
+    ) -> None:
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            report.failed.append((source, str(exc)))
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        if previous is not None and previous[0] == digest:
+            report.unchanged.append(source)
+            return
+        try:
+            pages = await asyncio.to_thread(read_document, path)
+        except UnreadableDocumentError as exc:
+            log.warning("skipped %s: %s", source, exc)
+            report.failed.append((source, str(exc)))
+            return
+        count = self.store.embedder.count_tokens
+        chunks = await asyncio.to_thread(
+            chunk_pages, pages, count, max_tokens=self._chunk_tokens, overlap_tokens=self._overlap
+        )
+        items = [
+            Item(
+                f"{scope}|{source}|{digest[:16]}|{n}",
+                chunk.text,
+                {
+                    "kind": "document",
+                    "scope": scope,
+                    "source": source,
+                    "page": chunk.page,
+                    "hash": digest,
+                    "chunk": n,
+                },
+            )
+            for n, chunk in enumerate(chunks)
+        ]
+        # New chunks first, then the old ones go: a crash in between leaves duplicates that
+        # the next run cleans up, never a missing document.
+        for start in range(0, len(items), BATCH):
+            await self.store.add(items[start : start + BATCH])
+        if previous is not None:
+            stale = set(previous[1]) - {i.id for i in items}
+            await self.store.delete(sorted(stale))
+            report.updated.append(source)
+        else:
+            report.added.append(source)
+        report.chunks += len(items)
+
+
+class _NoBar:
+    def set_postfix_str(self, _text: str, refresh: bool = True) -> None:
+        return None
+
+    def update(self, _n: int) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _progress(total: int, *, enabled: bool) -> _NoBar:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm  # noqa: PLC0415
+
+    bar: _NoBar = tqdm(total=total, unit="file", desc="ingest", dynamic_ncols=True)  # type: ignore[assignment]
+    return bar

@@ -1,0 +1,128 @@
+"""Document ingestion: formats, chunking, incremental re-indexing, corrupt files, progress."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from fpdf import FPDF
+
+from memory.documents import DocumentIndex, Page, chunk_pages, read_document
+from memory.vectors import ChromaStore, open_client
+from tests.retrieval_helpers import WordHashEmbedder
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def write_pdf(path: Path, pages: list[str]) -> Path:
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=12)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 8, text)
+    pdf.output(str(path))
+    return path
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> DocumentIndex:
+    store = ChromaStore(open_client(tmp_path / "data"), "documents", WordHashEmbedder())
+    return DocumentIndex(store, chunk_tokens=30, overlap_tokens=8)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "documents"
+    (root / "sub").mkdir(parents=True)
+    (root / "cats.txt").write_text("Cats sleep sixteen hours a day.\n", encoding="utf-8")
+    (root / "sub" / "notes.md").write_text("# Notes\n\nThe lighthouse keeper is Arvid.\n")
+    write_pdf(root / "manual.pdf", ["Page one talks about pumps.", "The valve code is 7741."])
+    return root
+
+
+def test_chunks_respect_the_budget_cut_at_sentences_and_overlap() -> None:
+    sentences = [f"Sentence number {i} has exactly seven words." for i in range(12)]
+    text = " ".join(sentences[:6]) + "\n\n" + " ".join(sentences[6:])
+    chunks = chunk_pages([Page(3, text)], words, max_tokens=20, overlap_tokens=7)
+    assert len(chunks) >= 5
+    for chunk in chunks:
+        assert words(chunk.text) <= 20
+        assert chunk.page == 3
+        # Cut on sentence boundaries: every chunk starts a sentence and ends one.
+        assert chunk.text.startswith("Sentence number")
+        assert chunk.text.endswith("words.")
+    for before, after in itertools.pairwise(chunks):
+        last = before.text.split("\n\n")[-1].split(". ")[-1]
+        assert last in after.text  # overlap: the next chunk repeats the last sentence
+    joined = " ".join(c.text for c in chunks)
+    assert all(s in joined for s in sentences)
+
+
+def test_a_long_sentence_is_cut_between_words() -> None:
+    chunks = chunk_pages([Page(0, "word " * 95)], words, max_tokens=20, overlap_tokens=0)
+    assert [words(c.text) for c in chunks] == [20, 20, 20, 20, 15]
+
+
+def test_pdf_pages_keep_their_numbers(folder: Path) -> None:
+    pages = read_document(folder / "manual.pdf")
+    assert [p.number for p in pages] == [1, 2]
+    assert "7741" in pages[1].text
+
+
+async def test_ingest_indexes_every_format_with_source_and_page(
+    index: DocumentIndex, folder: Path
+) -> None:
+    report = await index.ingest(folder)
+    assert sorted(report.added) == ["cats.txt", "manual.pdf", "sub/notes.md"]
+    assert report.failed == []
+    hits = await index.store.query("valve code", 1)
+    assert hits[0].metadata["source"] == "manual.pdf"
+    assert hits[0].metadata["page"] == 2
+    assert hits[0].metadata["scope"] == "global"
+    hits = await index.store.query("who is the lighthouse keeper", 1)
+    assert (hits[0].metadata["source"], hits[0].metadata["page"]) == ("sub/notes.md", 0)
+
+
+async def test_ingest_is_incremental(index: DocumentIndex, folder: Path) -> None:
+    await index.ingest(folder)
+    before = {i.id for i in await index.store.get()}
+    again = await index.ingest(folder)
+    assert (again.added, again.updated, again.removed, again.chunks) == ([], [], [], 0)
+    assert sorted(again.unchanged) == ["cats.txt", "manual.pdf", "sub/notes.md"]
+    assert {i.id for i in await index.store.get()} == before
+
+    (folder / "cats.txt").write_text("Cats purr when they are content.\n", encoding="utf-8")
+    (folder / "sub" / "notes.md").unlink()
+    changed = await index.ingest(folder)
+    assert (changed.updated, changed.removed) == (["cats.txt"], ["sub/notes.md"])
+    sources = [i.metadata["source"] for i in await index.store.get()]
+    assert "sub/notes.md" not in sources
+    cats = await index.store.get({"source": "cats.txt"})
+    assert [c.text for c in cats] == ["Cats purr when they are content."]
+
+
+async def test_corrupt_and_undecodable_files_are_reported_and_skipped(
+    index: DocumentIndex, folder: Path
+) -> None:
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj garbage\n%%EOF")
+    (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    report = await index.ingest(folder)
+    assert sorted(s for s, _ in report.failed) == ["broken.pdf", "latin1.txt"]
+    assert sorted(report.added) == ["cats.txt", "manual.pdf", "sub/notes.md"]
+    assert {i.metadata["source"] for i in await index.store.get()} == {
+        "cats.txt",
+        "manual.pdf",
+        "sub/notes.md",
+    }
+
+
+async def test_progress_bar_counts_files(
+    index: DocumentIndex, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await index.ingest(folder, progress=True)
+    err = capsys.readouterr().err
+    assert "ingest" in err
+    assert "3/3" in err
