@@ -278,5 +278,5 @@ def _progress(total: int, *, enabled: bool) -> _NoBar:
         return _NoBar()
     from tqdm import tqdm  # noqa: PLC0415
 
-    bar: _NoBar = tqdm(total=total, unit="file", desc="ingest", dynamic_ncols=True)  # type: ignore[assignment]
+    bar: _NoBar = tqdm(total=total, unit="file", desc="ingest", dynamic_ncols=True)
     return bar
