@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from adapters.base import PlatformAdapter
+from adapters.discord import discord_adapter
 from agent.config import Config
 
 # Each platform module contributes a factory: it returns its adapter when the platform is
 # configured (credentials present), None otherwise. Add new platforms here.
 PlatformFactory = Callable[[Config], PlatformAdapter | None]
-PLATFORMS: list[PlatformFactory] = []
+PLATFORMS: list[PlatformFactory] = [discord_adapter]
 
 
 def configured_adapters(

@@ -173,6 +173,33 @@ class ConsoleConfig(_Section):
     user_name: str = Field(default="you", min_length=1)
 
 
+class DiscordConfig(_Section):
+    """Discord (see README, 'Discord'). Active when a token is set (env DISCORD_TOKEN)."""
+
+    # A secret: set DISCORD_TOKEN (or BESEDA_DISCORD__TOKEN) in the environment or .env.
+    token: SecretStr = SecretStr("")
+    # Answer when mentioned or replied to; in DMs (dms); and every message in these channels.
+    dms: bool = True
+    all_messages_channels: tuple[int, ...] = ()
+    # Allow-lists; empty = everyone. A user passes with an allowed id OR an allowed role.
+    guilds: tuple[int, ...] = ()
+    channels: tuple[int, ...] = ()
+    users: tuple[int, ...] = ()
+    roles: tuple[int, ...] = ()
+    # Admins pass every allow-list and the rate limit.
+    admin_users: tuple[int, ...] = ()
+    admin_roles: tuple[int, ...] = ()
+    # Off by default: two bots answering each other would loop.
+    answer_bots: bool = False
+    # Per user: at most rate_limit_messages answered per rate_limit_seconds (0 = no limit).
+    rate_limit_messages: int = Field(default=6, ge=0)
+    rate_limit_seconds: float = Field(default=60.0, gt=0.0)
+    # Streaming by edits: at most one edit per message per this many seconds.
+    edit_interval: float = Field(default=1.0, ge=0.2)
+    # Register the ! commands as slash commands on start.
+    slash_commands: bool = True
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
@@ -184,6 +211,7 @@ class Config(_Section):
     chat: ChatConfig = ChatConfig()
     context: ContextConfig = ContextConfig()
     console: ConsoleConfig = ConsoleConfig()
+    discord: DiscordConfig = DiscordConfig()
     logging: LoggingConfig = LoggingConfig()
     # Where the file was read from; relative paths inside it are resolved against its folder.
     source: Path = Path("config.toml")

@@ -1,0 +1,344 @@
+"""The Discord adapter (discord.py 2.x): which messages to answer, and slash commands.
+
+A message is answered when it mentions the bot, replies to one of its messages, is a
+direct message (if enabled), is a ``!`` command, or arrives in an "all messages" channel —
+and its author passes the allow-lists and the per-user rate limit. Everything else is
+ignored silently (logged at debug). A thread is its own channel key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import discord
+from discord import app_commands
+
+from adapters.base import ReplyTarget
+from adapters.discord_reply import Clock, DiscordReply, InteractionSink, MessageSink, Sink
+from agent import commands
+from agent.config import Config, DiscordConfig, load_dotenv_into_environ
+from agent.events import Attachment, Inbound
+
+log = logging.getLogger(__name__)
+
+Submit = Callable[[Inbound, ReplyTarget], Awaitable[object]]
+RATE_NOTICE = (
+    "You're writing faster than I can answer well — I'll skip your messages for a little "
+    "while. Please wait a moment before the next one."
+)
+NOT_ALLOWED = "Sorry, I am not allowed to answer you here."
+QUOTE_CHARS = 500
+ORIGINS_KEPT = 1000
+
+
+class RateLimiter:
+    """At most ``limit`` messages per ``window`` seconds per user; one notice per excess."""
+
+    def __init__(self, limit: int, window: float, clock: Clock) -> None:
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._seen: dict[int, deque[float]] = {}
+        self._noticed: set[int] = set()
+
+    def check(self, user_id: int) -> Literal["ok", "notice", "drop"]:
+        if self._limit <= 0:
+            return "ok"
+        now = self._clock()
+        seen = self._seen.setdefault(user_id, deque())
+        while seen and now - seen[0] >= self._window:
+            seen.popleft()
+        if len(seen) < self._limit:
+            seen.append(now)
+            self._noticed.discard(user_id)
+            return "ok"
+        if user_id in self._noticed:
+            return "drop"
+        self._noticed.add(user_id)
+        return "notice"
+
+
+def is_admin(config: DiscordConfig, user_id: int, role_ids: set[int]) -> bool:
+    return user_id in config.admin_users or bool(role_ids & set(config.admin_roles))
+
+
+def is_allowed(
+    config: DiscordConfig,
+    *,
+    user_id: int,
+    role_ids: set[int],
+    guild_id: int | None,
+    channel_ids: set[int],
+) -> bool:
+    """Allow-lists: an empty list allows everyone; users and roles are alternatives."""
+    if is_admin(config, user_id, role_ids):
+        return True
+    if guild_id is not None and config.guilds and guild_id not in config.guilds:
+        return False
+    # Channel allow-lists concern servers; DMs are governed by ``dms`` and the user lists.
+    if guild_id is not None and config.channels and not channel_ids & set(config.channels):
+        return False
+    if config.users or config.roles:
+        return user_id in config.users or bool(role_ids & set(config.roles))
+    return True
+
+
+def strip_mention(text: str, bot_id: int) -> str:
+    return re.sub(rf"<@!?{bot_id}>", "", text).strip()
+
+
+class _Client(discord.Client):
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
+        self.adapter = adapter
+        self.tree = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        await self.adapter.setup(self)
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.on_message(message)
+
+
+class DiscordAdapter:
+    def __init__(
+        self,
+        config: DiscordConfig,
+        token: str,
+        *,
+        clock: Clock = time.monotonic,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self._token = token
+        self._clock = clock
+        self._options = client_options or {}
+        self._limiter = RateLimiter(config.rate_limit_messages, config.rate_limit_seconds, clock)
+        self._origins: OrderedDict[str, discord.Message | discord.Interaction] = OrderedDict()
+        self._submit: Submit | None = None
+        self._stopped = False
+        self.client: _Client | None = None
+
+    @property
+    def name(self) -> str:
+        return "discord"
+
+    def _intents(self) -> discord.Intents:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.dm_messages = True
+        intents.message_content = True  # privileged: enable it in the developer portal
+        return intents
+
+    async def run(self, submit: Submit) -> None:
+        self._submit = submit
+        client = _Client(self, intents=self._intents(), **self._options)
+        self.client = client
+        try:
+            # Logs in, connects, and reconnects (resuming the session) until closed.
+            await client.start(self._token, reconnect=True)
+        finally:
+            if not client.is_closed():
+                await client.close()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self.client is not None:
+            await self.client.close()
+
+    async def setup(self, client: _Client) -> None:
+        if not self.config.slash_commands:
+            return
+        for command in commands.COMMANDS.values():
+            client.tree.add_command(self._slash_command(command))
+        try:
+            synced = await client.tree.sync()
+            log.info("synced %d slash commands", len(synced))
+        except discord.HTTPException as exc:  # e.g. missing applications.commands scope
+            log.warning("could not sync slash commands: %s", exc)
+
+    def _slash_command(self, command: commands.Command) -> app_commands.Command[Any, ..., None]:
+        name = command.name
+
+        async def without_args(interaction: discord.Interaction) -> None:
+            await self.on_slash(interaction, name, "")
+
+        async def with_args(interaction: discord.Interaction, text: str = "") -> None:
+            await self.on_slash(interaction, name, text)
+
+        takes_args = command.usage.strip() != command.name
+        return app_commands.Command(
+            name=name,
+            description=(command.help or name)[:100],
+            callback=with_args if takes_args else without_args,
+        )
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        try:
+            await self._on_message(message)
+        except Exception:  # one bad event never takes the bot down
+            log.exception("could not handle a message in discord:%s", message.channel.id)
+
+    async def _on_message(self, message: discord.Message) -> None:  # noqa: PLR0911 (a gate)
+        client = self.client
+        me = client.user if client is not None else None
+        if self._stopped or self._submit is None or me is None or message.author.id == me.id:
+            return
+        author = message.author
+        where = f"discord:{message.channel.id}"
+        if author.bot and not self.config.answer_bots:
+            log.debug("ignored a bot's message in %s", where)
+            return
+        is_direct = message.guild is None
+        if is_direct and not self.config.dms:
+            log.debug("ignored a direct message: dms are off")
+            return
+        roles = {role.id for role in getattr(author, "roles", ())}
+        channel = message.channel
+        channel_ids = {channel.id}
+        if isinstance(channel, discord.Thread) and channel.parent_id is not None:
+            channel_ids.add(channel.parent_id)
+        allowed = is_allowed(
+            self.config,
+            user_id=author.id,
+            role_ids=roles,
+            guild_id=message.guild.id if message.guild else None,
+            channel_ids=channel_ids,
+        )
+        if not allowed:
+            log.debug("ignored user %s in %s: not in the allow-lists", author.id, where)
+            return
+        text = strip_mention(message.content, me.id)
+        replied = self._replied_message(message)
+        addressed = (
+            is_direct
+            or me in message.mentions
+            or (replied is not None and replied.author.id == me.id)
+            or bool(channel_ids & set(self.config.all_messages_channels))
+            or commands.parse(text) is not None
+        )
+        if not addressed:
+            return
+        if not text and not message.attachments:
+            log.debug("ignored an empty mention in %s", where)
+            return
+        if not is_admin(self.config, author.id, roles):
+            verdict = self._limiter.check(author.id)
+            if verdict == "notice":
+                await message.reply(RATE_NOTICE, mention_author=False)
+            if verdict != "ok":
+                log.debug("rate-limited user %s in %s", author.id, where)
+                return
+        if replied is not None and replied.author.id != me.id and replied.content:
+            # The bot's own messages are in the history already; others' are quoted.
+            quoted = replied.content[:QUOTE_CHARS].replace("\n", "\n> ")
+            text = f"> {replied.author.display_name} wrote: {quoted}\n{text}"
+        inbound = Inbound(
+            platform="discord",
+            channel_key=where,
+            author_id=str(author.id),
+            author_name=author.display_name,
+            text=text,
+            message_id=str(message.id),
+            reply_to=str(message.reference.message_id)
+            if message.reference and message.reference.message_id
+            else None,
+            thread_id=str(channel.id) if isinstance(channel, discord.Thread) else None,
+            is_direct=is_direct,
+            attachments=tuple(
+                Attachment(a.filename, a.content_type or "", a.size, a.url)
+                for a in message.attachments
+            ),
+            timestamp=message.created_at,
+        )
+        self._remember(str(message.id), message)
+        await self._submit(inbound, self)
+
+    def _replied_message(self, message: discord.Message) -> discord.Message | None:
+        reference = message.reference
+        if reference is None:
+            return None
+        resolved = reference.resolved or reference.cached_message
+        return resolved if isinstance(resolved, discord.Message) else None
+
+    async def on_slash(self, interaction: discord.Interaction, name: str, args: str) -> None:
+        try:
+            await self._on_slash(interaction, name, args)
+        except Exception:
+            log.exception("could not handle /%s in discord:%s", name, interaction.channel_id)
+
+    async def _on_slash(self, interaction: discord.Interaction, name: str, args: str) -> None:
+        if self._stopped or self._submit is None or interaction.channel_id is None:
+            return
+        user = interaction.user
+        roles = {role.id for role in getattr(user, "roles", ())}
+        channel_ids = {interaction.channel_id}
+        channel = interaction.channel
+        if isinstance(channel, discord.Thread) and channel.parent_id is not None:
+            channel_ids.add(channel.parent_id)
+        is_direct = interaction.guild_id is None
+        allowed = (self.config.dms or not is_direct) and is_allowed(
+            self.config,
+            user_id=user.id,
+            role_ids=roles,
+            guild_id=interaction.guild_id,
+            channel_ids=channel_ids,
+        )
+        if not allowed:
+            log.debug("refused /%s from user %s: not in the allow-lists", name, user.id)
+            await interaction.response.send_message(NOT_ALLOWED, ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        inbound = Inbound(
+            platform="discord",
+            channel_key=f"discord:{interaction.channel_id}",
+            author_id=str(user.id),
+            author_name=user.display_name,
+            text=f"{commands.PREFIX}{name} {args}".strip(),
+            message_id=f"interaction:{interaction.id}",
+            thread_id=str(channel.id) if isinstance(channel, discord.Thread) else None,
+            is_direct=is_direct,
+            timestamp=interaction.created_at,
+        )
+        self._remember(f"interaction:{interaction.id}", interaction)
+        await self._submit(inbound, self)
+
+    def _remember(self, key: str, origin: discord.Message | discord.Interaction) -> None:
+        self._origins[key] = origin
+        while len(self._origins) > ORIGINS_KEPT:
+            self._origins.popitem(last=False)
+
+    # -- replies -----------------------------------------------------------------------------
+
+    async def open_reply(self, inbound: Inbound) -> DiscordReply:
+        origin = self._origins.get(inbound.message_id or "")
+        if origin is None:
+            raise LookupError(f"no Discord message to answer for {inbound.message_id}")
+        sink: Sink = (
+            MessageSink(origin) if isinstance(origin, discord.Message) else InteractionSink(origin)
+        )
+        return DiscordReply(sink, clock=self._clock, edit_interval=self.config.edit_interval)
+
+
+def discord_token(config: Config) -> str:
+    """``[discord] token`` (BESEDA_DISCORD__TOKEN), else DISCORD_TOKEN from env or .env."""
+    token = config.discord.token.get_secret_value().strip()
+    if token:
+        return token
+    load_dotenv_into_environ(config.base_dir)
+    return os.environ.get("DISCORD_TOKEN", "").strip()
+
+
+def discord_adapter(config: Config) -> DiscordAdapter | None:
+    """The registry's factory: a Discord adapter when a token is configured."""
+    token = discord_token(config)
+    return DiscordAdapter(config.discord, token) if token else None

@@ -1,0 +1,462 @@
+"""A loopback Discord: the real gateway protocol and the REST routes Beseda uses, on 127.0.0.1.
+
+The unmodified discord.py client is pointed at it (``Route.BASE`` and
+``DiscordWebSocket.DEFAULT_GATEWAY``). It records every REST request and every gateway
+opcode the bot sends, and lets a test dispatch events, drop the connection or make the next
+matching request fail (403, 429 with ``retry_after``, 5xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+TOKEN = "fake-bot-token"
+BOT_ID = 900_000_000_000_000_001
+APP_ID = 900_000_000_000_000_002
+GUILD_ID = 100_000_000_000_000_001
+CHANNEL_ID = 200_000_000_000_000_001
+OTHER_CHANNEL_ID = 200_000_000_000_000_002
+THREAD_ID = 300_000_000_000_000_001
+DM_CHANNEL_ID = 400_000_000_000_000_001
+ROLE_ID = 500_000_000_000_000_001
+TIMESTAMP = "2026-01-01T00:00:00.000000+00:00"
+
+# Opcodes of the gateway.
+DISPATCH, HEARTBEAT, IDENTIFY, RESUME, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 0, 1, 2, 6, 9, 10, 11
+
+
+def user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
+    return {
+        "id": str(user_id),
+        "username": name,
+        "global_name": name,
+        "discriminator": "0",
+        "avatar": None,
+        "bot": bot,
+    }
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    body: Any
+
+
+@dataclass
+class Failure:
+    method: str
+    pattern: str
+    status: int
+    body: dict[str, Any]
+    times: int = 1
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class DiscordFake:
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.sent_ops: list[int] = []
+        self.identifies = 0
+        self.resumes = 0
+        self.failures: list[Failure] = []
+        self.messages: dict[int, dict[str, Any]] = {}
+        self._ids = itertools.count(700_000_000_000_000_001)
+        self._ws: web.WebSocketResponse | None = None
+        self._seq = 0
+        self._session = "fake-session-1"
+        self._events: list[dict[str, Any]] = []  # every dispatch, for RESUME replay
+        self._ready = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.bot = user(BOT_ID, "beseda", bot=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    # -- test controls -----------------------------------------------------------------------
+
+    async def wait_ready(self, seconds: float = 10) -> None:
+        await asyncio.wait_for(self._ready.wait(), seconds)
+
+    async def wait_for(self, predicate: Callable[[], bool], seconds: float = 10) -> None:
+        async def waiter() -> None:
+            async with self._changed:
+                await self._changed.wait_for(predicate)
+
+        await asyncio.wait_for(waiter(), seconds)
+
+    def fail_next(
+        self, method: str, pattern: str, status: int, body: dict[str, Any], times: int = 1
+    ) -> None:
+        headers = {"Via": "1.1 google"} if status == 429 else {}
+        self.failures.append(Failure(method, pattern, status, body, times, headers))
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        self._seq += 1
+        payload = {"op": DISPATCH, "t": event, "s": self._seq, "d": data}
+        self._events.append(payload)
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.send_str(json.dumps(payload))
+
+    async def drop(self, code: int = 4000) -> None:
+        """Close the gateway connection as Discord does on a hiccup (the client may RESUME)."""
+        self._ready.clear()
+        ws = self._ws
+        if ws is not None:
+            await ws.close(code=code, message=b"dropped by the fake")
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    async def message_create(
+        self,
+        content: str,
+        *,
+        author: dict[str, Any] | None = None,
+        channel_id: int = CHANNEL_ID,
+        guild: bool = True,
+        mentions: list[dict[str, Any]] | None = None,
+        roles: list[int] | None = None,
+        reference: dict[str, Any] | None = None,
+    ) -> int:
+        """Dispatch MESSAGE_CREATE as Discord would; returns the message id."""
+        message_id = self.next_id()
+        data: dict[str, Any] = {
+            "id": str(message_id),
+            "channel_id": str(channel_id),
+            "author": author or user(111, "alice"),
+            "content": content,
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": mentions or [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+        }
+        if guild:
+            data["guild_id"] = str(GUILD_ID)
+            data["member"] = {
+                "roles": [str(r) for r in roles or []],
+                "joined_at": TIMESTAMP,
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
+            }
+        if reference is not None:
+            data["type"] = 19
+            data["message_reference"] = {
+                "message_id": reference["id"],
+                "channel_id": reference["channel_id"],
+                **({"guild_id": str(GUILD_ID)} if guild else {}),
+            }
+            data["referenced_message"] = reference
+        await self.dispatch("MESSAGE_CREATE", data)
+        return message_id
+
+    def posted(self, channel_id: int = CHANNEL_ID) -> list[Request]:
+        path = f"/channels/{channel_id}/messages"
+        return [r for r in self.requests if r.method == "POST" and r.path == path]
+
+    def edits(self) -> list[Request]:
+        return [r for r in self.requests if r.method == "PATCH" and "/messages/" in r.path]
+
+    def contents(self, channel_id: int = CHANNEL_ID) -> list[str]:
+        """The current text of every message the bot has in a channel, oldest first."""
+        return [
+            m["content"]
+            for m in sorted(self.messages.values(), key=lambda m: int(m["id"]))
+            if m["channel_id"] == str(channel_id) and m["author"]["id"] == str(BOT_ID)
+        ]
+
+    # -- gateway -----------------------------------------------------------------------------
+
+    def _guild(self) -> dict[str, Any]:
+        def text_channel(channel_id: int, name: str) -> dict[str, Any]:
+            return {
+                "id": str(channel_id),
+                "type": 0,
+                "name": name,
+                "position": 0,
+                "guild_id": str(GUILD_ID),
+                "permission_overwrites": [],
+                "nsfw": False,
+                "parent_id": None,
+            }
+
+        role = {
+            "id": str(GUILD_ID),
+            "name": "@everyone",
+            "permissions": "1024",
+            "position": 0,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": False,
+        }
+        return {
+            "id": str(GUILD_ID),
+            "name": "Fake guild",
+            "icon": None,
+            "owner_id": "111",
+            "unavailable": False,
+            "member_count": 2,
+            "large": False,
+            "features": [],
+            "emojis": [],
+            "stickers": [],
+            "roles": [role, {**role, "id": str(ROLE_ID), "name": "friends", "position": 1}],
+            "channels": [
+                text_channel(CHANNEL_ID, "general"),
+                text_channel(OTHER_CHANNEL_ID, "random"),
+            ],
+            "threads": [
+                {
+                    "id": str(THREAD_ID),
+                    "type": 11,
+                    "name": "a thread",
+                    "guild_id": str(GUILD_ID),
+                    "parent_id": str(CHANNEL_ID),
+                    "owner_id": "111",
+                    "message_count": 0,
+                    "member_count": 1,
+                    "rate_limit_per_user": 0,
+                    "thread_metadata": {
+                        "archived": False,
+                        "auto_archive_duration": 1440,
+                        "archive_timestamp": TIMESTAMP,
+                        "locked": False,
+                    },
+                }
+            ],
+            "members": [
+                {
+                    "user": self.bot,
+                    "roles": [],
+                    "joined_at": TIMESTAMP,
+                    "deaf": False,
+                    "mute": False,
+                    "flags": 0,
+                }
+            ],
+            "voice_states": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+        }
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws = ws
+        await ws.send_str(json.dumps({"op": HELLO, "d": {"heartbeat_interval": 41250}}))
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                break
+            payload = json.loads(msg.data)
+            op = payload["op"]
+            self.sent_ops.append(op)
+            if op == HEARTBEAT:
+                await ws.send_str(json.dumps({"op": HEARTBEAT_ACK}))
+            elif op == IDENTIFY:
+                if payload["d"]["token"] != TOKEN:
+                    await ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                self.identifies += 1
+                await self._identified()
+            elif op == RESUME:
+                d = payload["d"]
+                if d["token"] != TOKEN or d["session_id"] != self._session:
+                    await ws.send_str(json.dumps({"op": INVALID_SESSION, "d": False}))
+                    continue
+                self.resumes += 1
+                for missed in self._events:
+                    if missed["s"] > (d["seq"] or 0):
+                        await ws.send_str(json.dumps(missed))
+                self._seq += 1
+                await ws.send_str(
+                    json.dumps({"op": DISPATCH, "t": "RESUMED", "s": self._seq, "d": {}})
+                )
+                self._ready.set()
+            await self._notify()
+        return ws
+
+    async def _identified(self) -> None:
+        await self.dispatch(
+            "READY",
+            {
+                "v": 10,
+                "user": self.bot,
+                "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
+                "session_id": self._session,
+                "resume_gateway_url": self.gateway_url,
+                "application": {"id": str(APP_ID), "flags": 0},
+            },
+        )
+        await self.dispatch("GUILD_CREATE", self._guild())
+        self._ready.set()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- REST --------------------------------------------------------------------------------
+
+    async def _rest(self, request: web.Request) -> web.Response:
+        path = "/" + request.match_info["tail"]
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            if request.content_type == "application/json":
+                body = json.loads(raw)
+            elif request.content_type.startswith("multipart/"):
+                body = {"multipart": raw.decode("utf-8", "replace")}
+        self.requests.append(Request(request.method, path, body))
+        response = self._respond(request, path, body)
+        await self._notify()
+        return response
+
+    def _respond(self, request: web.Request, path: str, body: Any) -> web.Response:
+        if request.headers.get("Authorization") != f"Bot {TOKEN}":
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
+        for failure in self.failures:
+            if failure.method == request.method and re.fullmatch(failure.pattern, path):
+                failure.times -= 1
+                if failure.times <= 0:
+                    self.failures.remove(failure)
+                return _json(failure.body, failure.status, failure.headers)
+        return self._route(request.method, path, body)
+
+    def _route(self, method: str, path: str, body: Any) -> web.Response:  # noqa: PLR0911
+        if (method, path) == ("GET", "/gateway/bot"):
+            return _json(
+                {
+                    "url": self.gateway_url,
+                    "shards": 1,
+                    "session_start_limit": {
+                        "total": 1000,
+                        "remaining": 999,
+                        "reset_after": 0,
+                        "max_concurrency": 1,
+                    },
+                }
+            )
+        if (method, path) == ("GET", "/users/@me"):
+            return _json(self.bot)
+        if (method, path) == ("GET", "/oauth2/applications/@me"):
+            return _json(
+                {
+                    "id": str(APP_ID),
+                    "name": "beseda",
+                    "description": "",
+                    "icon": None,
+                    "bot_public": False,
+                    "bot_require_code_grant": False,
+                    "owner": user(111, "alice"),
+                    "verify_key": "0" * 64,
+                    "flags": 0,
+                }
+            )
+        if method == "PUT" and path == f"/applications/{APP_ID}/commands":
+            return _json(
+                [
+                    {**c, "id": str(self.next_id()), "application_id": str(APP_ID), "version": "1"}
+                    for c in body
+                ]
+            )
+        if match := re.fullmatch(r"/channels/(\d+)/typing", path):
+            return web.Response(status=204)
+        if method == "POST" and (match := re.fullmatch(r"/channels/(\d+)/messages", path)):
+            return _json(self._store(int(match[1]), body))
+        if method == "PATCH" and (match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path)):
+            message = self.messages.get(int(match[2]))
+            if message is None:
+                return _json({"message": "Unknown Message", "code": 10008}, 404)
+            content = body.get("content", message["content"])
+            message.update(content=content, edited_timestamp=TIMESTAMP)
+            return _json(message)
+        if method == "DELETE" and (match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path)):
+            self.messages.pop(int(match[2]), None)
+            return web.Response(status=204)
+        if method == "POST" and re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", path):
+            return web.Response(status=204)
+        if method == "POST" and (match := re.fullmatch(rf"/webhooks/{APP_ID}/([^/]+)", path)):
+            return _json(self._store(CHANNEL_ID, body, webhook=True))
+        if method == "PATCH" and (
+            match := re.fullmatch(rf"/webhooks/{APP_ID}/([^/]+)/messages/(\d+)", path)
+        ):
+            message = self.messages[int(match[2])]
+            message.update(content=body.get("content", message["content"]))
+            return _json(message)
+        return _json({"message": "404: Not Found", "code": 0}, 404)
+
+    def _store(self, channel_id: int, body: Any, *, webhook: bool = False) -> dict[str, Any]:
+        message_id = self.next_id()
+        message: dict[str, Any] = {
+            "id": str(message_id),
+            "channel_id": str(channel_id),
+            "author": self.bot,
+            "content": body.get("content") or "",
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 19 if body.get("message_reference") else 0,
+            "webhook_id": str(APP_ID) if webhook else None,
+        }
+        if channel_id != DM_CHANNEL_ID:
+            message["guild_id"] = str(GUILD_ID)
+        if ref := body.get("message_reference"):
+            message["message_reference"] = ref
+        self.messages[message_id] = message
+        return message
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # discord.py parses JSON only when content-type is exactly application/json (no charset).
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )

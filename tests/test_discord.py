@@ -1,0 +1,365 @@
+"""The real Discord adapter and the real core, driven through the loopback Discord fake."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from adapters.discord import RATE_NOTICE, DiscordAdapter
+from adapters.discord_split import split_parts
+from agent.app import build_core
+from agent.config import (
+    ChatConfig,
+    Config,
+    ContextConfig,
+    DiscordConfig,
+    ModelConfig,
+    PersonaConfig,
+)
+from agent.core import Core
+from agent.generators.base import ChatMessage
+from memory.db import Database
+from memory.history import SqlHistoryStore
+from tests import discord_fake as fk
+from tests.fakes import FakeGenerator
+
+ALICE = fk.user(111, "alice")
+BOB = fk.user(222, "bob")
+MENTION = f"<@{fk.BOT_ID}>"
+
+
+class SteppingClock:
+    """Each reading advances by ``step`` seconds: throttling without wall-clock time."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+class Bot:
+    def __init__(
+        self, fake: fk.DiscordFake, adapter: DiscordAdapter, core: Core, gen: FakeGenerator
+    ) -> None:
+        self.fake = fake
+        self.adapter = adapter
+        self.core = core
+        self.generator = gen
+
+    async def answered(self, count: int, channel_id: int = fk.CHANNEL_ID) -> list[str]:
+        """Wait until the bot has ``count`` messages in the channel and the core is idle."""
+        await self.fake.wait_for(lambda: len(self.fake.contents(channel_id)) >= count)
+        await self.idle()
+        return self.fake.contents(channel_id)
+
+    async def idle(self) -> None:
+        for _ in range(200):
+            if not self.core._workers:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the core is still busy")
+
+
+StartBot = Callable[..., Awaitable[Bot]]
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[fk.DiscordFake]:
+    server = fk.DiscordFake()
+    await server.start()
+    monkeypatch.setattr(Route, "BASE", server.api_base)
+    monkeypatch.setattr(
+        DiscordWebSocket, "DEFAULT_GATEWAY", discord.utils.yarl.URL(server.gateway_url)
+    )  # type: ignore[attr-defined]
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def start_bot(fake: fk.DiscordFake, tmp_path: Path) -> AsyncIterator[StartBot]:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}")
+    await db.migrate()
+    running: list[tuple[DiscordAdapter, asyncio.Task[None], Core]] = []
+
+    async def start(
+        answer: Callable[[Sequence[ChatMessage]], str] | None = None,
+        clock: Callable[[], float] | None = None,
+        **discord_options: Any,
+    ) -> Bot:
+        generator = FakeGenerator(answer)
+        config = Config(
+            model=ModelConfig(max_tokens=64, temperature=0),
+            persona=PersonaConfig(system_prompt="You are a test."),
+            chat=ChatConfig(safety_margin_tokens=8),
+            context=ContextConfig(date="off"),
+        )
+        core = build_core(config, SqlHistoryStore(db), generator)
+        adapter = DiscordAdapter(
+            DiscordConfig(**discord_options),
+            fk.TOKEN,
+            clock=clock or SteppingClock(0.0),
+            client_options={"guild_ready_timeout": 0.05},
+        )
+        task = asyncio.create_task(adapter.run(core.submit))
+        running.append((adapter, task, core))
+        await fake.wait_ready()
+        client = adapter.client
+        assert client is not None
+        await asyncio.wait_for(client.wait_until_ready(), 10)
+        return Bot(fake, adapter, core, generator)
+
+    yield start
+    for adapter, task, core in running:
+        await adapter.stop()
+        await asyncio.wait_for(task, 10)
+        await core.close(1)
+    await db.close()
+
+
+def chunks_are_well_formed(chunks: list[str]) -> None:
+    for chunk in chunks:
+        assert 0 < len(chunk) <= 2000
+        fences = [line for line in chunk.split("\n") if line.strip().startswith("```")]
+        assert len(fences) % 2 == 0, chunk
+
+
+async def test_a_mention_is_answered_by_a_reply_streamed_with_edits(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    words = " ".join(f"word{i}" for i in range(12))
+    bot = await start_bot(answer=lambda _m: words, clock=SteppingClock(0.4))
+    asked = await fake.message_create(f"{MENTION} tell me", mentions=[fake.bot])
+    assert await bot.answered(1) == [words]
+    [post] = fake.posted()
+    assert int(post.body["message_reference"]["message_id"]) == asked
+    assert words.startswith(post.body["content"])
+    edits = fake.edits()
+    # Throttled: fewer edits than tokens, each showing a longer prefix, the last one whole.
+    assert 1 <= len(edits) < 12
+    assert all(words.startswith(e.body["content"]) for e in edits)
+    assert edits[-1].body["content"] == words
+    # The typing indicator came before the first message.
+    paths = [r.path for r in fake.requests]
+    assert paths.index(f"/channels/{fk.CHANNEL_ID}/typing") < paths.index(post.path)
+    # The bot's own mention is not part of what the model saw.
+    assert bot.generator.calls[0][-1].content == "tell me"
+
+
+async def test_a_frozen_clock_allows_no_edit_until_the_final_text(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot(answer=lambda _m: "one two three four five six")
+    await fake.message_create(f"{MENTION} count", mentions=[fake.bot])
+    assert await bot.answered(1) == ["one two three four five six"]
+    assert len(fake.posted()) == 1
+    assert len(fake.edits()) == 1  # only the final, whole text
+
+
+async def test_a_long_answer_is_split_with_intact_code_fences(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    code = "\n".join(f"    value_{i} = compute({i})  # step {i}" for i in range(120))
+    answer = "Here is the code:\n\n```python\n" + code + "\n```\n\n" + "Done. " * 100
+    answer = answer.strip()
+    assert len(answer) > 4500
+    bot = await start_bot(answer=lambda _m: answer)
+    await fake.message_create(f"{MENTION} code please", mentions=[fake.bot])
+    await bot.answered(3)
+    contents = fake.contents()
+    assert len(contents) >= 3
+    chunks_are_well_formed(contents)
+    assert "".join(
+        "".join(c.replace("```python", "").replace("```", "").split()) for c in contents
+    ) == ("".join(answer.replace("```python", "").replace("```", "").split()))
+    # The second chunk reopens the python block the first one had to close.
+    assert contents[1].startswith("```python\n")
+
+
+async def test_plain_messages_are_ignored_unless_the_channel_takes_all(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot(all_messages_channels=[fk.OTHER_CHANNEL_ID])
+    await fake.message_create("just chatting")
+    await fake.message_create("anyone?", channel_id=fk.OTHER_CHANNEL_ID)
+    assert await bot.answered(1, fk.OTHER_CHANNEL_ID) == ["echo: anyone?"]
+    assert fake.contents() == []
+    assert len(bot.generator.calls) == 1
+
+
+async def test_direct_messages_are_answered_when_enabled(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    await fake.message_create("hi in private", channel_id=fk.DM_CHANNEL_ID, guild=False)
+    assert await bot.answered(1, fk.DM_CHANNEL_ID) == ["echo: hi in private"]
+
+
+async def test_direct_messages_are_ignored_when_disabled(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot(dms=False)
+    await fake.message_create("hi in private", channel_id=fk.DM_CHANNEL_ID, guild=False)
+    await fake.message_create(f"{MENTION} and here?", mentions=[fake.bot])
+    assert await bot.answered(1) == ["echo: and here?"]
+    assert fake.contents(fk.DM_CHANNEL_ID) == []
+
+
+async def test_allow_lists_admit_listed_users_and_roles_only(
+    start_bot: StartBot, fake: fk.DiscordFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="adapters.discord")
+    carol = fk.user(333, "carol")
+    bot = await start_bot(users=[222], roles=[fk.ROLE_ID])
+    await fake.message_create(f"{MENTION} from alice", mentions=[fake.bot], author=ALICE)
+    await fake.message_create(
+        f"{MENTION} from carol", mentions=[fake.bot], author=carol, roles=[fk.ROLE_ID]
+    )
+    await fake.message_create(f"{MENTION} from bob", mentions=[fake.bot], author=BOB)
+    await bot.answered(2)
+    assert sorted(fake.contents()) == ["echo: from bob", "echo: from carol"]
+    assert "ignored user 111" in caplog.text
+
+
+async def test_channel_allow_list_denies_other_channels(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot(channels=[fk.OTHER_CHANNEL_ID])
+    await fake.message_create(f"{MENTION} here", mentions=[fake.bot])
+    await fake.message_create(
+        f"{MENTION} there", mentions=[fake.bot], channel_id=fk.OTHER_CHANNEL_ID
+    )
+    assert await bot.answered(1, fk.OTHER_CHANNEL_ID) == ["echo: there"]
+    assert fake.contents() == []
+
+
+async def test_other_bots_are_ignored(start_bot: StartBot, fake: fk.DiscordFake) -> None:
+    other_bot = fk.user(444, "otherbot", bot=True)
+    bot = await start_bot()
+    await fake.message_create(f"{MENTION} ping", mentions=[fake.bot], author=other_bot)
+    await fake.message_create(f"{MENTION} human", mentions=[fake.bot])
+    assert await bot.answered(1) == ["echo: human"]
+    assert len(bot.generator.calls) == 1
+
+
+async def test_a_thread_is_its_own_channel(start_bot: StartBot, fake: fk.DiscordFake) -> None:
+    bot = await start_bot()
+    await fake.message_create(
+        f"{MENTION} in a thread", mentions=[fake.bot], channel_id=fk.THREAD_ID
+    )
+    assert await bot.answered(1, fk.THREAD_ID) == ["echo: in a thread"]
+    history = bot.core._history
+    stored = await history.conversation(f"discord:{fk.THREAD_ID}")
+    assert [m.text for m in stored] == ["in a thread", "echo: in a thread"]
+    assert await history.conversation(f"discord:{fk.CHANNEL_ID}") == []
+
+
+async def test_a_reply_to_the_bot_is_answered_and_a_quoted_message_is_context(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    await fake.message_create(f"{MENTION} first", mentions=[fake.bot])
+    await bot.answered(1)
+    [mine] = list(fake.messages.values())
+    await fake.message_create("and a reply", reference=mine)
+    await bot.answered(2)
+    other = {
+        "id": "123", "channel_id": str(fk.CHANNEL_ID), "author": BOB, "content": "the sky is green",
+        "timestamp": fk.TIMESTAMP, "edited_timestamp": None, "tts": False,
+        "mention_everyone": False, "mentions": [], "mention_roles": [], "attachments": [],
+        "embeds": [], "pinned": False, "type": 0,
+    }  # fmt: skip
+    await fake.message_create(f"{MENTION} is that right?", mentions=[fake.bot], reference=other)
+    await bot.answered(3)
+    assert bot.generator.calls[1][-1].content == "and a reply"
+    assert bot.generator.calls[2][-1].content == ("> bob wrote: the sky is green\nis that right?")
+
+
+async def test_commands_work_as_messages_and_are_synced_as_slash_commands(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    [put] = [r for r in fake.requests if r.method == "PUT"]
+    assert put.path == f"/applications/{fk.APP_ID}/commands"
+    assert {"help", "reset", "summary"} <= {c["name"] for c in put.body}
+    await fake.message_create("!help")
+    [text] = await bot.answered(1)
+    assert text.startswith("Commands:")
+    assert bot.generator.calls == []
+
+
+async def test_a_fast_user_gets_one_polite_notice(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot(rate_limit_messages=2, rate_limit_seconds=60)
+    for i in range(5):
+        await fake.message_create(f"{MENTION} m{i}", mentions=[fake.bot])
+    await bot.answered(3)
+    await fake.message_create(f"{MENTION} other", mentions=[fake.bot], author=BOB)
+    contents = await bot.answered(4)
+    assert contents.count(RATE_NOTICE) == 1
+    assert sorted(c for c in contents if c != RATE_NOTICE) == [
+        "echo: m0", "echo: m1", "echo: other"
+    ]  # fmt: skip
+
+
+async def test_the_bot_resumes_after_the_gateway_drops(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    await fake.message_create(f"{MENTION} before", mentions=[fake.bot])
+    await bot.answered(1)
+    await fake.drop(4000)
+    await fake.wait_ready()
+    assert (fake.identifies, fake.resumes) == (1, 1)
+    await fake.message_create(f"{MENTION} after", mentions=[fake.bot])
+    assert await bot.answered(2) == ["echo: before", "echo: after"]
+
+
+async def test_forbidden_is_logged_and_skipped(
+    start_bot: StartBot, fake: fk.DiscordFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot = await start_bot()
+    forbidden = {"message": "Missing Permissions", "code": 50013}
+    fake.fail_next("POST", rf"/channels/{fk.CHANNEL_ID}/(messages|typing)", 403, forbidden, 100)
+    await fake.message_create(f"{MENTION} can you?", mentions=[fake.bot])
+    await fake.wait_for(lambda: len(fake.posted()) >= 1)
+    await bot.idle()
+    assert f"discord:{fk.CHANNEL_ID} (403)" in caplog.text
+    fake.failures.clear()
+    await fake.message_create(f"{MENTION} and now?", mentions=[fake.bot])
+    assert await bot.answered(1) == ["echo: and now?"]
+
+
+async def test_a_429_on_an_edit_is_waited_out_and_retried(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    limited = {"message": "You are being rate limited.", "retry_after": 0.05, "global": False}
+    fake.fail_next("PATCH", rf"/channels/{fk.CHANNEL_ID}/messages/\d+", 429, limited)
+    await fake.message_create(f"{MENTION} quick", mentions=[fake.bot])
+    assert await bot.answered(1) == ["echo: quick"]
+    assert len(fake.edits()) == 2  # the 429 and its retry
+
+
+async def test_a_server_error_is_retried(start_bot: StartBot, fake: fk.DiscordFake) -> None:
+    bot = await start_bot()
+    fake.fail_next("POST", rf"/channels/{fk.CHANNEL_ID}/messages", 502, {"message": "Bad Gateway"})
+    await fake.message_create(f"{MENTION} again", mentions=[fake.bot])
+    assert await bot.answered(1) == ["echo: again"]
+    assert len(fake.posted()) == 2
+
+
+def test_split_parts_keep_every_character() -> None:
+    parts = split_parts("a" * 4500, 2000)
+    assert [len(p.piece) for p in parts] == [1996, 1996, 508]
