@@ -44,7 +44,7 @@ def hub_config(tmp_path: Path, **model: object) -> Path:
 
 
 def beseda(
-    config: Path, endpoint: str, hf_home: Path, *args: str
+    config: Path, endpoint: str, hf_home: Path, *args: str, **extra_env: str
 ) -> subprocess.CompletedProcess[str]:
     # HF_ENDPOINT and HF_HOME are read by huggingface_hub when it is imported, hence a child.
     env = {
@@ -59,6 +59,7 @@ def beseda(
             "HF_HUB_DISABLE_XET": "1",
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "PYTHONUNBUFFERED": "1",
+            **extra_env,
         }
     )
     return subprocess.run(
@@ -138,10 +139,13 @@ def test_first_run_downloads_later_runs_need_no_hub(
     digest = hashlib.sha256(gguf_bytes).hexdigest()
     config = hub_config(tmp_path, sha256=digest)
 
-    first = beseda(config, hub.url, hf_home, "chat", "What is 2+2?")
+    # tqdm hides its bar when stderr is not a terminal; TQDM_POSITION=-1 keeps it here.
+    first = beseda(config, hub.url, hf_home, "chat", "What is 2+2?", TQDM_POSITION="-1")
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip()
     assert "Traceback" not in first.stderr
+    assert "100%" in first.stderr
+    assert "98.4M/98.4M" in first.stderr
     assert [r.path for r in hub.downloads()] == [f"/{REPO}/resolve/main/{FILE}"]
     # The standard cache under HF_HOME, in the hub's own layout.
     stored = hf_home / "hub" / "models--test-org--smollm2-gguf" / "snapshots" / COMMIT / FILE
@@ -215,3 +219,23 @@ def test_unknown_file_and_repo_name_the_setting(hub: FakeHub, tmp_path: Path) ->
     unknown = beseda(other, hub.url, tmp_path / "hf", "models", "pull")
     assert unknown.returncode == 1
     assert "[model] hf_repo: repository nobody/nothing not found" in unknown.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_downloaded_gguf_without_template_names_the_setting(
+    tmp_path: Path, gguf_bytes: bytes
+) -> None:
+    key = b"tokenizer.chat_template"
+    assert gguf_bytes.count(key) == 1
+    templateless = gguf_bytes.replace(key, b"tokenizer.chat_templatX")
+    fake = FakeHub(REPO, {"base.Q4_1.gguf": templateless}).start()
+    try:
+        config = hub_config(tmp_path, hf_file="base.Q4_1.gguf")
+        result = beseda(config, fake.url, tmp_path / "hf", "chat", "Hello!")
+    finally:
+        fake.stop()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "no chat template" in result.stderr
+    assert "[model] chat_template" in result.stderr
