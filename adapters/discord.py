@@ -93,11 +93,26 @@ def strip_mention(text: str, bot_id: int) -> str:
     return re.sub(rf"<@!?{bot_id}>", "", text).strip()
 
 
+def _guarded(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
+    def guarded(data: Any) -> None:
+        try:
+            parse(data)
+        except Exception:
+            log.exception("skipped a malformed %s event from the gateway", event)
+
+    return guarded
+
+
 class _Client(discord.Client):
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         super().__init__(**options)
         self.adapter = adapter
         self.tree = app_commands.CommandTree(self)
+        # discord.py lets an exception in a gateway event parser (a malformed or unexpected
+        # payload) escape the connection loop and end the client; skip that event instead.
+        parsers: dict[str, Callable[[Any], None]] = self._connection.parsers
+        for event, parse in parsers.items():
+            parsers[event] = _guarded(event, parse)
 
     async def setup_hook(self) -> None:
         await self.adapter.setup(self)

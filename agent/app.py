@@ -8,12 +8,14 @@ import signal
 from collections.abc import Sequence
 
 from adapters.base import PlatformAdapter
+from agent import commands
 from agent.background import Background
 from agent.config import Config, select_backend
 from agent.context import ContextBuilder
 from agent.core import Core
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
+from agent.retrieval import Knowledge, Retriever, open_knowledge
 from agent.window import WindowKeeper, minute_date_source, zone_clock
 from memory.db import Database
 from memory.history import HistoryStore, SqlHistoryStore
@@ -24,11 +26,19 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 class App:
-    def __init__(self, config: Config, db: Database, generator: Generator, core: Core) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        generator: Generator,
+        core: Core,
+        knowledge: Knowledge | None = None,
+    ) -> None:
         self.config = config
         self.db = db
         self.generator = generator
         self.core = core
+        self.knowledge = knowledge
         self._signals = 0
 
     @classmethod
@@ -42,10 +52,19 @@ class App:
             await db.migrate()
             if generator is None:
                 generator = await load_generator(config)
+            history = SqlHistoryStore(db)
+            knowledge = None
+            if config.retrieval.enabled:
+                knowledge = await open_knowledge(config, history)
+                if config.documents.ingest_on_start:
+                    report = await knowledge.documents.ingest(knowledge.documents_path)
+                    log.info("documents: %s", report.summary())
         except BaseException:
             await db.close()
             raise
-        return cls(config, db, generator, build_core(config, SqlHistoryStore(db), generator))
+        retriever = knowledge.retriever if knowledge is not None else None
+        core = build_core(config, history, generator, retriever=retriever)
+        return cls(config, db, generator, core, knowledge)
 
     async def serve(self, adapters: Sequence[PlatformAdapter]) -> None:
         """Run until every adapter has finished or SIGINT/SIGTERM; then drain and return."""
@@ -87,7 +106,13 @@ class App:
         await self.db.close()
 
 
-def build_core(config: Config, history: HistoryStore, generator: Generator) -> Core:
+def build_core(
+    config: Config,
+    history: HistoryStore,
+    generator: Generator,
+    *,
+    retriever: Retriever | None = None,
+) -> Core:
     """The core and its context machinery, as configured (also used by benchmarks)."""
     ctx = config.context
     builder = ContextBuilder(
@@ -112,6 +137,8 @@ def build_core(config: Config, history: HistoryStore, generator: Generator) -> C
         volatile=[minute_date_source(clock, ctx.timezone)] if ctx.date == "minute" else [],
         today=clock if ctx.date == "day" else None,
     )
+    if retriever is not None:
+        window.add_volatile(retriever.volatile)
     return Core(
         history,
         generator,
@@ -119,4 +146,5 @@ def build_core(config: Config, history: HistoryStore, generator: Generator) -> C
         SamplingParams.from_config(config.model),
         background,
         max_message_chars=config.chat.max_message_chars,
+        tools=commands.Tools(history, retriever, config.retrieval.forget_min_score),
     )

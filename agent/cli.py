@@ -18,9 +18,12 @@ from agent.core import Reply
 from agent.doctor import run_doctor
 from agent.events import channel_key
 from agent.generators.base import GeneratorError
+from agent.knowledge_cli import run_ingest, run_search
 from agent.models_cli import run_models
 from memory.db import DatabaseError
+from memory.embeddings import EmbedderError
 from memory.history import Status
+from memory.vectors import VectorStoreError
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -58,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "doctor", parents=[common], help="check config, model and database; show what is missing"
     )
+    ingest = commands.add_parser(
+        "ingest", parents=[common], help="index the documents folder (changed files only)"
+    )
+    ingest.add_argument("path", nargs="?", default=None, help="default: [documents] path")
+    ingest.add_argument(
+        "--reindex", action="store_true", help="rebuild the index (after changing the embedder)"
+    )
+    search = commands.add_parser(
+        "search", parents=[common], help="show the document chunks retrieved for a query"
+    )
+    search.add_argument("--channel", default=None, help="see what this channel may see")
+    search.add_argument("--json", action="store_true", help="machine-readable output")
+    search.add_argument("query")
     models = commands.add_parser(
         "models", parents=[common], help="download the configured model, or list local models"
     )
@@ -88,11 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chat": lambda: _chat(config, args.channel, args.message, stats=args.stats),
         "prompt": lambda: _prompt(config, args.channel, args.message, as_json=args.json),
         "doctor": lambda: run_doctor(config, sys.stdout),
+        "ingest": lambda: run_ingest(config, args.path, rebuild=args.reindex),
+        "search": lambda: run_search(config, args.channel, args.query, as_json=args.json),
         "models": lambda: run_models(config, args.models_action, sys.stdout),
     }
     try:
         return asyncio.run(commands[args.command or "run"]())
-    except (GeneratorError, DatabaseError) as exc:
+    except (GeneratorError, DatabaseError, VectorStoreError, EmbedderError) as exc:
         print(f"beseda: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""Chat commands (``!help``, ``!reset``, ``!summary``): answered by Beseda, never the model.
+"""Chat commands (``!help``, ``!reset``, ``!summary``, memories): answered by Beseda, never
+the model.
 
 A command runs on its channel's worker, in order with the messages around it, and neither
 the command nor its answer enters the model's prompt.
@@ -8,8 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from memory.history import HistoryStore
+from memory.memories import user_scope
+
+if TYPE_CHECKING:
+    from agent.retrieval import Retriever
 
 PREFIX = "!"
 
@@ -20,9 +26,20 @@ class Invocation:
     args: str
     channel_key: str
     message_id: int
+    author_id: str = ""
+    author_name: str = ""
 
 
-Handler = Callable[[Invocation, HistoryStore], Awaitable[str]]
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """What command handlers may use; the memory commands need a retriever."""
+
+    history: HistoryStore
+    retriever: Retriever | None = None
+    forget_min_score: float = 0.85
+
+
+Handler = Callable[[Invocation, Tools], Awaitable[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,28 +60,70 @@ def parse(text: str) -> tuple[str, str] | None:
     return (name, args.strip()) if name in COMMANDS else None
 
 
-async def run(invocation: Invocation, history: HistoryStore) -> str:
-    return await COMMANDS[invocation.name].handler(invocation, history)
+async def run(invocation: Invocation, tools: Tools | HistoryStore) -> str:
+    if not isinstance(tools, Tools):
+        tools = Tools(tools)
+    return await COMMANDS[invocation.name].handler(invocation, tools)
 
 
-async def _help(_invocation: Invocation, _history: HistoryStore) -> str:
+async def _help(_invocation: Invocation, _tools: Tools) -> str:
     lines = ["Commands:"]
     lines += [f"{PREFIX}{c.usage} — {c.help}" for c in COMMANDS.values()]
     return "\n".join(lines)
 
 
-async def _reset(invocation: Invocation, history: HistoryStore) -> str:
-    await history.reset(invocation.channel_key, after_id=invocation.message_id)
+async def _reset(invocation: Invocation, tools: Tools) -> str:
+    await tools.history.reset(invocation.channel_key, after_id=invocation.message_id)
     return (
         "Starting afresh: I no longer see the earlier messages of this channel (they stay stored)."
     )
 
 
-async def _summary(invocation: Invocation, history: HistoryStore) -> str:
-    state = await history.channel_state(invocation.channel_key)
+async def _summary(invocation: Invocation, tools: Tools) -> str:
+    state = await tools.history.channel_state(invocation.channel_key)
     if state.summary is None:
         return "No summary yet: the whole conversation still fits in my context window."
     return f"Summary of the earlier conversation:\n{state.summary.text}"
+
+
+NO_MEMORY = "Long-term memory is not available (no vector store is configured)."
+
+
+async def _remember(invocation: Invocation, tools: Tools) -> str:
+    if tools.retriever is None or tools.retriever.memories is None:
+        return NO_MEMORY
+    if not invocation.args:
+        return f"Usage: {PREFIX}remember <text>"
+    # A fact told in a channel (a direct conversation included) stays in that channel.
+    memory = await tools.retriever.memories.remember(
+        invocation.channel_key, invocation.args, author=invocation.author_name
+    )
+    return f"I will remember: {memory.text}"
+
+
+async def _forget(invocation: Invocation, tools: Tools) -> str:
+    if tools.retriever is None or tools.retriever.memories is None:
+        return NO_MEMORY
+    if not invocation.args:
+        return f"Usage: {PREFIX}forget <text>"
+    scopes = [invocation.channel_key]
+    if invocation.author_id:
+        platform = invocation.channel_key.split(":", 1)[0]
+        scopes.append(user_scope(platform, invocation.author_id))
+    gone = await tools.retriever.memories.forget(scopes, invocation.args, tools.forget_min_score)
+    if not gone:
+        return "I remember nothing like that here."
+    return "Forgotten:\n" + "\n".join(f"- {m.text}" for m in gone)
+
+
+async def _memories(invocation: Invocation, tools: Tools) -> str:
+    if tools.retriever is None or tools.retriever.memories is None:
+        return NO_MEMORY
+    scopes = [s for s in await tools.retriever.scopes(invocation.channel_key) if s != "global"]
+    found = await tools.retriever.memories.list(scopes)
+    if not found:
+        return f"I remember nothing here yet. Teach me with {PREFIX}remember <text>."
+    return "What I remember here:\n" + "\n".join(f"- {m.text}" for m in found)
 
 
 COMMANDS: dict[str, Command] = {
@@ -73,5 +132,8 @@ COMMANDS: dict[str, Command] = {
         Command("help", "help", "list the commands", _help),
         Command("reset", "reset", "start this channel afresh (history is kept)", _reset),
         Command("summary", "summary", "show the summary of what fell out of context", _summary),
+        Command("remember", "remember <text>", "remember a fact in this channel", _remember),
+        Command("forget", "forget <text>", "forget the closest remembered fact", _forget),
+        Command("memories", "memories", "list what I remember here", _memories),
     )
 }

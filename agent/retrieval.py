@@ -1,0 +1,200 @@
+"""Retrieval into the prompt's volatile block: document chunks and memories, by scope.
+
+The block goes after the history, right before the new message, so the cached prompt prefix
+(persona, summary, history) stays byte-identical; the system prompt is never changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from memory.documents import GLOBAL_SCOPE, NO_PAGE, DocumentIndex
+from memory.embeddings import load_embedder
+from memory.history import HistoryStore
+from memory.memories import Memory, MemoryStore, user_scope
+from memory.vectors import (
+    ChromaStore,
+    VectorStoreError,
+    drop,
+    open_client,
+    reembed,
+    scope_filter,
+)
+
+log = logging.getLogger(__name__)
+
+CITE_INSTRUCTION = (
+    "Sources that may help with the next message. Use them only if relevant, and cite the "
+    "source number in brackets, like [1], after the facts you take from it."
+)
+MEMORY_HEADER = "What you remember here:"
+# How far back the history is read to see who takes part in a conversation.
+PRESENCE_TURNS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    source: str
+    page: int
+    score: float
+    text: str
+    scope: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}, p. {self.page}" if self.page != NO_PAGE else self.source
+
+
+class Retriever:
+    def __init__(
+        self,
+        history: HistoryStore,
+        documents: ChromaStore | None,
+        memories: MemoryStore | None,
+        *,
+        top_k: int = 4,
+        min_score: float = 0.0,
+        memory_k: int = 5,
+        memory_min_score: float = 0.0,
+    ) -> None:
+        self._history = history
+        self._documents = documents
+        self.memories = memories
+        self._top_k = top_k
+        self._min_score = min_score
+        self._memory_k = memory_k
+        self._memory_min_score = memory_min_score
+
+    async def scopes(self, channel_key: str | None) -> list[str]:
+        """What a channel may see: global items, its own, and the people taking part in it."""
+        if channel_key is None:
+            return [GLOBAL_SCOPE]
+        platform = channel_key.split(":", 1)[0]
+        turns = await self._history.conversation(channel_key, limit=PRESENCE_TURNS)
+        authors = dict.fromkeys(t.author_id for t in turns if t.role == "user" and t.author_id)
+        return [GLOBAL_SCOPE, channel_key, *(user_scope(platform, a) for a in authors)]
+
+    async def search(
+        self, channel_key: str | None, query: str, k: int | None = None
+    ) -> list[Passage]:
+        """Document chunks for ``query`` visible in the channel, best first, above the
+        score threshold."""
+        if self._documents is None or not query.strip():
+            return []
+        scopes = await self.scopes(channel_key)
+        hits = await self._documents.query(
+            query, k or self._top_k, scope_filter(scopes, {"kind": "document"})
+        )
+        return [
+            Passage(
+                str(h.metadata.get("source", "")),
+                int(h.metadata.get("page", NO_PAGE)),
+                h.score,
+                h.text,
+                str(h.metadata.get("scope", "")),
+            )
+            for h in hits
+            if h.score >= self._min_score
+        ]
+
+    async def recall(self, channel_key: str, query: str) -> list[Memory]:
+        if self.memories is None or not query.strip():
+            return []
+        scopes = await self.scopes(channel_key)
+        found = await self.memories.recall(scopes, query, self._memory_k)
+        return [m for m, score in found if score >= self._memory_min_score]
+
+    async def volatile(self, channel_key: str, text: str) -> str | None:
+        """The volatile block for a new message in ``channel_key`` (a VolatileSource)."""
+        try:
+            passages = await self.search(channel_key, text)
+            memories = await self.recall(channel_key, text)
+        except Exception:  # a broken vector store must not stop the conversation
+            log.exception("retrieval failed in %s; answering without it", channel_key)
+            return None
+        return format_block(passages, memories) or None
+
+
+def format_block(passages: Sequence[Passage], memories: Sequence[Memory]) -> str:
+    parts = []
+    if memories:
+        parts.append(MEMORY_HEADER)
+        parts.extend(f"- {m.text}" for m in memories)
+    if passages:
+        if parts:
+            parts.append("")
+        parts.append(CITE_INSTRUCTION)
+        parts.extend(f"[{n}] ({p.label}) {p.text}" for n, p in enumerate(passages, 1))
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Knowledge:
+    """The vector store's parts, as configured: documents, memories and their retriever."""
+
+    client: Any
+    documents: DocumentIndex
+    memories: MemoryStore
+    retriever: Retriever
+    documents_path: Path
+
+
+DOCUMENTS_COLLECTION = "documents"
+MEMORIES_COLLECTION = "memories"
+
+
+async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
+    """Load the embedder and open (or create) both collections. Raises
+    :class:`~memory.embeddings.EmbedderError` or :class:`~memory.vectors.VectorStoreError`."""
+    vectors = config.vectors
+    embedder = await asyncio.to_thread(load_embedder, vectors.embedder, vectors.model)
+    client = await asyncio.to_thread(open_client, config.data_dir, vectors.url)
+
+    def collections() -> tuple[ChromaStore, ChromaStore]:
+        try:
+            return (
+                ChromaStore(client, DOCUMENTS_COLLECTION, embedder),
+                ChromaStore(client, MEMORIES_COLLECTION, embedder),
+            )
+        except VectorStoreError:
+            raise
+        except Exception as exc:
+            where = vectors.url or str(config.data_dir / "chroma")
+            raise VectorStoreError(f"cannot use the Chroma store at {where}: {exc}") from exc
+
+    documents, memories = await asyncio.to_thread(collections)
+    r = config.retrieval
+    memory_store = MemoryStore(memories)
+    retriever = Retriever(
+        history,
+        documents,
+        memory_store,
+        top_k=r.top_k,
+        min_score=r.min_score,
+        memory_k=r.memory_k,
+        memory_min_score=r.memory_min_score,
+    )
+    index = DocumentIndex(
+        documents,
+        chunk_tokens=config.documents.chunk_tokens,
+        overlap_tokens=config.documents.overlap_tokens,
+    )
+    return Knowledge(
+        client, index, memory_store, retriever, config.resolve_path(config.documents.path)
+    )
+
+
+async def reindex(config: Config) -> int:
+    """Rebuild both collections with the configured embedder (after changing it): memories
+    are re-embedded from their stored text, documents are dropped (ingest them again)."""
+    vectors = config.vectors
+    embedder = await asyncio.to_thread(load_embedder, vectors.embedder, vectors.model)
+    client = await asyncio.to_thread(open_client, config.data_dir, vectors.url)
+    await drop(client, DOCUMENTS_COLLECTION)
+    return await reembed(client, MEMORIES_COLLECTION, embedder)

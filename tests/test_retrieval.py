@@ -1,0 +1,164 @@
+"""Retrieval into the assembled prompt, scope isolation, and the memory commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.app import build_core
+from agent.config import Config, ContextConfig, ModelConfig, PersonaConfig, RetrievalConfig
+from agent.core import Core
+from agent.events import Inbound
+from agent.retrieval import CITE_INSTRUCTION, Retriever
+from memory.documents import DocumentIndex
+from memory.history import SqlHistoryStore, Status
+from memory.memories import MemoryStore, user_scope
+from memory.vectors import ChromaStore, open_client
+from tests.fakes import FakeGenerator, RecordingAdapter, inbound
+
+PERSONA = "You are a test."
+
+
+def make(
+    history: SqlHistoryStore, tmp_path: Path, **retrieval: object
+) -> tuple[Core, FakeGenerator, Retriever, DocumentIndex]:
+    from tests.retrieval_helpers import WordHashEmbedder  # noqa: PLC0415
+
+    client = open_client(tmp_path / "data")
+    embedder = WordHashEmbedder()
+    documents = ChromaStore(client, "documents", embedder)
+    settings = RetrievalConfig.model_validate(
+        {"min_score": 0.3, "memory_min_score": 0.3, "forget_min_score": 0.5, **retrieval}
+    )
+    retriever = Retriever(
+        history,
+        documents,
+        MemoryStore(ChromaStore(client, "memories", embedder)),
+        top_k=settings.top_k,
+        min_score=settings.min_score,
+        memory_k=settings.memory_k,
+        memory_min_score=settings.memory_min_score,
+    )
+    config = Config(
+        model=ModelConfig(max_tokens=20, temperature=0),
+        persona=PersonaConfig(system_prompt=PERSONA),
+        context=ContextConfig(date="off"),
+        retrieval=settings,
+    )
+    generator = FakeGenerator()
+    core = build_core(config, history, generator, retriever=retriever)
+    return core, generator, retriever, DocumentIndex(documents, chunk_tokens=40)
+
+
+async def ask(core: Core, message: Inbound, adapter: RecordingAdapter | None = None) -> str:
+    reply = await (await core.submit(message, adapter or RecordingAdapter()))
+    assert reply.status is Status.DONE
+    return reply.text
+
+
+async def test_document_chunks_are_cited_in_the_volatile_block(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    core, generator, _, index = make(history, tmp_path)
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "zorbel.txt").write_text("The Zorbel station was founded by Miriam Okafor.")
+    (folder / "goats.md").write_text("Goats eat hay and climb rocks.")
+    await index.ingest(folder)
+    await ask(core, inbound("who founded the zorbel station"))
+    await ask(core, inbound("thanks, and where is it"))
+    first, second = generator.calls
+    # The system prompt (the cached prefix) is untouched; sources ride with the new message.
+    assert first[0].content == PERSONA
+    assert second[0].content == PERSONA
+    block = first[-1].content
+    assert block.startswith(CITE_INSTRUCTION)
+    assert "[1] (zorbel.txt) The Zorbel station was founded by Miriam Okafor." in block
+    assert "goats" not in block.lower()  # below the score threshold
+    assert block.endswith("who founded the zorbel station")
+    # History keeps the user's own words, without the retrieved material.
+    assert second[1].content == "who founded the zorbel station"
+
+
+async def test_remember_list_and_forget(history: SqlHistoryStore, tmp_path: Path) -> None:
+    core, _, _, _ = make(history, tmp_path)
+    adapter = RecordingAdapter()
+    assert "I will remember" in await ask(core, inbound("!remember the wifi password is hunter2"))
+    await ask(core, inbound("!remember Alice likes green tea"))
+    listing = await ask(core, inbound("!memories"))
+    assert listing.splitlines()[1:] == ["- the wifi password is hunter2", "- Alice likes green tea"]
+    forgotten = await ask(core, inbound("!forget wifi password"), adapter)
+    assert forgotten == "Forgotten:\n- the wifi password is hunter2"
+    assert await ask(core, inbound("!memories")) == "What I remember here:\n- Alice likes green tea"
+    assert await ask(core, inbound("!forget quantum chromodynamics")) == (
+        "I remember nothing like that here."
+    )
+    assert "!remember" in await ask(core, inbound("!help"))
+
+
+async def test_remembered_fact_reaches_this_channels_prompt(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    core, generator, _, _ = make(history, tmp_path)
+    await ask(core, inbound("!remember the deploy window is friday evening", channel="a:1"))
+    await ask(core, inbound("when is the deploy window", channel="a:1"))
+    assert "- the deploy window is friday evening" in generator.calls[-1][-1].content
+
+
+async def test_channel_memory_never_reaches_another_channel(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    core, generator, _, _ = make(history, tmp_path)
+    await ask(core, inbound("!remember the vault code is 4711", channel="discord:A"))
+    # The same person talks in channel B: still nothing from A.
+    await ask(core, inbound("what is the vault code", channel="discord:B"))
+    prompt_b = generator.render_prompt(generator.calls[-1])
+    assert "4711" not in prompt_b
+    await ask(core, inbound("what is the vault code", channel="discord:A"))
+    assert "4711" in generator.render_prompt(generator.calls[-1])
+
+
+async def test_direct_message_memory_never_reaches_a_public_channel(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    core, generator, _, _ = make(history, tmp_path)
+    dm = Inbound(
+        platform="discord",
+        channel_key="discord:dm-alice",
+        author_id="alice",
+        author_name="alice",
+        text="!remember my diagnosis is hypertension",
+        is_direct=True,
+    )
+    await ask(core, dm)
+    await ask(core, inbound("tell me about my diagnosis", channel="discord:general"))
+    assert "hypertension" not in generator.render_prompt(generator.calls[-1])
+    listing = await ask(core, inbound("!memories", channel="discord:general"))
+    assert "hypertension" not in listing
+
+
+async def test_user_memories_follow_the_people_present(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    core, generator, retriever, _ = make(history, tmp_path)
+    assert retriever.memories is not None
+    await retriever.memories.remember(user_scope("discord", "bob"), "bob is allergic to nuts")
+    await ask(core, inbound("is anyone allergic to nuts", channel="discord:1", author="bob"))
+    assert "bob is allergic to nuts" in generator.calls[-1][-1].content
+    # Bob never spoke in channel 2: his memories stay out of it.
+    await ask(core, inbound("is anyone allergic to nuts", channel="discord:2", author="carol"))
+    assert "allergic" not in generator.calls[-1][-1].content.replace(
+        "is anyone allergic to nuts", ""
+    )
+
+
+@pytest.mark.parametrize("scopes", [["discord:B"], ["global", "discord:B"]])
+async def test_scope_filter_holds_inside_the_store(
+    history: SqlHistoryStore, tmp_path: Path, scopes: list[str]
+) -> None:
+    _, _, retriever, _ = make(history, tmp_path)
+    assert retriever.memories is not None
+    await retriever.memories.remember("discord:A", "alpha secret")
+    found = await retriever.memories.recall(scopes, "alpha secret", 5)
+    assert found == []
