@@ -11,6 +11,7 @@ from agent.config import Config
 from agent.generators.base import GeneratorError
 from agent.generators.llama_cpp import bundled_model_path, resolve_model_path
 from agent.models_hub import (
+    cached_model,
     download_model,
     downloaded_models,
     gguf_summary,
@@ -34,7 +35,14 @@ def _pull(config: Config, out: TextIO) -> int:
         out.write(f"nothing to download: [model] hf_repo is not set ({where} is used)\n")
         return 0
     # Always asks the hub, so a branch that moved on is updated; an unchanged file is kept.
-    path = download_model(spec)
+    try:
+        path = download_model(spec)
+    except GeneratorError as exc:
+        cached = cached_model(spec)
+        if cached is None:
+            raise
+        out.write(f"could not check for a newer file ({exc}); keeping the downloaded one\n")
+        path = cached
     verify_sha256(path, spec)
     out.write(f"{spec.wanted}: {path}\n")
     return 0

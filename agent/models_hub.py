@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,10 +38,6 @@ class HubFile:
     revision: str
     sha256: str
     cache_dir: Path
-
-    @property
-    def is_glob(self) -> bool:
-        return any(char in self.pattern for char in "*?[")
 
     @property
     def storage(self) -> Path:
@@ -131,6 +128,9 @@ def cached_model(spec: HubFile) -> Path | None:
 
 def download_model(spec: HubFile) -> Path:
     """Download (or confirm) the file with huggingface_hub; resumes a cut connection."""
+    # huggingface_hub prints its warnings through its own handler; without this, the root
+    # handler would print each one a second time.
+    logging.getLogger("huggingface_hub").propagate = False
     from huggingface_hub import constants, hf_hub_download  # noqa: PLC0415
     from huggingface_hub.errors import (  # noqa: PLC0415
         EntryNotFoundError,
@@ -144,7 +144,10 @@ def download_model(spec: HubFile) -> Path:
 
     endpoint = constants.ENDPOINT
     try:
-        filename = _remote_filename(spec) if spec.is_glob else spec.pattern
+        # The file list first, even for an exact name: it fails at once when the hub is
+        # unreachable (the download's HEAD request retries for about 20 s) and tells a
+        # missing file from a missing repository.
+        filename = _remote_filename(spec)
         path = hf_hub_download(
             spec.repo, filename, revision=spec.revision, cache_dir=spec.cache_dir
         )
@@ -200,17 +203,23 @@ def _remote_filename(spec: HubFile) -> str:
 
 
 def _matching(names: Iterable[str], pattern: str) -> list[str]:
-    # A bare glob also matches inside sub-folders of the repository ("*Q4_K_M.gguf").
+    # Case-insensitive (repositories spell Q4_K_M and q4_k_m alike), and a bare glob also
+    # matches inside sub-folders of the repository ("*Q4_K_M.gguf").
+    pattern = pattern.lower()
     return [
         name
         for name in names
-        if fnmatch.fnmatchcase(name, pattern)
-        or fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], pattern)
+        if fnmatch.fnmatchcase(name.lower(), pattern)
+        or fnmatch.fnmatchcase(name.rsplit("/", 1)[-1].lower(), pattern)
     ]
 
 
 def _offline_message(spec: HubFile, endpoint: str, exc: BaseException) -> str:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # "not in the local cache" says less than what made the hub unreachable.
+    if isinstance(exc.__cause__, Exception):
+        exc = exc.__cause__
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
     return (
         f"[model] hf_repo: cannot download {spec.wanted} from {endpoint} ({reason[:200]}), "
         f"and it is not in {spec.cache_dir} yet. Connect to the network and run "

@@ -121,6 +121,11 @@ def test_cached_lookup_follows_the_ref_and_the_glob(tmp_path: Path) -> None:
     (snapshot / FILE).write_bytes(b"GGUF")
     (snapshot / "other.Q8_0.gguf").write_bytes(b"GGUF")
     assert cached_model(spec) == snapshot / FILE
+    lower = hub_file(
+        load_config(hub_config(tmp_path, models_dir=str(models), hf_file="*q4_1.GGUF"))
+    )
+    assert lower is not None
+    assert cached_model(lower) == snapshot / FILE
     # Not downloaded yet, and downloads are not allowed: the command to run is named.
     other = load_config(hub_config(tmp_path, models_dir=str(models), hf_file="*Q5_K_M.gguf"))
     with pytest.raises(GeneratorError, match=r"not downloaded yet.*models pull"):
@@ -156,6 +161,10 @@ def test_first_run_downloads_later_runs_need_no_hub(
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip()
     assert hub_url_gone not in second.stderr
+
+    pulled = beseda(config, closed_port_url(), hf_home, "models", "pull")
+    assert pulled.returncode == 0, pulled.stderr
+    assert "keeping the downloaded one" in pulled.stdout
 
     listed = beseda(config, closed_port_url(), hf_home, "models", "list")
     assert listed.returncode == 0, listed.stderr
