@@ -14,15 +14,17 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import discord
 from discord import app_commands
+from dotenv import dotenv_values
 
 from adapters.base import ReplyTarget
 from adapters.discord_reply import Clock, DiscordReply, InteractionSink, MessageSink, Sink
 from agent import commands
-from agent.config import Config, DiscordConfig, load_dotenv_into_environ
+from agent.config import Config, DiscordConfig
 from agent.events import Attachment, Inbound
 
 log = logging.getLogger(__name__)
@@ -347,10 +349,14 @@ class DiscordAdapter:
 def discord_token(config: Config) -> str:
     """``[discord] token`` (BESEDA_DISCORD__TOKEN), else DISCORD_TOKEN from env or .env."""
     token = config.discord.token.get_secret_value().strip()
-    if token:
-        return token
-    load_dotenv_into_environ(config.base_dir)
-    return os.environ.get("DISCORD_TOKEN", "").strip()
+    if token or os.environ.get("DISCORD_TOKEN"):
+        return token or os.environ["DISCORD_TOKEN"].strip()
+    # Only this one variable is read from .env files (the working directory's wins).
+    for folder in (Path.cwd(), config.base_dir):
+        env_file = folder / ".env"
+        if env_file.is_file() and (value := dotenv_values(env_file).get("DISCORD_TOKEN")):
+            return value.strip()
+    return ""
 
 
 def discord_adapter(config: Config) -> DiscordAdapter | None:

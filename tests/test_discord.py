@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ import pytest
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from adapters.discord import RATE_NOTICE, DiscordAdapter
+from adapters.discord import RATE_NOTICE, DiscordAdapter, discord_adapter, discord_token
 from adapters.discord_split import split_parts
+from adapters.registry import configured_adapters
 from agent.app import build_core
 from agent.config import (
     ChatConfig,
@@ -23,12 +25,14 @@ from agent.config import (
     DiscordConfig,
     ModelConfig,
     PersonaConfig,
+    load_config,
 )
 from agent.core import Core
 from agent.generators.base import ChatMessage
 from memory.db import Database
 from memory.history import SqlHistoryStore
 from tests import discord_fake as fk
+from tests.conftest import write_config
 from tests.fakes import FakeGenerator
 
 ALICE = fk.user(111, "alice")
@@ -401,3 +405,34 @@ async def test_the_token_is_never_logged(
     assert caplog.records  # discord.py did log at debug level
     assert fk.TOKEN not in caplog.text
     assert fk.TOKEN not in repr(bot.adapter.config)
+
+
+def test_the_factory_needs_a_token_and_reads_the_discord_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    path = write_config(tmp_path / "config.toml", discord={"dms": False, "answer_bots": True})
+    with path.open("a", encoding="utf-8") as toml:
+        toml.write("channels = [1, 2]\n")  # [discord] is the last table written
+    config = load_config(path, environ={})
+    assert discord_adapter(config) is None
+    monkeypatch.setenv("DISCORD_TOKEN", "from-env")
+    adapter = discord_adapter(config)
+    assert isinstance(adapter, DiscordAdapter)
+    assert adapter.config.channels == (1, 2)
+    assert (adapter.config.dms, adapter.config.answer_bots) == (False, True)
+    [only] = configured_adapters(config, lambda: pytest.fail("no console expected"))
+    assert isinstance(only, DiscordAdapter)
+    assert "from-env" not in repr(config)
+
+
+def test_the_token_can_come_from_a_dotenv_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    (tmp_path / ".env").write_text("DISCORD_TOKEN=from-dotenv\nOTHER=1\n", encoding="utf-8")
+    config = load_config(write_config(tmp_path / "config.toml"), environ={})
+    assert discord_token(config) == "from-dotenv"
+    assert "OTHER" not in os.environ
