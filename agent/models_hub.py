@@ -24,8 +24,9 @@ from agent.generators.llama_cpp import check_gguf_file
 COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 DEFAULT_REVISION = "main"
 _HASH_CHUNK = 1 << 20
-# Written next to the cache after a successful check, so a large file is hashed once, not at
-# every start; keyed by the expected hash and invalidated when the file's size or mtime change.
+# Written in the repository's cache folder after a successful check, so a large file is
+# hashed once, not at every start; keyed by the expected hash, invalidated when the file's
+# size or mtime change.
 VERIFIED_DIR = ".beseda-verified"
 
 
@@ -100,7 +101,14 @@ def ensure_model(config: Config, *, download: bool = True) -> Path:
                 f"{spec.cache_dir}); run `python -m agent models pull`"
             )
         path = download_model(spec)
-    check_gguf_file(path)
+    try:
+        check_gguf_file(path)
+    except GeneratorError as exc:
+        problem = str(exc).removeprefix("[model] path: ")
+        raise GeneratorError(
+            f"[model] hf_file: the downloaded {spec.wanted} is unusable: {problem}; "
+            f"delete {path.resolve()} to download it again"
+        ) from None
     verify_sha256(path, spec)
     return path
 
@@ -234,7 +242,8 @@ def verify_sha256(path: Path, spec: HubFile) -> None:
     real = path.resolve()
     stat = real.stat()
     stamp = f"{real}\n{stat.st_size}\n{stat.st_mtime_ns}\n"
-    marker = spec.cache_dir / VERIFIED_DIR / spec.sha256
+    # Inside the repository's folder: `hf cache scan` warns about unknown top-level folders.
+    marker = spec.storage / VERIFIED_DIR / spec.sha256
     try:
         if marker.read_text(encoding="utf-8") == stamp:
             return
@@ -243,8 +252,8 @@ def verify_sha256(path: Path, spec: HubFile) -> None:
     actual = file_sha256(real)
     if actual != spec.sha256:
         raise GeneratorError(
-            f"[model] sha256: {path.name} ({path}) has sha256 {actual}, but {spec.sha256} was "
-            "expected: fix [model] sha256, or delete the file to download it again"
+            f"[model] sha256: {path.name} ({real}) has sha256 {actual}, but {spec.sha256} was "
+            "expected: fix [model] sha256, or delete that file to download it again"
         )
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)

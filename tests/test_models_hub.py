@@ -248,3 +248,27 @@ def test_downloaded_gguf_without_template_names_the_setting(
     assert "Traceback" not in result.stderr
     assert "no chat template" in result.stderr
     assert "[model] chat_template" in result.stderr
+
+
+@pytest.mark.slow
+def test_corrupted_file_is_caught_and_deleting_it_downloads_again(
+    hub: FakeHub, tmp_path: Path, gguf_bytes: bytes
+) -> None:
+    hf_home = tmp_path / "hf"
+    config = hub_config(tmp_path, sha256=hashlib.sha256(gguf_bytes).hexdigest())
+    assert beseda(config, hub.url, hf_home, "models", "pull").returncode == 0
+    blobs = list((hf_home / "hub" / "models--test-org--smollm2-gguf" / "blobs").iterdir())
+    assert len(blobs) == 1
+    blobs[0].write_bytes(gguf_bytes[:-1] + b"\0")  # same size, one byte differs
+
+    hub.stop()  # the check is offline
+    corrupted = beseda(config, closed_port_url(), hf_home, "chat", "Hello!")
+    assert corrupted.returncode == 1
+    assert "Traceback" not in corrupted.stderr
+    assert f"[model] sha256: {FILE} ({blobs[0].resolve()}) has sha256" in corrupted.stderr
+
+    blobs[0].unlink()
+    hub.start()
+    again = beseda(config, hub.url, hf_home, "models", "pull")
+    assert again.returncode == 0, again.stderr
+    assert sha256(blobs[0]) == hashlib.sha256(gguf_bytes).hexdigest()
