@@ -22,6 +22,7 @@ from discord import app_commands
 from dotenv import dotenv_values
 
 from adapters.base import ReplyTarget
+from adapters.discord_documents import DocumentsHook, accepts
 from adapters.discord_reply import Clock, DiscordReply, InteractionSink, MessageSink, Sink
 from agent import commands
 from agent.config import Config, DiscordConfig
@@ -95,6 +96,26 @@ def strip_mention(text: str, bot_id: int) -> str:
     return re.sub(rf"<@!?{bot_id}>", "", text).strip()
 
 
+def _inbound(message: discord.Message, where: str, text: str) -> Inbound:
+    reference = message.reference
+    channel = message.channel
+    return Inbound(
+        platform="discord",
+        channel_key=where,
+        author_id=str(message.author.id),
+        author_name=message.author.display_name,
+        text=text,
+        message_id=str(message.id),
+        reply_to=str(reference.message_id) if reference and reference.message_id else None,
+        thread_id=str(channel.id) if isinstance(channel, discord.Thread) else None,
+        is_direct=message.guild is None,
+        attachments=tuple(
+            Attachment(a.filename, a.content_type or "", a.size, a.url) for a in message.attachments
+        ),
+        timestamp=message.created_at,
+    )
+
+
 def _guarded(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
     def guarded(data: Any) -> None:
         try:
@@ -139,6 +160,7 @@ class DiscordAdapter:
         self._limiter = RateLimiter(config.rate_limit_messages, config.rate_limit_seconds, clock)
         self._origins: OrderedDict[str, discord.Message | discord.Interaction] = OrderedDict()
         self._submit: Submit | None = None
+        self._documents: DocumentsHook | None = None
         self._stopped = False
         self.client: _Client | None = None
 
@@ -248,37 +270,47 @@ class DiscordAdapter:
         if not text and not message.attachments:
             log.debug("ignored an empty mention in %s", where)
             return
-        if not is_admin(self.config, author.id, roles):
-            verdict = self._limiter.check(author.id)
-            if verdict == "notice":
-                await message.reply(RATE_NOTICE, mention_author=False)
-            if verdict != "ok":
-                log.debug("rate-limited user %s in %s", author.id, where)
+        if not is_admin(self.config, author.id, roles) and not await self._within_rate(message):
+            return
+        if message.attachments and self.config.attachments and self._documents is not None:
+            await self._index_attachments(message, where)
+            if not text:
                 return
         if replied is not None and replied.author.id != me.id and replied.content:
             # The bot's own messages are in the history already; others' are quoted.
             quoted = replied.content[:QUOTE_CHARS].replace("\n", "\n> ")
             text = f"> {replied.author.display_name} wrote: {quoted}\n{text}"
-        inbound = Inbound(
-            platform="discord",
-            channel_key=where,
-            author_id=str(author.id),
-            author_name=author.display_name,
-            text=text,
-            message_id=str(message.id),
-            reply_to=str(message.reference.message_id)
-            if message.reference and message.reference.message_id
-            else None,
-            thread_id=str(channel.id) if isinstance(channel, discord.Thread) else None,
-            is_direct=is_direct,
-            attachments=tuple(
-                Attachment(a.filename, a.content_type or "", a.size, a.url)
-                for a in message.attachments
-            ),
-            timestamp=message.created_at,
-        )
+        inbound = _inbound(message, where, text)
         self._remember(str(message.id), message)
         await self._submit(inbound, self)
+
+    async def _within_rate(self, message: discord.Message) -> bool:
+        verdict = self._limiter.check(message.author.id)
+        if verdict == "notice":
+            await message.reply(RATE_NOTICE, mention_author=False)
+        if verdict != "ok":
+            log.debug("rate-limited user %s in discord:%s", message.author.id, message.channel.id)
+        return verdict == "ok"
+
+    def use_documents(self, hook: DocumentsHook) -> None:
+        """Where attachments go (set by the app when the documents pipeline is on)."""
+        self._documents = hook
+
+    async def _index_attachments(self, message: discord.Message, where: str) -> None:
+        hook = self._documents
+        assert hook is not None
+        for attachment in message.attachments:
+            if not accepts(attachment.filename):
+                continue
+            if attachment.size > self.config.attachment_max_bytes:
+                notice = f"{attachment.filename} is too large for me to index."
+            else:
+                try:
+                    notice = await hook(where, attachment.filename, await attachment.read())
+                except Exception:
+                    log.exception("could not index %s in %s", attachment.filename, where)
+                    notice = f"I could not index {attachment.filename}."
+            await message.reply(notice, mention_author=False)
 
     def _replied_message(self, message: discord.Message) -> discord.Message | None:
         reference = message.reference

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Sequence
 
 from adapters.base import PlatformAdapter
+from adapters.discord_documents import channel_documents
 from agent import commands
 from agent.background import Background
 from agent.config import Config, select_backend
@@ -80,6 +81,7 @@ class App:
             elif main is not None:
                 main.cancel()
 
+        self._attach_documents(adapters)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         try:
@@ -93,6 +95,16 @@ class App:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+    def _attach_documents(self, adapters: Sequence[PlatformAdapter]) -> None:
+        """Adapters that accept attachments (Discord) index them into the channel's scope."""
+        if self.knowledge is None:
+            return
+        hook = channel_documents(self.knowledge.documents, self.config.data_dir / "attachments")
+        for adapter in adapters:
+            use_documents = getattr(adapter, "use_documents", None)
+            if callable(use_documents):
+                use_documents(hook)
 
     @staticmethod
     async def _stop_when(stop: asyncio.Event, runs: Sequence[asyncio.Task[None]]) -> None:

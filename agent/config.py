@@ -232,6 +232,9 @@ class DiscordConfig(_Section):
     edit_interval: float = Field(default=1.0, ge=0.2)
     # Register the ! commands as slash commands on start.
     slash_commands: bool = True
+    # Index txt/md/pdf attachments into the channel's document scope (needs [retrieval]).
+    attachments: bool = False
+    attachment_max_bytes: int = Field(default=8_000_000, ge=1)
 
 
 class LoggingConfig(_Section):

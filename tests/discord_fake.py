@@ -69,6 +69,7 @@ class DiscordFake:
         self.resumes = 0
         self.failures: list[Failure] = []
         self.messages: dict[int, dict[str, Any]] = {}
+        self.files: dict[str, bytes] = {}  # the CDN: attachment id -> content
         self._ids = itertools.count(700_000_000_000_000_001)
         self._ws: web.WebSocketResponse | None = None
         self._seq = 0
@@ -85,6 +86,7 @@ class DiscordFake:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{id}/{name}", self._attachment)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
@@ -151,9 +153,25 @@ class DiscordFake:
         mentions: list[dict[str, Any]] | None = None,
         roles: list[int] | None = None,
         reference: dict[str, Any] | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> int:
         """Dispatch MESSAGE_CREATE as Discord would; returns the message id."""
         message_id = self.next_id()
+        attachments = []
+        for name, data in (files or {}).items():
+            file_id = str(self.next_id())
+            self.files[file_id] = data
+            url = f"http://127.0.0.1:{self.port}/attachments/{file_id}/{name}"
+            attachments.append(
+                {
+                    "id": file_id,
+                    "filename": name,
+                    "size": len(data),
+                    "url": url,
+                    "proxy_url": url,
+                    "content_type": "text/plain",
+                }
+            )
         data: dict[str, Any] = {
             "id": str(message_id),
             "channel_id": str(channel_id),
@@ -165,7 +183,7 @@ class DiscordFake:
             "mention_everyone": False,
             "mentions": mentions or [],
             "mention_roles": [],
-            "attachments": [],
+            "attachments": attachments,
             "embeds": [],
             "pinned": False,
             "type": 0,
@@ -358,6 +376,12 @@ class DiscordFake:
                 self._ready.set()
             await self._notify()
         return ws
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        content = self.files.get(request.match_info["id"])
+        if content is None:
+            return web.Response(status=404)
+        return web.Response(body=content, content_type="application/octet-stream")
 
     async def _identified(self) -> None:
         await self.dispatch(

@@ -15,6 +15,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.discord import RATE_NOTICE, DiscordAdapter, discord_adapter, discord_token
+from adapters.discord_documents import channel_documents
 from adapters.discord_split import split_parts
 from adapters.registry import configured_adapters
 from agent.app import build_core
@@ -30,10 +31,13 @@ from agent.config import (
 from agent.core import Core
 from agent.generators.base import ChatMessage
 from memory.db import Database
+from memory.documents import DocumentIndex
 from memory.history import SqlHistoryStore
+from memory.vectors import ChromaStore, open_client
 from tests import discord_fake as fk
 from tests.conftest import write_config
 from tests.fakes import FakeGenerator
+from tests.retrieval_helpers import WordHashEmbedder
 
 ALICE = fk.user(111, "alice")
 BOB = fk.user(222, "bob")
@@ -436,3 +440,36 @@ def test_the_token_can_come_from_a_dotenv_file(
     config = load_config(write_config(tmp_path / "config.toml"), environ={})
     assert discord_token(config) == "from-dotenv"
     assert "OTHER" not in os.environ
+
+
+async def test_attachments_are_indexed_into_the_channel_scope(
+    start_bot: StartBot, fake: fk.DiscordFake, tmp_path: Path
+) -> None:
+    store = ChromaStore(open_client(tmp_path / "chroma"), "documents", WordHashEmbedder())
+    index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=8)
+    bot = await start_bot(attachments=True)
+    bot.adapter.use_documents(channel_documents(index, tmp_path / "attachments"))
+    files = {"notes.md": b"Otters hold hands while sleeping.\n", "tool.exe": b"MZ"}
+    await fake.message_create(MENTION, mentions=[fake.bot], files=files)
+    [notice] = await bot.answered(1)
+    assert notice.startswith("Indexed notes.md for this channel")
+    scope = f"discord:{fk.CHANNEL_ID}"
+    assert [Path(source).name for source in await index.indexed(scope)] == ["notes.md"]
+    assert await index.indexed() == {}  # not global
+    assert bot.generator.calls == []  # nothing else to answer
+
+
+async def test_attachments_are_not_fetched_when_disabled(
+    start_bot: StartBot, fake: fk.DiscordFake, tmp_path: Path
+) -> None:
+    bot = await start_bot()
+    added: list[str] = []
+
+    async def hook(scope: str, name: str, data: bytes) -> str:
+        added.append(name)
+        return "indexed"
+
+    bot.adapter.use_documents(hook)
+    await fake.message_create(f"{MENTION} see file", mentions=[fake.bot], files={"a.txt": b"x"})
+    assert await bot.answered(1) == ["echo: see file"]
+    assert added == []
