@@ -18,7 +18,7 @@ from adapters.discord import RATE_NOTICE, DiscordAdapter, discord_adapter, disco
 from adapters.discord_documents import channel_documents
 from adapters.discord_split import split_parts
 from adapters.registry import configured_adapters
-from agent.app import build_core
+from agent.app import App, build_core
 from agent.config import (
     ChatConfig,
     Config,
@@ -473,3 +473,69 @@ async def test_attachments_are_not_fetched_when_disabled(
     await fake.message_create(f"{MENTION} see file", mentions=[fake.bot], files={"a.txt": b"x"})
     assert await bot.answered(1) == ["echo: see file"]
     assert added == []
+
+
+async def test_a_failed_generation_is_told_in_a_reply(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    bot.generator.fail_with = RuntimeError("model exploded")
+    await fake.message_create(f"{MENTION} hello?", mentions=[fake.bot])
+    [notice] = await bot.answered(1)
+    assert "model exploded" in notice
+    [post] = fake.posted()
+    assert "message_reference" in post.body
+
+
+async def test_a_thread_created_later_is_answered_under_its_own_key(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot(channels=[fk.CHANNEL_ID])  # the thread passes through its parent
+    new_thread = fake.next_id()
+    await fake.dispatch(
+        "THREAD_CREATE",
+        {
+            "id": str(new_thread),
+            "type": 11,
+            "name": "new thread",
+            "guild_id": str(fk.GUILD_ID),
+            "parent_id": str(fk.CHANNEL_ID),
+            "owner_id": "111",
+            "message_count": 0,
+            "member_count": 1,
+            "rate_limit_per_user": 0,
+            "newly_created": True,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": fk.TIMESTAMP,
+                "locked": False,
+            },
+        },
+    )
+    await fake.message_create(f"{MENTION} new here", mentions=[fake.bot], channel_id=new_thread)
+    assert await bot.answered(1, new_thread) == ["echo: new here"]
+    stored = await bot.core._history.conversation(f"discord:{new_thread}")
+    assert [m.text for m in stored] == ["new here", "echo: new here"]
+
+
+async def test_run_starts_discord_through_the_registry_and_the_app(
+    fake: fk.DiscordFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISCORD_TOKEN", fk.TOKEN)
+    path = write_config(
+        tmp_path / "config.toml", retrieval={"enabled": False}, context={"date": "off"}
+    )
+    app = await App.start(load_config(path, environ={}), generator=FakeGenerator())
+    [adapter] = configured_adapters(app.config, lambda: pytest.fail("console"))
+    assert isinstance(adapter, DiscordAdapter)
+    serving = asyncio.create_task(app.serve([adapter]))
+    try:
+        await fake.wait_ready()
+        await fake.message_create(f"{MENTION} through the app", mentions=[fake.bot])
+        await fake.wait_for(lambda: fake.contents() == ["echo: through the app"])
+    finally:
+        await adapter.stop()  # the adapter's run ends, and with it serve
+        await asyncio.wait_for(serving, 20)
+        await app.aclose()
