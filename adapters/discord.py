@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +92,10 @@ def is_allowed(
     return True
 
 
-def strip_mention(text: str, bot_id: int) -> str:
+def strip_mention(text: str, bot_id: int, role_ids: Iterable[int] = ()) -> str:
+    """The text without the bot's mention (or a mention of the role Discord gave it)."""
+    for role_id in role_ids:
+        text = text.replace(f"<@&{role_id}>", "")
     return re.sub(rf"<@!?{bot_id}>", "", text).strip()
 
 
@@ -256,11 +259,17 @@ class DiscordAdapter:
         if not allowed:
             log.debug("ignored user %s in %s: not in the allow-lists", author.id, where)
             return
-        text = strip_mention(message.content, me.id)
+        bot_roles = [
+            role.id
+            for role in message.role_mentions
+            if role.tags is not None and role.tags.bot_id == me.id
+        ]
+        text = strip_mention(message.content, me.id, bot_roles)
         replied = self._replied_message(message)
         addressed = (
             is_direct
             or me in message.mentions
+            or bool(bot_roles)  # people often mention the bot's own role instead
             or (replied is not None and replied.author.id == me.id)
             or bool(channel_ids & set(self.config.all_messages_channels))
             or commands.parse(text) is not None

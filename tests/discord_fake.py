@@ -27,6 +27,7 @@ OTHER_CHANNEL_ID = 200_000_000_000_000_002
 THREAD_ID = 300_000_000_000_000_001
 DM_CHANNEL_ID = 400_000_000_000_000_001
 ROLE_ID = 500_000_000_000_000_001
+BOT_ROLE_ID = 500_000_000_000_000_002  # the role Discord manages for the bot's integration
 TIMESTAMP = "2026-01-01T00:00:00.000000+00:00"
 
 # Opcodes of the gateway.
@@ -152,6 +153,7 @@ class DiscordFake:
         guild: bool = True,
         mentions: list[dict[str, Any]] | None = None,
         roles: list[int] | None = None,
+        mention_roles: list[int] | None = None,
         reference: dict[str, Any] | None = None,
         files: dict[str, bytes] | None = None,
     ) -> int:
@@ -182,7 +184,7 @@ class DiscordFake:
             "tts": False,
             "mention_everyone": False,
             "mentions": mentions or [],
-            "mention_roles": [],
+            "mention_roles": [str(r) for r in mention_roles or []],
             "attachments": attachments,
             "embeds": [],
             "pinned": False,
@@ -301,7 +303,18 @@ class DiscordFake:
             "features": [],
             "emojis": [],
             "stickers": [],
-            "roles": [role, {**role, "id": str(ROLE_ID), "name": "friends", "position": 1}],
+            "roles": [
+                role,
+                {**role, "id": str(ROLE_ID), "name": "friends", "position": 1},
+                {
+                    **role,
+                    "id": str(BOT_ROLE_ID),
+                    "name": "beseda",
+                    "position": 2,
+                    "managed": True,
+                    "tags": {"bot_id": str(BOT_ID)},
+                },
+            ],
             "channels": [
                 text_channel(CHANNEL_ID, "general"),
                 text_channel(OTHER_CHANNEL_ID, "random"),
@@ -328,7 +341,7 @@ class DiscordFake:
             "members": [
                 {
                     "user": self.bot,
-                    "roles": [],
+                    "roles": [str(BOT_ROLE_ID)],
                     "joined_at": TIMESTAMP,
                     "deaf": False,
                     "mute": False,

@@ -539,3 +539,28 @@ async def test_run_starts_discord_through_the_registry_and_the_app(
         await adapter.stop()  # the adapter's run ends, and with it serve
         await asyncio.wait_for(serving, 20)
         await app.aclose()
+
+
+async def test_a_slash_command_with_text_becomes_the_same_bang_command(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    [put] = [r for r in fake.requests if r.method == "PUT"]
+    synced = {c["name"]: c for c in put.body}
+    assert [(o["name"], o["type"]) for o in synced["remember"]["options"]] == [("text", 3)]
+    assert synced["help"].get("options", []) == []
+    await fake.slash("remember", {"text": "otters hold hands"})
+    await fake.wait_for(lambda: bool(fake.contents()))
+    await bot.idle()
+    stored = await bot.core._history.conversation(f"discord:{fk.CHANNEL_ID}")
+    assert (stored[0].role, stored[0].text) == ("command", "!remember otters hold hands")
+
+
+async def test_a_mention_of_the_bots_managed_role_counts_as_a_mention(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    await fake.message_create(f"<@&{fk.ROLE_ID}> not for the bot", mention_roles=[fk.ROLE_ID])
+    await fake.message_create(f"<@&{fk.BOT_ROLE_ID}> hi role", mention_roles=[fk.BOT_ROLE_ID])
+    assert await bot.answered(1) == ["echo: hi role"]
+    assert len(bot.generator.calls) == 1
