@@ -3,8 +3,10 @@
 It answers what ``hf_hub_download`` and ``HfApi.model_info`` ask (checked against the
 installed huggingface_hub): ``HEAD /{repo}/resolve/{revision}/{file}`` with ``X-Repo-Commit``,
 ``ETag``/``X-Linked-Etag`` and ``X-Linked-Size``; ``GET`` of the same URL with ``Range`` for
-resuming; ``GET /api/models/{repo}/revision/{revision}`` with the file list. It can cut the
-body of the first download midway to exercise the resume path.
+resuming; ``GET /api/models/{repo}/revision/{revision}`` with the file list. Like the hub
+for LFS files, ``resolve`` answers 302 to a "CDN" on another host name (``localhost``, the
+same server), which is where the bytes come from. It can cut the body of the first download
+midway to exercise the resume path.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class FakeHub:
     repo: str
     files: dict[str, bytes]
     cut_first_download: bool = False
+    # False: resolve serves the bytes itself, as the hub does for small non-LFS files.
+    cdn_redirect: bool = True
     requests: list[HubRequest] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -66,7 +70,17 @@ class FakeHub:
             self._thread = None
 
     def downloads(self) -> list[HubRequest]:
-        return [r for r in self.requests if r.method == "GET" and "/resolve/" in r.path]
+        """The requests that fetched file bytes."""
+        byte_paths = ("/cdn/",) if self.cdn_redirect else ("/resolve/",)
+        return [
+            r
+            for r in self.requests
+            if r.method == "GET" and any(part in r.path for part in byte_paths)
+        ]
+
+    def cdn_url(self, digest: str) -> str:
+        # Another host name for the same server: huggingface_hub treats it as a CDN.
+        return self.url.replace("127.0.0.1", "localhost") + f"/cdn/{digest}"
 
     def should_cut(self) -> bool:
         if self.cut_first_download and not self._cut_done:
@@ -96,6 +110,14 @@ class _Handler(BaseHTTPRequestHandler):
         if info:
             self._model_info(info.group(1), body=body)
             return
+        cdn = re.fullmatch(r"/cdn/([0-9a-f]{64})", path)
+        if cdn:
+            blobs = {_sha(data): data for data in fake.files.values()}
+            if cdn.group(1) not in blobs:
+                self._error(404, "EntryNotFound", "Blob not found")
+                return
+            self._file(blobs[cdn.group(1)], body=body)
+            return
         resolve = re.fullmatch(r"/(.+?)/resolve/([^/]+)/(.+)", path)
         if not resolve or resolve.group(1) != fake.repo:
             self._error(404, "RepoNotFound", "Repository not found")
@@ -104,7 +126,21 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self._error(404, "EntryNotFound", "Entry not found")
             return
-        self._file(data, body=body)
+        if fake.cdn_redirect:
+            self._redirect(data)
+        else:
+            self._file(data, body=body)
+
+    def _redirect(self, data: bytes) -> None:
+        etag = _sha(data)
+        self.send_response(302)
+        self.send_header("X-Repo-Commit", COMMIT)
+        self.send_header("ETag", '"pointer-file-etag"')
+        self.send_header("X-Linked-Etag", f'"{etag}"')
+        self.send_header("X-Linked-Size", str(len(data)))
+        self.send_header("Location", self.fake.cdn_url(etag))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _model_info(self, repo: str, *, body: bool) -> None:
         if repo != self.fake.repo:

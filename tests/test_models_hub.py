@@ -151,7 +151,8 @@ def test_first_run_downloads_later_runs_need_no_hub(
     assert "Traceback" not in first.stderr
     assert "100%" in first.stderr
     assert "98.4M/98.4M" in first.stderr
-    assert [r.path for r in hub.downloads()] == [f"/{REPO}/resolve/main/{FILE}"]
+    assert [r.path for r in hub.downloads()] == [f"/cdn/{digest}"]
+    assert any(r.path == f"/{REPO}/resolve/main/{FILE}" for r in hub.requests)
     # The standard cache under HF_HOME, in the hub's own layout.
     stored = hf_home / "hub" / "models--test-org--smollm2-gguf" / "snapshots" / COMMIT / FILE
     assert sha256(stored) == digest
@@ -188,8 +189,12 @@ def test_wrong_sha256_is_a_clear_error(hub: FakeHub, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_interrupted_download_resumes(hub: FakeHub, tmp_path: Path, gguf_bytes: bytes) -> None:
+@pytest.mark.parametrize("cdn_redirect", [True, False], ids=["lfs-cdn", "direct"])
+def test_interrupted_download_resumes(
+    hub: FakeHub, tmp_path: Path, gguf_bytes: bytes, cdn_redirect: bool
+) -> None:
     hub.cut_first_download = True
+    hub.cdn_redirect = cdn_redirect
     config = hub_config(tmp_path, models_dir="data/models", hf_file=FILE)
     result = beseda(config, hub.url, tmp_path / "hf", "models", "pull")
     assert result.returncode == 0, result.stderr
