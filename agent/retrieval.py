@@ -29,9 +29,11 @@ from memory.vectors import (
 
 log = logging.getLogger(__name__)
 
+SOURCES_HEADER = "Sources:"
+# After the sources, right before the question: small models follow the nearest instruction.
 CITE_INSTRUCTION = (
-    "Sources that may help with the next message. Use them only if relevant, and cite the "
-    "source number in brackets, like [1], after the facts you take from it."
+    "Use the sources above only if they are relevant, and cite the source number in "
+    "brackets, like [1], after each fact you take from one."
 )
 MEMORY_HEADER = "What you remember here:"
 # How far back the history is read to see who takes part in a conversation.
@@ -129,8 +131,9 @@ def format_block(passages: Sequence[Passage], memories: Sequence[Memory]) -> str
     if passages:
         if parts:
             parts.append("")
-        parts.append(CITE_INSTRUCTION)
+        parts.append(SOURCES_HEADER)
         parts.extend(f"[{n}] ({p.label}) {p.text}" for n, p in enumerate(passages, 1))
+        parts.append(CITE_INSTRUCTION)
     return "\n".join(parts)
 
 

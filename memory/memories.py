@@ -40,7 +40,7 @@ class MemoryStore:
             " ".join(text.split()),
             scope,
             author,
-            datetime.now(UTC).isoformat(timespec="seconds"),
+            datetime.now(UTC).isoformat(timespec="microseconds"),
         )
         await self.store.add([_item(memory)])
         return memory

@@ -10,7 +10,7 @@ from agent.app import build_core
 from agent.config import Config, ContextConfig, ModelConfig, PersonaConfig, RetrievalConfig
 from agent.core import Core
 from agent.events import Inbound
-from agent.retrieval import CITE_INSTRUCTION, Retriever
+from agent.retrieval import CITE_INSTRUCTION, SOURCES_HEADER, Retriever
 from memory.documents import DocumentIndex
 from memory.history import SqlHistoryStore, Status
 from memory.memories import MemoryStore, user_scope
@@ -73,8 +73,10 @@ async def test_document_chunks_are_cited_in_the_volatile_block(
     assert first[0].content == PERSONA
     assert second[0].content == PERSONA
     block = first[-1].content
-    assert block.startswith(CITE_INSTRUCTION)
-    assert "[1] (zorbel.txt) The Zorbel station was founded by Miriam Okafor." in block
+    assert block.startswith(
+        f"{SOURCES_HEADER}\n[1] (zorbel.txt) The Zorbel station was founded by Miriam Okafor."
+        f"\n{CITE_INSTRUCTION}\n\n"
+    )
     assert "goats" not in block.lower()  # below the score threshold
     assert block.endswith("who founded the zorbel station")
     # History keeps the user's own words, without the retrieved material.

@@ -1,0 +1,67 @@
+"""ingest, search and chat over documents, in subprocesses, with the real default embedder."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_config
+from tests.test_cli import beseda
+from tests.test_documents import write_pdf
+
+pytestmark = [pytest.mark.slow]
+
+FACT = (
+    "The Zorbel research station was founded in 1987 by the engineer Miriam Okafor. "
+    "Its radio call sign is KX-417."
+)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    docs = tmp_path / "documents"
+    docs.mkdir()
+    (docs / "zorbel.md").write_text(f"# Zorbel station\n\n{FACT}\n", encoding="utf-8")
+    (docs / "борщ.txt").write_text(
+        "Борщ варят из свёклы, капусты и картофеля; подают со сметаной.\n", encoding="utf-8"
+    )
+    write_pdf(docs / "pumps.pdf", ["Pump maintenance.", "The valve code of pump P-9 is 7741."])
+    return write_config(tmp_path / "beseda.toml", documents={"path": docs.as_posix()})
+
+
+def test_ingest_search_json_and_incremental_rerun(config: Path) -> None:
+    first = beseda(config, "ingest")
+    assert "3 added, 0 updated, 0 unchanged, 0 removed, 0 failed" in first.stdout
+    assert "ingest" in first.stderr  # the progress bar
+    found = json.loads(beseda(config, "search", "--json", "How to cook borscht?").stdout)
+    assert found[0]["source"] == "борщ.txt"
+    assert found[0]["page"] is None
+    assert set(found[0]) == {"source", "page", "score", "text"}
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(found))
+    pdf = json.loads(beseda(config, "search", "--json", "код клапана насоса P-9").stdout)
+    assert (pdf[0]["source"], pdf[0]["page"]) == ("pumps.pdf", 2)
+    text = beseda(config, "search", "who founded Zorbel station").stdout
+    assert text.startswith("[1] zorbel.md  score ")
+    again = beseda(config, "ingest")
+    assert "0 added, 0 updated, 3 unchanged, 0 removed, 0 failed" in again.stdout
+
+
+def test_corrupt_file_is_reported_and_the_rest_indexed(config: Path) -> None:
+    (config.parent / "documents" / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    result = beseda(config, "ingest", check=False)
+    assert result.returncode == 1
+    assert "skipped broken.pdf" in result.stdout
+    assert "3 added" in result.stdout
+
+
+@pytest.mark.model
+def test_chat_answers_from_a_document(config: Path) -> None:
+    beseda(config, "ingest")
+    answer = beseda(config, "chat", "Who founded the Zorbel research station?").stdout
+    # SmolLM2-135M cannot know this name: it comes from the retrieved document.
+    assert "Okafor" in answer
+    shown = json.loads(beseda(config, "prompt", "--json", "Who founded Zorbel station?").stdout)
+    assert "[1] (zorbel.md) # Zorbel station" in shown["messages"][-1]["content"]
