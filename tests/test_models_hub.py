@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from agent.config import load_config
 from agent.generators.base import GeneratorError
 from agent.generators.llama_cpp import bundled_model_path, resolve_model_path
+from agent.models_cli import run_models
 from agent.models_hub import cached_model, hub_file
 from tests.conftest import write_config
 from tests.hub_fake import COMMIT, FakeHub
@@ -130,6 +132,15 @@ def test_cached_lookup_follows_the_ref_and_the_glob(tmp_path: Path) -> None:
     other = load_config(hub_config(tmp_path, models_dir=str(models), hf_file="*Q5_K_M.gguf"))
     with pytest.raises(GeneratorError, match=r"not downloaded yet.*models pull"):
         resolve_model_path(other, download=False)
+
+
+async def test_pull_without_hf_repo_has_nothing_to_do(tmp_path: Path) -> None:
+    out = io.StringIO()
+    config = load_config(write_config(tmp_path / "beseda.toml"))
+    assert await run_models(config, "pull", out) == 0
+    assert out.getvalue() == (
+        "nothing to download: [model] hf_repo is not set (the bundled model is used)\n"
+    )
 
 
 # --- subprocesses against the loopback hub ------------------------------------------------
