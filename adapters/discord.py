@@ -8,6 +8,7 @@ ignored silently (logged at debug). A thread is its own channel key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -23,7 +24,14 @@ from dotenv import dotenv_values
 
 from adapters.base import ReplyTarget
 from adapters.discord_documents import DocumentsHook, accepts
-from adapters.discord_reply import Clock, DiscordReply, InteractionSink, MessageSink, Sink
+from adapters.discord_reply import (
+    Clock,
+    DiscordReply,
+    InteractionSink,
+    MessageSink,
+    Sink,
+    Sleep,
+)
 from agent import commands
 from agent.config import Config, DiscordConfig
 from agent.events import Attachment, Inbound
@@ -154,11 +162,13 @@ class DiscordAdapter:
         token: str,
         *,
         clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
         client_options: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self._token = token
         self._clock = clock
+        self._sleep = sleep
         self._options = client_options or {}
         self._limiter = RateLimiter(config.rate_limit_messages, config.rate_limit_seconds, clock)
         self._origins: OrderedDict[str, discord.Message | discord.Interaction] = OrderedDict()
@@ -283,8 +293,8 @@ class DiscordAdapter:
             return
         if message.attachments and self.config.attachments and self._documents is not None:
             await self._index_attachments(message, where)
-            if not text:
-                return
+        if not text:  # only attachments: nothing for the model to answer
+            return
         if replied is not None and replied.author.id != me.id and replied.content:
             # The bot's own messages are in the history already; others' are quoted.
             quoted = replied.content[:QUOTE_CHARS].replace("\n", "\n> ")
@@ -384,7 +394,9 @@ class DiscordAdapter:
         sink: Sink = (
             MessageSink(origin) if isinstance(origin, discord.Message) else InteractionSink(origin)
         )
-        return DiscordReply(sink, clock=self._clock, edit_interval=self.config.edit_interval)
+        return DiscordReply(
+            sink, clock=self._clock, sleep=self._sleep, edit_interval=self.config.edit_interval
+        )
 
 
 def discord_token(config: Config) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import discord
@@ -16,6 +16,8 @@ from adapters.discord_split import DISCORD_LIMIT, split_message
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+FINAL_ATTEMPTS = 4
 
 
 class Editable(Protocol):
@@ -88,9 +90,11 @@ class DiscordReply:
         clock: Clock,
         edit_interval: float = 1.0,
         limit: int = DISCORD_LIMIT,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._sink = sink
         self._clock = clock
+        self._sleep = sleep
         self._interval = edit_interval
         self._limit = limit
         self._buffer = ""
@@ -115,12 +119,20 @@ class DiscordReply:
 
     async def finish(self, text: str) -> None:
         await self._stop_typing()
-        if self._forbidden:
-            return
-        try:
-            await self._render(text, final=True)
-        except discord.Forbidden:
-            self._skip_forbidden()
+        for attempt in range(FINAL_ATTEMPTS):
+            if self._forbidden:
+                return
+            try:
+                await self._render(text, final=True)
+                return
+            except discord.Forbidden:
+                self._skip_forbidden()
+            except discord.DiscordServerError as exc:
+                # discord.py retries 500/502/504 itself, not 503: the whole text must arrive.
+                if attempt == FINAL_ATTEMPTS - 1:
+                    raise
+                log.warning("Discord error in %s, retrying the reply: %s", self._sink.label, exc)
+                await self._sleep(2.0**attempt)
 
     async def fail(self, notice: str) -> None:
         await self._stop_typing()

@@ -56,10 +56,26 @@ class SteppingClock:
         return self.now
 
 
+class RecordedSleeps:
+    """The adapter's own back-off sleeps: recorded, not waited."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
 class Bot:
     def __init__(
-        self, fake: fk.DiscordFake, adapter: DiscordAdapter, core: Core, gen: FakeGenerator
+        self,
+        fake: fk.DiscordFake,
+        adapter: DiscordAdapter,
+        core: Core,
+        gen: FakeGenerator,
+        sleeps: RecordedSleeps,
     ) -> None:
+        self.sleeps = sleeps
         self.fake = fake
         self.adapter = adapter
         self.core = core
@@ -99,6 +115,7 @@ async def start_bot(fake: fk.DiscordFake, tmp_path: Path) -> AsyncIterator[Start
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}")
     await db.migrate()
     running: list[tuple[DiscordAdapter, asyncio.Task[None], Core]] = []
+    sleeps = RecordedSleeps()
 
     async def start(
         answer: Callable[[Sequence[ChatMessage]], str] | None = None,
@@ -117,6 +134,7 @@ async def start_bot(fake: fk.DiscordFake, tmp_path: Path) -> AsyncIterator[Start
             DiscordConfig(**discord_options),
             fk.TOKEN,
             clock=clock or SteppingClock(0.0),
+            sleep=sleeps.sleep,
             client_options={"guild_ready_timeout": 0.05},
         )
         task = asyncio.create_task(adapter.run(core.submit))
@@ -125,7 +143,7 @@ async def start_bot(fake: fk.DiscordFake, tmp_path: Path) -> AsyncIterator[Start
         client = adapter.client
         assert client is not None
         await asyncio.wait_for(client.wait_until_ready(), 10)
-        return Bot(fake, adapter, core, generator)
+        return Bot(fake, adapter, core, generator, sleeps)
 
     yield start
     for adapter, task, core in running:
@@ -470,9 +488,11 @@ async def test_attachments_are_not_fetched_when_disabled(
         return "indexed"
 
     bot.adapter.use_documents(hook)
+    await fake.message_create(MENTION, mentions=[fake.bot], files={"a.txt": b"x"})
     await fake.message_create(f"{MENTION} see file", mentions=[fake.bot], files={"a.txt": b"x"})
     assert await bot.answered(1) == ["echo: see file"]
     assert added == []
+    assert len(bot.generator.calls) == 1  # the message with nothing but a file is not answered
 
 
 async def test_a_failed_generation_is_told_in_a_reply(
@@ -564,3 +584,17 @@ async def test_a_mention_of_the_bots_managed_role_counts_as_a_mention(
     await fake.message_create(f"<@&{fk.BOT_ROLE_ID}> hi role", mention_roles=[fk.BOT_ROLE_ID])
     assert await bot.answered(1) == ["echo: hi role"]
     assert len(bot.generator.calls) == 1
+
+
+async def test_a_503_on_the_final_text_is_retried_by_the_adapter(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    unavailable = {"message": "Service Unavailable"}
+    # discord.py itself retries 500/502/504 but raises on 503: the draft and the first
+    # attempt at the final text fail, the adapter's retry delivers it.
+    fake.fail_next("POST", rf"/channels/{fk.CHANNEL_ID}/messages", 503, unavailable, 2)
+    await fake.message_create(f"{MENTION} persist", mentions=[fake.bot])
+    assert await bot.answered(1) == ["echo: persist"]
+    assert len(fake.posted()) == 3
+    assert bot.sleeps.delays == [1.0]
