@@ -16,7 +16,7 @@ from agent.context import ContextBuilder
 from agent.core import Core
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
-from agent.retrieval import Knowledge, Retriever, open_knowledge
+from agent.retrieval import Knowledge, Retriever, open_knowledge, thresholds
 from agent.window import WindowKeeper, minute_date_source, zone_clock
 from memory.db import Database
 from memory.history import HistoryStore, SqlHistoryStore
@@ -158,5 +158,5 @@ def build_core(
         SamplingParams.from_config(config.model),
         background,
         max_message_chars=config.chat.max_message_chars,
-        tools=commands.Tools(history, retriever, config.retrieval.forget_min_score),
+        tools=commands.Tools(history, retriever, thresholds(config)[2]),
     )

