@@ -1,0 +1,61 @@
+"""The wiring through App.start: ingest on start, re-index after an embedder change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.app import App
+from agent.config import load_config
+from memory.vectors import ChromaStore, reembed
+from tests.conftest import write_config
+from tests.fakes import FakeGenerator
+from tests.retrieval_helpers import WordHashEmbedder
+
+
+async def test_ingest_on_start_puts_documents_into_the_prompt(tmp_path: Path) -> None:
+    docs = tmp_path / "documents"
+    docs.mkdir()
+    (docs / "zorbel.md").write_text("The Zorbel station was founded by Miriam Okafor.\n")
+    path = write_config(
+        tmp_path / "beseda.toml",
+        documents={"path": docs.as_posix(), "ingest_on_start": True},
+        context={"date": "off"},
+    )
+    app = await App.start(load_config(path), generator=FakeGenerator())
+    try:
+        assert app.knowledge is not None
+        prompt = await app.core.prompt_for("console:local", "Кто основал станцию Зорбел?")
+        assert "[1] (zorbel.md) The Zorbel station was founded by Miriam Okafor." in (
+            prompt.messages[-1].content
+        )
+        # Small talk is below the threshold: no sources, the message alone.
+        chat = await app.core.prompt_for("console:local", "hello there")
+        assert chat.messages[-1].content == "hello there"
+    finally:
+        await app.aclose()
+
+
+async def test_disabled_retrieval_opens_no_vector_store(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "beseda.toml", retrieval={"enabled": False})
+    app = await App.start(load_config(path), generator=FakeGenerator())
+    try:
+        assert app.knowledge is None
+        assert not (tmp_path / "data" / "chroma").exists()
+        reply = await app.core.prompt_for("console:local", "hi")
+        assert reply.messages[-1].content == "hi"
+    finally:
+        await app.aclose()
+
+
+async def test_reembed_carries_memories_to_a_new_embedder(tmp_path: Path) -> None:
+    from memory.memories import MemoryStore  # noqa: PLC0415
+    from memory.vectors import open_client  # noqa: PLC0415
+
+    client = open_client(tmp_path)
+    old = MemoryStore(ChromaStore(client, "memories", WordHashEmbedder(64)))
+    await old.remember("discord:1", "the vault code is 4711")
+    new_embedder = WordHashEmbedder(32, name="fake:new")
+    assert await reembed(client, "memories", new_embedder) == 1
+    new = MemoryStore(ChromaStore(client, "memories", new_embedder))
+    [(memory, _score)] = await new.recall(["discord:1"], "vault code", 1)
+    assert (memory.text, memory.scope) == ("the vault code is 4711", "discord:1")
