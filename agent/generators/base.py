@@ -31,6 +31,9 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     seed: int = -1
     max_tokens: int = 512
+    # A JSON schema the output must follow (grammar-constrained on llama.cpp; background
+    # jobs such as memory extraction use it). Generators without grammars ignore it.
+    json_schema: str | None = None
 
     @classmethod
     def from_config(cls, model: ModelConfig) -> SamplingParams:

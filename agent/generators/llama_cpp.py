@@ -233,6 +233,7 @@ class LlamaCppGenerator:
             repeat_penalty=params.repeat_penalty,
             stop=[self._template.eos_token] if self._template.eos_token else None,
             stream=True,
+            grammar=_grammar(params.json_schema),
         )
         try:
             for chunk in chunks:
@@ -315,3 +316,12 @@ async def load_generator(config: Config) -> LlamaCppGenerator:
     return await asyncio.to_thread(
         LlamaCppGenerator.load, config.model, path, state_cache_bytes=cache_bytes
     )
+
+
+def _grammar(json_schema: str | None) -> Any:
+    """A llama.cpp grammar that admits only JSON following ``json_schema``."""
+    if json_schema is None:
+        return None
+    from llama_cpp.llama_grammar import LlamaGrammar  # noqa: PLC0415
+
+    return LlamaGrammar.from_json_schema(json_schema, verbose=False)
