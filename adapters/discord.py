@@ -196,6 +196,14 @@ class DiscordAdapter:
         try:
             # Logs in, connects, and reconnects (resuming the session) until closed.
             await client.start(self._token, reconnect=True)
+        except discord.LoginFailure:
+            # Not worth taking the other platforms down: say what to fix and stop Discord.
+            log.error("Discord rejected the bot token: check DISCORD_TOKEN; Discord is off")
+        except discord.PrivilegedIntentsRequired:
+            log.error(
+                "Discord refused the Message Content intent: enable it for the bot in the "
+                "developer portal (Bot → Privileged Gateway Intents); Discord is off"
+            )
         finally:
             if not client.is_closed():
                 await client.close()

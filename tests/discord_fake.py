@@ -28,6 +28,7 @@ THREAD_ID = 300_000_000_000_000_001
 DM_CHANNEL_ID = 400_000_000_000_000_001
 ROLE_ID = 500_000_000_000_000_001
 BOT_ROLE_ID = 500_000_000_000_000_002  # the role Discord manages for the bot's integration
+MESSAGE_CONTENT = 1 << 15  # the privileged intent bit
 TIMESTAMP = "2026-01-01T00:00:00.000000+00:00"
 
 # Opcodes of the gateway.
@@ -81,6 +82,8 @@ class DiscordFake:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.bot = user(BOT_ID, "beseda", bot=True)
+        # False: the bot's Message Content intent is not enabled in the developer portal.
+        self.message_content_allowed = True
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -370,6 +373,9 @@ class DiscordFake:
             elif op == IDENTIFY:
                 if payload["d"]["token"] != TOKEN:
                     await ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                if payload["d"]["intents"] & MESSAGE_CONTENT and not self.message_content_allowed:
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")
                     break
                 self.identifies += 1
                 await self._identified()

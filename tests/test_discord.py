@@ -29,6 +29,7 @@ from agent.config import (
     load_config,
 )
 from agent.core import Core
+from agent.events import Inbound
 from agent.generators.base import ChatMessage
 from memory.db import Database
 from memory.documents import DocumentIndex
@@ -598,3 +599,27 @@ async def test_a_503_on_the_final_text_is_retried_by_the_adapter(
     assert await bot.answered(1) == ["echo: persist"]
     assert len(fake.posted()) == 3
     assert bot.sleeps.delays == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("token", "content_allowed", "said"),
+    [("wrong-token", True, "rejected the bot token"), (fk.TOKEN, False, "Message Content")],
+)
+async def test_a_bad_token_or_missing_intent_stops_discord_with_a_clear_error(
+    fake: fk.DiscordFake,
+    caplog: pytest.LogCaptureFixture,
+    token: str,
+    content_allowed: bool,
+    said: str,
+) -> None:
+    fake.message_content_allowed = content_allowed
+    adapter = DiscordAdapter(DiscordConfig(), token, client_options={"guild_ready_timeout": 0.05})
+    submitted: list[Inbound] = []
+
+    async def submit(inbound: Inbound, target: object) -> None:
+        submitted.append(inbound)
+
+    await asyncio.wait_for(adapter.run(submit), 20)  # returns instead of raising
+    assert said in caplog.text
+    assert token not in caplog.text
+    assert submitted == []
