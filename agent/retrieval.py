@@ -87,7 +87,8 @@ class Retriever:
     ) -> list[Passage]:
         """Document chunks for ``query`` visible in the channel, best first, above the
         score threshold."""
-        if self._documents is None or not query.strip():
+        # An empty collection needs no query embedding (and no embedder model load).
+        if self._documents is None or not query.strip() or not await self._documents.count():
             return []
         scopes = await self.scopes(channel_key)
         hits = await self._documents.query(
@@ -106,7 +107,7 @@ class Retriever:
         ]
 
     async def recall(self, channel_key: str, query: str) -> list[Memory]:
-        if self.memories is None or not query.strip():
+        if self.memories is None or not query.strip() or not await self.memories.store.count():
             return []
         scopes = await self.scopes(channel_key)
         found = await self.memories.recall(scopes, query, self._memory_k)
