@@ -164,3 +164,17 @@ async def test_scope_filter_holds_inside_the_store(
     await retriever.memories.remember("discord:A", "alpha secret")
     found = await retriever.memories.recall(scopes, "alpha secret", 5)
     assert found == []
+
+
+async def test_channel_documents_are_searchable_only_in_their_channel(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    _, _, retriever, index = make(history, tmp_path)
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    (upload / "plan.txt").write_text("The launch codename is Bluebird.")
+    await index.ingest(upload, scope="discord:A")
+    found = await retriever.search("discord:A", "launch codename")
+    assert [(p.source, p.scope) for p in found] == [("plan.txt", "discord:A")]
+    assert await retriever.search("discord:B", "launch codename") == []
+    assert await retriever.search(None, "launch codename") == []
