@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from memory.history import HistoryStore, SqlHistoryStore
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+# After the last message of a pipe or a one-shot `chat`, pending summaries may still finish.
+BACKGROUND_GRACE_SECONDS = 120.0
 
 
 class App:
@@ -92,6 +95,9 @@ class App:
                 await stop.wait()
                 for adapter in adapters:
                     await adapter.stop()
+                if self._signals == 0:
+                    # The input ended (a pipe, /quit): finish the summaries it started.
+                    await self.finish_background(BACKGROUND_GRACE_SECONDS)
                 await self.core.close(SHUTDOWN_GRACE_SECONDS)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -111,6 +117,11 @@ class App:
     async def _stop_when(stop: asyncio.Event, runs: Sequence[asyncio.Task[None]]) -> None:
         await asyncio.wait(runs)
         stop.set()
+
+    async def finish_background(self, grace: float) -> None:
+        """Let queued background work (summaries) complete, for at most ``grace`` s."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.core.background.wait_quiet(), grace)
 
     async def aclose(self) -> None:
         """Close resources in reverse order of creation."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from adapters.console import ConsoleAdapter
 from adapters.registry import configured_adapters
-from agent.app import App
+from agent.app import BACKGROUND_GRACE_SECONDS, App
 from agent.config import Config, ConfigError, config_path_from, load_config
 from agent.core import Reply
 from agent.doctor import run_doctor
@@ -159,6 +159,8 @@ async def _chat(config: Config, channel: str | None, message: str, *, stats: boo
     try:
         console = _console(config, channel, interactive=False)
         reply: Reply = await (await app.core.submit(console.inbound(message), console))
+        sys.stdout.flush()  # the answer is out; a summary it triggered may still be written
+        await app.finish_background(BACKGROUND_GRACE_SECONDS)
     finally:
         await app.aclose()
     if stats and reply.stats is not None:

@@ -201,7 +201,8 @@ class WindowKeeper:
                 previous.text if previous is not None else None,
                 turns,
                 assistant_name=self._assistant_name,
-                max_tokens=self._summary_max_tokens,
+                # A small context needs room for the turns being summarised, too.
+                max_tokens=min(self._summary_max_tokens, self._generator.n_ctx // 4),
             )
         if not text:
             log.warning("the model returned an empty summary for %s; will retry", channel_key)

@@ -229,3 +229,35 @@ def test_interactive_console_in_a_terminal(config: Path) -> None:
     assert b"4" in screen[answer_start:answer_end]
     assert proc.stderr is not None
     assert "Traceback" not in proc.stderr.read().decode()
+
+
+def test_one_shot_chats_produce_a_rolling_summary(tmp_path: Path) -> None:
+    """A small window on the real model: the summary is made before `chat` exits."""
+    # 256: llama.cpp pads n_ctx up to a multiple of 256.
+    config = write_config(
+        tmp_path / "c.toml", model={"n_ctx": 256, "max_tokens": 24}, context={"date": "off"}
+    )
+    questions = [
+        "My name is Ada and I live in Kazan.",
+        "I have a cat called Pushok.",
+        "What is the capital of France?",
+        "Name a colour.",
+        "Name a fruit.",
+        "Name an animal.",
+    ]
+    for question in questions:
+        beseda(config, "chat", question)
+        with sqlite3.connect(config.parent / "data" / "beseda.db") as db:
+            made = db.execute("SELECT count(*) FROM summaries").fetchone()[0]
+        if made:
+            break
+    assert made, "no summary after a conversation longer than the window"
+    shown = beseda(config, "chat", "!summary")
+    with sqlite3.connect(config.parent / "data" / "beseda.db") as db:
+        text, first, last = db.execute(
+            "SELECT text, first_message_id, last_message_id FROM summaries ORDER BY id DESC"
+        ).fetchone()
+    assert text.strip()
+    assert first <= last
+    # Shown once its turns have left the window: either way the command answers.
+    assert shown.stdout.startswith(("Summary of the earlier conversation:", "No summary yet"))
