@@ -109,10 +109,13 @@ async def test_summary_covers_exactly_the_evicted_turns(history: SqlHistoryStore
     )
 
 
-async def test_background_summary_never_delays_a_reply(history: SqlHistoryStore) -> None:
+async def talk_until_a_summary_is_held(
+    history: SqlHistoryStore,
+) -> tuple[Core, FakeGenerator, RecordingAdapter, asyncio.Event]:
+    """A core whose first summary generation has started and waits for the returned gate."""
     generator = summarizing_generator()
-    summary_gate = asyncio.Event()
-    generator.hold = lambda messages: summary_gate if is_summary(messages) else None
+    gate = asyncio.Event()
+    generator.hold = lambda messages: gate if is_summary(messages) else None
     core = make_core(history, generator)
     adapter = RecordingAdapter()
     i = 0
@@ -121,6 +124,11 @@ async def test_background_summary_never_delays_a_reply(history: SqlHistoryStore)
         await asyncio.sleep(0.01)  # let the background runner start the job
         i += 1
         assert i < 100, "no summary was ever started"
+    return core, generator, adapter, gate
+
+
+async def test_background_summary_never_delays_a_reply(history: SqlHistoryStore) -> None:
+    core, _generator, adapter, summary_gate = await talk_until_a_summary_is_held(history)
     # A summary is generating and will not finish until the gate opens; replies still flow.
     for j in range(3):
         reply = await (await core.submit(inbound(f"more {j}"), adapter))
@@ -161,16 +169,7 @@ async def test_reset_and_summary_commands(history: SqlHistoryStore) -> None:
 
 
 async def test_a_reset_discards_a_summary_started_before_it(history: SqlHistoryStore) -> None:
-    generator = summarizing_generator()
-    gate = asyncio.Event()
-    generator.hold = lambda messages: gate if is_summary(messages) else None
-    core = make_core(history, generator)
-    adapter = RecordingAdapter()
-    i = 0
-    while not any(is_summary(call) for call in generator.calls):
-        await (await core.submit(inbound(f"message {i} a b c d"), adapter))
-        await asyncio.sleep(0.01)
-        i += 1
+    core, _generator, adapter, gate = await talk_until_a_summary_is_held(history)
     await (await core.submit(inbound("!reset"), adapter))
     gate.set()
     await core.background.wait_quiet()
