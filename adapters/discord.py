@@ -22,8 +22,8 @@ import discord
 from discord import app_commands
 from dotenv import dotenv_values
 
+from adapters.attachments import DocumentsHook, accepts
 from adapters.base import ReplyTarget
-from adapters.discord_documents import DocumentsHook, accepts
 from adapters.discord_reply import (
     Clock,
     DiscordReply,

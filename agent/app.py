@@ -8,8 +8,8 @@ import logging
 import signal
 from collections.abc import Sequence
 
+from adapters.attachments import channel_documents
 from adapters.base import PlatformAdapter
-from adapters.discord_documents import channel_documents
 from agent import commands
 from agent.background import Background
 from agent.config import Config, select_backend

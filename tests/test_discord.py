@@ -14,8 +14,8 @@ import pytest
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
+from adapters.attachments import channel_documents
 from adapters.discord import RATE_NOTICE, DiscordAdapter, discord_adapter, discord_token
-from adapters.discord_documents import channel_documents
 from adapters.discord_split import split_parts
 from adapters.registry import configured_adapters
 from agent.app import App, build_core
