@@ -76,10 +76,6 @@ class Background:
         finally:
             self._in_generation = False
 
-    @property
-    def pending(self) -> int:
-        return len(self._jobs) + (self._current is not None)
-
     async def wait_quiet(self) -> None:
         """Until every queued job has run (for benchmarks, tests and shutdown)."""
         await self._quiet.wait()
