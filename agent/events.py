@@ -25,7 +25,16 @@ class Inbound:
     message_id: str | None = None
     reply_to: str | None = None
     thread_id: str | None = None
+    # For a thread: the channel key of the channel (room) it belongs to; threads inherit its
+    # persona. None elsewhere.
+    parent_key: str | None = None
+    # The server the channel belongs to (Discord guild id, Matrix server name), for persona
+    # assignment by server; None for DMs and the console.
+    server_id: str | None = None
     is_direct: bool = False
+    # The adapter's verdict: the author is one of the platform's configured admins (admin-only
+    # commands such as switching the persona check it).
+    is_admin: bool = False
     attachments: tuple[Attachment, ...] = ()
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
 
