@@ -90,9 +90,48 @@ class Retriever:
         # An empty collection needs no query embedding (and no embedder model load).
         if self._documents is None or not query.strip() or not await self._documents.count():
             return []
-        scopes = await self.scopes(channel_key)
-        hits = await self._documents.query(
-            query, k or self._top_k, scope_filter(scopes, {"kind": "document"})
+        vector = await asyncio.to_thread(self._documents.embedder.embed_query, query)
+        return await self._passages(await self.scopes(channel_key), vector, k or self._top_k)
+
+    async def recall(self, channel_key: str, query: str) -> list[Memory]:
+        if self.memories is None or not query.strip() or not await self.memories.store.count():
+            return []
+        vector = await asyncio.to_thread(self.memories.store.embedder.embed_query, query)
+        return await self._recall(await self.scopes(channel_key), vector)
+
+    async def volatile(self, channel_key: str, text: str) -> str | None:
+        """The volatile block for a new message in ``channel_key`` (a VolatileSource).
+
+        The scopes are read and the message embedded once for both collections (they share
+        the embedder); empty collections cost nothing.
+        """
+        if not text.strip():
+            return None
+        try:
+            documents = (
+                self._documents if self._documents and await self._documents.count() else None
+            )
+            memories = (
+                self.memories if self.memories and await self.memories.store.count() else None
+            )
+            store = documents or (memories.store if memories else None)
+            if store is None:
+                return None
+            scopes = await self.scopes(channel_key)
+            vector = await asyncio.to_thread(store.embedder.embed_query, text)
+            passages = await self._passages(scopes, vector, self._top_k) if documents else []
+            recalled = await self._recall(scopes, vector) if memories else []
+        except Exception:  # a broken vector store must not stop the conversation
+            log.exception("retrieval failed in %s; answering without it", channel_key)
+            return None
+        return format_block(passages, recalled) or None
+
+    async def _passages(
+        self, scopes: Sequence[str], vector: Sequence[float], k: int
+    ) -> list[Passage]:
+        assert self._documents is not None
+        hits = await self._documents.query_vector(
+            vector, k, scope_filter(scopes, {"kind": "document"})
         )
         return [
             Passage(
@@ -106,22 +145,10 @@ class Retriever:
             if h.score >= self._min_score
         ]
 
-    async def recall(self, channel_key: str, query: str) -> list[Memory]:
-        if self.memories is None or not query.strip() or not await self.memories.store.count():
-            return []
-        scopes = await self.scopes(channel_key)
-        found = await self.memories.recall(scopes, query, self._memory_k)
+    async def _recall(self, scopes: Sequence[str], vector: Sequence[float]) -> list[Memory]:
+        assert self.memories is not None
+        found = await self.memories.recall_vector(scopes, vector, self._memory_k)
         return [m for m, score in found if score >= self._memory_min_score]
-
-    async def volatile(self, channel_key: str, text: str) -> str | None:
-        """The volatile block for a new message in ``channel_key`` (a VolatileSource)."""
-        try:
-            passages = await self.search(channel_key, text)
-            memories = await self.recall(channel_key, text)
-        except Exception:  # a broken vector store must not stop the conversation
-            log.exception("retrieval failed in %s; answering without it", channel_key)
-            return None
-        return format_block(passages, memories) or None
 
 
 def format_block(passages: Sequence[Passage], memories: Sequence[Memory]) -> str:

@@ -49,6 +49,13 @@ class MemoryStore:
         hits = await self.store.query(text, k, scope_filter(scopes, {"kind": "memory"}))
         return [(_memory(h), h.score) for h in hits]
 
+    async def recall_vector(
+        self, scopes: Sequence[str], vector: Sequence[float], k: int
+    ) -> list[tuple[Memory, float]]:
+        """As :meth:`recall`, for a query already embedded (with this store's embedder)."""
+        hits = await self.store.query_vector(vector, k, scope_filter(scopes, {"kind": "memory"}))
+        return [(_memory(h), h.score) for h in hits]
+
     async def forget(self, scopes: Sequence[str], text: str, min_score: float) -> list[Memory]:
         """Remove the memories closest to ``text`` (ties with the best match) and return them."""
         hits = await self.recall(scopes, text, 5)

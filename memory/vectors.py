@@ -134,6 +134,8 @@ class ChromaStore:
         return await self.query_vector(vector, k, where)
 
     async def query_vector(self, vector: Sequence[float], k: int, where: Where | None) -> list[Hit]:
+        if k <= 0:
+            return []
         result = await asyncio.to_thread(
             self._collection.query,
             query_embeddings=[list(vector)],

@@ -10,7 +10,7 @@ from agent.app import build_core
 from agent.config import Config, ContextConfig, ModelConfig, PersonaConfig, RetrievalConfig
 from agent.core import Core
 from agent.events import Inbound
-from agent.retrieval import CITE_INSTRUCTION, SOURCES_HEADER, Retriever
+from agent.retrieval import CITE_INSTRUCTION, PRESENCE_TURNS, SOURCES_HEADER, Retriever
 from memory.documents import DocumentIndex
 from memory.history import SqlHistoryStore, Status
 from memory.memories import MemoryStore, user_scope
@@ -178,3 +178,37 @@ async def test_channel_documents_are_searchable_only_in_their_channel(
     assert [(p.source, p.scope) for p in found] == [("plan.txt", "discord:A")]
     assert await retriever.search("discord:B", "launch codename") == []
     assert await retriever.search(None, "launch codename") == []
+
+
+async def test_one_message_is_embedded_once_for_documents_and_memories(
+    history: SqlHistoryStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.retrieval_helpers import WordHashEmbedder  # noqa: PLC0415
+
+    core, generator, _, index = make(history, tmp_path)
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "zorbel.txt").write_text("The Zorbel station was founded by Miriam Okafor.")
+    await index.ingest(folder)
+    await ask(core, inbound("!remember the zorbel station has a red roof"))
+    queries: list[str] = []
+    reads: list[str] = []
+    embed_query, conversation = WordHashEmbedder.embed_query, history.conversation
+
+    def counting_embed(self: WordHashEmbedder, text: str) -> list[float]:
+        queries.append(text)
+        return embed_query(self, text)
+
+    async def counting_conversation(key: str, **kwargs: object) -> object:
+        if kwargs.get("limit") == PRESENCE_TURNS:  # the retriever's "who is here" read
+            reads.append(key)
+        return await conversation(key, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(WordHashEmbedder, "embed_query", counting_embed)
+    monkeypatch.setattr(history, "conversation", counting_conversation)
+    await ask(core, inbound("tell me about the zorbel station"))
+    block = generator.calls[-1][-1].content
+    assert "Miriam Okafor" in block  # both collections answered
+    assert "red roof" in block
+    assert queries == ["tell me about the zorbel station"]
+    assert reads == ["test:1"]  # who takes part is read once, not once per collection
