@@ -1,6 +1,7 @@
 """How much of each prompt llama.cpp serves from its cache: Beseda vs a naive bot.
 
     python bench/context_cache.py [--turns 200] [--channels 8] [--max-tokens 24]
+                                  [--evict-fraction F]
 
 Both run the same scripted conversation on the bundled model with n_ctx 1024, in this
 process, one after the other:
@@ -133,9 +134,11 @@ def script(turns: int, channels: int) -> list[tuple[int, str]]:
     ]
 
 
-async def run_beseda(turns: int, channels: int, max_tokens: int, data: Path) -> CountingGenerator:
+async def run_beseda(
+    turns: int, channels: int, max_tokens: int, evict_fraction: float, data: Path
+) -> CountingGenerator:
     model = ModelConfig(n_ctx=N_CTX, n_threads=2, temperature=0.0, max_tokens=max_tokens)
-    config = Config(model=model, context=ContextConfig())
+    config = Config(model=model, context=ContextConfig(evict_fraction=evict_fraction))
     cache = config.context.state_cache_mb * 1024 * 1024
     inner = LlamaCppGenerator.load(model, bundled_model_path(), state_cache_bytes=cache)
     generator = CountingGenerator(inner)
@@ -185,18 +188,25 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument(
+        "--evict-fraction", type=float, default=ContextConfig().evict_fraction,
+        help="share of the history budget evicted at once (default: the configured default)",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder)
-        for channels in (1, args.channels):
+        for channels in dict.fromkeys((1, args.channels)):
             started = time.perf_counter()
-            beseda = await run_beseda(args.turns, channels, args.max_tokens, data)
+            beseda = await run_beseda(
+                args.turns, channels, args.max_tokens, args.evict_fraction, data
+            )
             naive = await run_naive(args.turns, channels, args.max_tokens)
             suffix = "" if channels == 1 else "_multichannel"
             replies, summaries = beseda.replies, beseda.summaries
             with_summaries = replies.evaluated + summaries.evaluated
             print(
-                f"# {args.turns} turns, {channels} channel(s), n_ctx {N_CTX}: "
+                f"# {args.turns} turns, {channels} channel(s), n_ctx {N_CTX}, "
+                f"evict_fraction {args.evict_fraction}: "
                 f"beseda evaluated {replies.evaluated} of {replies.prompt} prompt tokens "
                 f"(+{summaries.evaluated} for {summaries.turns} summaries), naive "
                 f"{naive.evaluated} of {naive.prompt}; {time.perf_counter() - started:.0f} s"
