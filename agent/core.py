@@ -186,6 +186,8 @@ class Core:
             return Reply(partial, Status.FAILED, job.user_message_id, assistant.id, stats, reason)
 
         text = "".join(parts).strip()
+        if text and self._tools.retriever is not None:  # name the documents it drew on
+            text = self._tools.retriever.annotate(inbound.channel_key, job.text, text)
         if not text:
             await self._history.update(assistant.id, status=Status.FAILED)
             with contextlib.suppress(Exception):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.citations import with_sources
 from agent.config import Config
 from memory.documents import GLOBAL_SCOPE, NO_PAGE, DocumentIndex
 from memory.embeddings import load_embedder
@@ -64,6 +65,7 @@ class Retriever:
         min_score: float = 0.0,
         memory_k: int = 5,
         memory_min_score: float = 0.0,
+        show_sources: bool = True,
     ) -> None:
         self._history = history
         self._documents = documents
@@ -72,6 +74,10 @@ class Retriever:
         self._min_score = min_score
         self._memory_k = memory_k
         self._memory_min_score = memory_min_score
+        self._show_sources = show_sources
+        # The chunks put in each channel's latest prompt, for the sources line of its answer
+        # (a channel's turns are prepared and answered one at a time, in order).
+        self._shown: dict[str, list[Passage]] = {}
 
     async def scopes(self, channel_key: str | None) -> list[str]:
         """What a channel may see: global items, its own, and the people taking part in it."""
@@ -121,10 +127,16 @@ class Retriever:
             vector = await asyncio.to_thread(store.embedder.embed_query, text)
             passages = await self._passages(scopes, vector, self._top_k) if documents else []
             recalled = await self._recall(scopes, vector) if memories else []
+            self._shown[channel_key] = passages
         except Exception:  # a broken vector store must not stop the conversation
             log.exception("retrieval failed in %s; answering without it", channel_key)
             return None
         return format_block(passages, recalled) or None
+
+    def annotate(self, channel_key: str, question: str, answer: str) -> str:
+        """``answer`` with a line naming the documents it drew on (see agent/citations.py)."""
+        passages = self._shown.pop(channel_key, [])
+        return with_sources(answer, question, passages) if self._show_sources else answer
 
     async def _passages(
         self, scopes: Sequence[str], vector: Sequence[float], k: int
@@ -226,6 +238,7 @@ async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
         min_score=min_score,
         memory_k=r.memory_k,
         memory_min_score=memory_min_score,
+        show_sources=r.show_sources,
     )
     index = DocumentIndex(
         documents,

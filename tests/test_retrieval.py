@@ -212,3 +212,22 @@ async def test_one_message_is_embedded_once_for_documents_and_memories(
     assert "red roof" in block
     assert queries == ["tell me about the zorbel station"]
     assert reads == ["test:1"]  # who takes part is read once, not once per collection
+
+
+async def test_an_answer_from_a_document_names_its_source(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    core, generator, _, index = make(history, tmp_path)
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "zorbel.txt").write_text("The Zorbel station was founded by Miriam Okafor.")
+    await index.ingest(folder)
+    generator._answer = lambda _messages: "It was founded by Miriam Okafor."
+    adapter = RecordingAdapter()
+    answer = await ask(core, inbound("who founded the zorbel station"), adapter)
+    assert answer == "It was founded by Miriam Okafor.\n\nSources: [1] zorbel.txt"
+    assert adapter.replies[-1].final == answer  # delivered as stored
+    turns = await history.conversation("test:1", limit=10)
+    assert turns[-1].text == answer
+    generator._answer = lambda _messages: "Good night!"
+    assert await ask(core, inbound("thanks, good night")) == "Good night!"
