@@ -101,6 +101,23 @@ async def _remember(invocation: Invocation, tools: Tools) -> str:
     return f"I will remember: {memory.text}"
 
 
+async def _aboutme(invocation: Invocation, tools: Tools) -> str:
+    if tools.retriever is None or tools.retriever.memories is None:
+        return NO_MEMORY
+    if not invocation.args:
+        return f"Usage: {PREFIX}aboutme <a fact about you>"
+    if not invocation.author_id:
+        return "I cannot tell who you are here, so I cannot remember this about you."
+    # The person's own choice: shown wherever they take part (a channel's prompt carries the
+    # memories of the people who spoke in it recently), unlike !remember.
+    platform = invocation.channel_key.split(":", 1)[0]
+    memory = await tools.retriever.memories.remember(
+        user_scope(platform, invocation.author_id), invocation.args,
+        author=invocation.author_name,
+    )  # fmt: skip
+    return f"I will remember about you, wherever you talk to me on {platform}: {memory.text}"
+
+
 async def _forget(invocation: Invocation, tools: Tools) -> str:
     if tools.retriever is None or tools.retriever.memories is None:
         return NO_MEMORY
@@ -133,7 +150,18 @@ COMMANDS: dict[str, Command] = {
         Command("reset", "reset", "start this channel afresh (history is kept)", _reset),
         Command("summary", "summary", "show the summary of what fell out of context", _summary),
         Command("remember", "remember <text>", "remember a fact in this channel", _remember),
-        Command("forget", "forget <text>", "forget the closest remembered fact", _forget),
+        Command(
+            "aboutme",
+            "aboutme <text>",
+            "remember a fact about you, in every channel where you talk to me",
+            _aboutme,
+        ),
+        Command(
+            "forget",
+            "forget <text>",
+            "forget the closest fact remembered here or about you",
+            _forget,
+        ),
         Command("memories", "memories", "list what I remember here", _memories),
     )
 }

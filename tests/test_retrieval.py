@@ -155,6 +155,26 @@ async def test_user_memories_follow_the_people_present(
     )
 
 
+async def test_aboutme_follows_its_author_to_other_channels_and_can_be_forgotten(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    core, generator, _, _ = make(history, tmp_path)
+    told = await ask(
+        core, inbound("!aboutme I am vegetarian", channel="discord:dm-bob", author="bob")
+    )
+    assert told.startswith("I will remember about you")
+    await ask(core, inbound("suggest a vegetarian dinner", channel="discord:5", author="bob"))
+    assert "- I am vegetarian" in generator.calls[-1][-1].content
+    # Carol's channel, where Bob never spoke: his fact stays out.
+    await ask(core, inbound("suggest a vegetarian dinner", channel="discord:6", author="carol"))
+    assert "I am vegetarian" not in generator.calls[-1][-1].content
+    # Not across platforms either: user scopes are per platform.
+    await ask(core, inbound("suggest a vegetarian dinner", channel="matrix:!r:hs", author="bob"))
+    assert "I am vegetarian" not in generator.calls[-1][-1].content
+    gone = await ask(core, inbound("!forget vegetarian", channel="discord:5", author="bob"))
+    assert gone == "Forgotten:\n- I am vegetarian"
+
+
 @pytest.mark.parametrize("scopes", [["discord:B"], ["global", "discord:B"]])
 async def test_scope_filter_holds_inside_the_store(
     history: SqlHistoryStore, tmp_path: Path, scopes: list[str]
