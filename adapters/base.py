@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from agent.events import Inbound
@@ -41,3 +41,9 @@ class PlatformAdapter(ReplyTarget, Protocol):
     async def stop(self) -> None:
         """Stop intake: no new events after this returns."""
         ...
+
+
+def platform_failures(adapters: Sequence[object]) -> list[str]:
+    """Why each adapter stopped by itself, if it did: an adapter that meets a fatal platform
+    error (a rejected token, say) returns from ``run`` and sets ``failure`` to a message."""
+    return [f for a in adapters if (f := getattr(a, "failure", None))]

@@ -45,6 +45,8 @@ RATE_NOTICE = (
 )
 NOT_ALLOWED = "Sorry, I am not allowed to answer you here."
 QUOTE_CHARS = 500
+# Messages of a reply chain quoted to the model at most (the nearest ones).
+REPLY_CHAIN_DEPTH = 3
 ORIGINS_KEPT = 1000
 
 
@@ -127,6 +129,11 @@ def _inbound(message: discord.Message, where: str, text: str) -> Inbound:
     )
 
 
+def _quote(message: discord.Message) -> str:
+    quoted = message.content[:QUOTE_CHARS].replace("\n", "\n> ")
+    return f"> {message.author.display_name} wrote: {quoted}"
+
+
 def _guarded(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
     def guarded(data: Any) -> None:
         try:
@@ -176,6 +183,8 @@ class DiscordAdapter:
         self._documents: DocumentsHook | None = None
         self._stopped = False
         self.client: _Client | None = None
+        # Why the platform stopped by itself (bad token, refused intent); None while fine.
+        self.failure: str | None = None
 
     @property
     def name(self) -> str:
@@ -198,12 +207,14 @@ class DiscordAdapter:
             await client.start(self._token, reconnect=True)
         except discord.LoginFailure:
             # Not worth taking the other platforms down: say what to fix and stop Discord.
-            log.error("Discord rejected the bot token: check DISCORD_TOKEN; Discord is off")
+            self.failure = "Discord rejected the bot token: check DISCORD_TOKEN"
+            log.error("%s; Discord is off", self.failure)
         except discord.PrivilegedIntentsRequired:
-            log.error(
+            self.failure = (
                 "Discord refused the Message Content intent: enable it for the bot in the "
-                "developer portal (Bot → Privileged Gateway Intents); Discord is off"
+                "developer portal (Bot → Privileged Gateway Intents)"
             )
+            log.error("%s; Discord is off", self.failure)
         finally:
             if not client.is_closed():
                 await client.close()
@@ -303,10 +314,11 @@ class DiscordAdapter:
             await self._index_attachments(message, where)
         if not text:  # only attachments: nothing for the model to answer
             return
-        if replied is not None and replied.author.id != me.id and replied.content:
-            # The bot's own messages are in the history already; others' are quoted.
-            quoted = replied.content[:QUOTE_CHARS].replace("\n", "\n> ")
-            text = f"> {replied.author.display_name} wrote: {quoted}\n{text}"
+        if replied is not None and replied.author.id != me.id:
+            # The reply chain up to the bot's own message (which is in the history already),
+            # oldest first, quoted before the question.
+            quotes = [_quote(m) for m in await self._reply_chain(replied, me.id)]
+            text = "\n".join([*quotes, text])
         inbound = _inbound(message, where, text)
         self._remember(str(message.id), message)
         await self._submit(inbound, self)
@@ -338,6 +350,37 @@ class DiscordAdapter:
                     log.exception("could not index %s in %s", attachment.filename, where)
                     notice = f"I could not index {attachment.filename}."
             await message.reply(notice, mention_author=False)
+
+    async def _reply_chain(self, replied: discord.Message, bot_id: int) -> list[discord.Message]:
+        """``replied`` and the messages it replies to, oldest first: at most
+        REPLY_CHAIN_DEPTH, stopping at the bot's own message or one that cannot be read."""
+        chain: list[discord.Message] = []
+        current: discord.Message | None = replied
+        while current is not None and current.author.id != bot_id:
+            if current.content:
+                chain.append(current)
+            if len(chain) == REPLY_CHAIN_DEPTH:
+                break
+            current = await self._parent(current)
+        return chain[::-1]
+
+    async def _parent(self, message: discord.Message) -> discord.Message | None:
+        """The message ``message`` replies to; Discord sends only one level, so deeper ones
+        are fetched (one REST call each)."""
+        if (found := self._replied_message(message)) is not None:
+            return found
+        reference = message.reference
+        if reference is None or reference.message_id is None:
+            return None
+        if reference.channel_id != message.channel.id:  # a reply across channels: not quoted
+            return None
+        try:
+            return await message.channel.fetch_message(reference.message_id)
+        except discord.HTTPException as exc:  # deleted, or no Read Message History permission
+            log.debug(
+                "reply chain stops at %s in %s: %s", reference.message_id, message.channel.id, exc
+            )
+            return None
 
     def _replied_message(self, message: discord.Message) -> discord.Message | None:
         reference = message.reference

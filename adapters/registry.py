@@ -15,7 +15,10 @@ PLATFORMS: list[PlatformFactory] = [discord_adapter]
 
 
 def configured_adapters(
-    config: Config, console: Callable[[], PlatformAdapter]
+    config: Config, console: Callable[[], PlatformAdapter] | None
 ) -> list[PlatformAdapter]:
+    """The configured platforms' adapters; else ``[console()]`` (else none, without one)."""
     adapters = [adapter for factory in PLATFORMS if (adapter := factory(config)) is not None]
-    return adapters or [console()]
+    if not adapters and console is not None:
+        return [console()]
+    return adapters

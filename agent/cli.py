@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from adapters.base import platform_failures
 from adapters.console import ConsoleAdapter
 from adapters.registry import configured_adapters
 from agent.app import BACKGROUND_GRACE_SECONDS, App
@@ -148,9 +149,15 @@ async def _run(config: Config) -> int:
     app = await App.start(config)
     try:
         console = lambda: _console(config, None, interactive=sys.stdin.isatty())  # noqa: E731
-        await app.serve(configured_adapters(config, console))
+        adapters = configured_adapters(config, console)
+        await app.serve(adapters)
     finally:
         await app.aclose()
+    failures = platform_failures(adapters)
+    if failures and len(failures) == len(adapters):  # nothing was served: say so, fail
+        for failure in failures:
+            print(f"beseda: {failure}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from adapters.registry import configured_adapters
 from agent.config import Config, select_backend
 from agent.generators.base import GeneratorError
 from agent.generators.llama_cpp import check_gguf_file, resolve_model_path
 from agent.generators.openai_compat import check_server
 from memory.db import Database, DatabaseError, head_revision
-
-PLATFORM_ENV = {"discord": ("DISCORD_TOKEN",), "matrix": ("MATRIX_PASSWORD", "MATRIX_ACCESS_TOKEN")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,7 @@ async def run_doctor(config: Config, out: TextIO) -> int:
     if not remote or config.model.fallback_to_local:
         model = await asyncio.to_thread(_check_model, config)
         checks.append(Check("fallback model", model.ok, model.detail) if remote else model)
-    checks.append(_check_platforms())
+    checks.append(check_platforms(config))
     width = max(len(c.name) for c in checks)
     for check in checks:
         mark = "ok " if check.ok else "FAIL"
@@ -143,8 +142,9 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _check_platforms() -> Check:
-    found = [name for name, names in PLATFORM_ENV.items() if any(os.environ.get(n) for n in names)]
+def check_platforms(config: Config) -> Check:
+    # The same decision `run` makes (credentials from the config, the environment or .env).
+    found = [adapter.name for adapter in configured_adapters(config, console=None)]
     if not found:
         return Check(
             "platforms",

@@ -71,6 +71,8 @@ class DiscordFake:
         self.resumes = 0
         self.failures: list[Failure] = []
         self.messages: dict[int, dict[str, Any]] = {}
+        # Messages "people" sent (MESSAGE_CREATE), readable through REST like the bot's own.
+        self.received: dict[int, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}  # the CDN: attachment id -> content
         self._ids = itertools.count(700_000_000_000_000_001)
         self._ws: web.WebSocketResponse | None = None
@@ -159,8 +161,10 @@ class DiscordFake:
         mention_roles: list[int] | None = None,
         reference: dict[str, Any] | None = None,
         files: dict[str, bytes] | None = None,
+        dispatch: bool = True,
     ) -> int:
-        """Dispatch MESSAGE_CREATE as Discord would; returns the message id."""
+        """Dispatch MESSAGE_CREATE as Discord would; returns the message id. With
+        ``dispatch=False`` the message is only stored, as if sent while the bot was away."""
         message_id = self.next_id()
         attachments = []
         for name, data in (files or {}).items():
@@ -209,9 +213,20 @@ class DiscordFake:
                 "channel_id": reference["channel_id"],
                 **({"guild_id": str(GUILD_ID)} if guild else {}),
             }
-            data["referenced_message"] = reference
-        await self.dispatch("MESSAGE_CREATE", data)
+            # As Discord: the replied-to message comes along, but not what it replies to.
+            data["referenced_message"] = {
+                k: v for k, v in reference.items() if k != "referenced_message"
+            }
+        self.received[message_id] = data
+        if dispatch:
+            await self.dispatch("MESSAGE_CREATE", data)
         return message_id
+
+    async def message_delete(self, message_id: int, channel_id: int = CHANNEL_ID) -> None:
+        self.received.pop(message_id, None)
+        self.messages.pop(message_id, None)
+        ids = {"id": str(message_id), "channel_id": str(channel_id), "guild_id": str(GUILD_ID)}
+        await self.dispatch("MESSAGE_DELETE", ids)
 
     async def slash(self, name: str, options: dict[str, str] | None = None) -> int:
         """Dispatch INTERACTION_CREATE for a slash command used by alice in the main channel."""
@@ -450,7 +465,7 @@ class DiscordFake:
                 return _json(failure.body, failure.status, failure.headers)
         return self._route(request.method, path, body)
 
-    def _route(self, method: str, path: str, body: Any) -> web.Response:  # noqa: PLR0911
+    def _route(self, method: str, path: str, body: Any) -> web.Response:  # noqa: PLR0911, PLR0912
         if (method, path) == ("GET", "/gateway/bot"):
             return _json(
                 {
@@ -489,6 +504,11 @@ class DiscordFake:
             )
         if match := re.fullmatch(r"/channels/(\d+)/typing", path):
             return web.Response(status=204)
+        if method == "GET" and (match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path)):
+            found = self.messages.get(int(match[2])) or self.received.get(int(match[2]))
+            if found is None or found["channel_id"] != match[1]:
+                return _json({"message": "Unknown Message", "code": 10008}, 404)
+            return _json({k: v for k, v in found.items() if k != "referenced_message"})
         if method == "POST" and (match := re.fullmatch(r"/channels/(\d+)/messages", path)):
             return _json(self._store(int(match[1]), body))
         if method == "PATCH" and (match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path)):

@@ -15,6 +15,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.attachments import channel_documents
+from adapters.base import platform_failures
 from adapters.discord import RATE_NOTICE, DiscordAdapter, discord_adapter, discord_token
 from adapters.discord_split import split_parts
 from adapters.registry import configured_adapters
@@ -29,6 +30,7 @@ from agent.config import (
     load_config,
 )
 from agent.core import Core
+from agent.doctor import check_platforms
 from agent.events import Inbound
 from agent.generators.base import ChatMessage
 from memory.db import Database
@@ -312,6 +314,49 @@ async def test_a_reply_to_the_bot_is_answered_and_a_quoted_message_is_context(
     assert bot.generator.calls[2][-1].content == ("> bob wrote: the sky is green\nis that right?")
 
 
+async def test_a_reply_chain_is_quoted_oldest_first_fetching_what_discord_leaves_out(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    carol = fk.user(333, "carol")
+    # Both were written while the bot was away: it has neither in its cache.
+    first = await fake.message_create("the meeting moved to 5pm", author=carol, dispatch=False)
+    second = await fake.message_create(
+        "no, it is at 6pm", author=BOB, reference=fake.received[first], dispatch=False
+    )
+    await fake.message_create(
+        f"{MENTION} who is right?", mentions=[fake.bot], reference=fake.received[second]
+    )
+    await bot.answered(1)
+    assert bot.generator.calls[0][-1].content == (
+        "> carol wrote: the meeting moved to 5pm\n> bob wrote: no, it is at 6pm\nwho is right?"
+    )
+    # Discord sent only the nearest message; the one before it was read through REST.
+    fetched = [r.path for r in fake.requests if r.method == "GET" and "/messages/" in r.path]
+    assert fetched == [f"/channels/{fk.CHANNEL_ID}/messages/{first}"]
+
+
+async def test_a_reply_chain_stops_at_a_deleted_message_and_at_its_depth(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    ids = [await fake.message_create("zero", author=BOB)]
+    for word in ["one", "two", "three", "four"]:
+        ids.append(await fake.message_create(word, author=BOB, reference=fake.received[ids[-1]]))
+    await fake.message_create(
+        f"{MENTION} sum up", mentions=[fake.bot], reference=fake.received[ids[-1]]
+    )
+    await bot.answered(1)
+    quoted = bot.generator.calls[0][-1].content
+    assert quoted == "> bob wrote: two\n> bob wrote: three\n> bob wrote: four\nsum up"
+    await fake.message_delete(ids[1])  # "one" deleted: the chain above it cannot be read
+    await fake.message_create(
+        f"{MENTION} and now?", mentions=[fake.bot], reference=fake.received[ids[2]]
+    )
+    await bot.answered(2)
+    assert bot.generator.calls[1][-1].content == "> bob wrote: two\nand now?"
+
+
 async def test_commands_work_as_messages_and_are_synced_as_slash_commands(
     start_bot: StartBot, fake: fk.DiscordFake
 ) -> None:
@@ -459,6 +504,10 @@ def test_the_token_can_come_from_a_dotenv_file(
     config = load_config(write_config(tmp_path / "config.toml"), environ={})
     assert discord_token(config) == "from-dotenv"
     assert "OTHER" not in os.environ
+    # doctor makes the same decision as `run`.
+    assert check_platforms(config).detail == "credentials found for discord"
+    (tmp_path / ".env").unlink()
+    assert "no Discord or Matrix credentials" in check_platforms(config).detail
 
 
 async def test_attachments_are_indexed_into_the_channel_scope(
@@ -621,5 +670,8 @@ async def test_a_bad_token_or_missing_intent_stops_discord_with_a_clear_error(
 
     await asyncio.wait_for(adapter.run(submit), 20)  # returns instead of raising
     assert said in caplog.text
+    assert adapter.failure is not None
+    assert said in adapter.failure
+    assert platform_failures([adapter]) == [adapter.failure]  # `run` exits 1 on these
     assert token not in caplog.text
     assert submitted == []
