@@ -11,10 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.persona_runtime import RESET, Personas, Place
 from memory.history import HistoryStore
 from memory.memories import user_scope
-
-from agent.persona_runtime import RESET, Personas, Place
 
 if TYPE_CHECKING:
     from agent.retrieval import Retriever
@@ -143,8 +142,8 @@ async def _persona(invocation: Invocation, tools: Tools) -> str:
     place = _place(invocation)
     if not invocation.args:
         choice = await tools.personas.choose(place)
-        entry = choice.entry
-        return f"Persona here: {entry.id} ({entry.card.name}), {choice.reason}."
+        here = choice.entry
+        return f"Persona here: {here.id} ({here.card.name}), {choice.reason}."
     if not invocation.is_admin:
         return "Only admins can switch the persona."
     name = invocation.args.split()[0]
@@ -184,7 +183,9 @@ COMMANDS: dict[str, Command] = {
         Command("forget", "forget <text>", "forget the closest remembered fact", _forget),
         Command("memories", "memories", "list what I remember here", _memories),
         Command(
-            "persona", "persona [name]", "show the persona here; admins: switch to NAME",
+            "persona",
+            "persona [name]",
+            "show the persona here; admins: switch to NAME",
             _persona,
         ),
         Command("personas", "personas", "list the personas", _personas),

@@ -179,9 +179,7 @@ class Personas:
             if entry is not None:
                 return Choice(entry, f"chosen for {what} with !persona")
             log.warning("%s: stored persona %r is gone; using the configured one", what, stored)
-        return self._configured(
-            self._config.channels.get(channel_key), f"channels.{channel_key}"
-        )
+        return self._configured(self._config.channels.get(channel_key), f"channels.{channel_key}")
 
     def _configured(self, name: str | None, key: str) -> Choice | None:
         entry = self.registry.get(name) if name else None
@@ -237,7 +235,7 @@ class Personas:
         entries = within_budget(
             triggered(book, texts), book.token_budget, self._generator.count_tokens
         )
-        return lore_text(entries, char=card.name, user=user) or None
+        return lore_text(entries, card, user) or None
 
     async def greeting(self, inbound: Inbound) -> str | None:
         """The greeting to post before answering, once per persona and channel."""
@@ -251,4 +249,3 @@ class Personas:
             return None
         user = inbound.author_name or ANONYMOUS
         return render_macros(card.greeting.strip(), char=card.name, user=user)
-

@@ -8,23 +8,43 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from personas.card import LoreEntry, Lorebook, PersonaCard, render_macros
+from personas.card import Lorebook, LoreEntry, PersonaCard, render_macros
 
-LORE_HEADER = "Background that may be relevant:"
-EXAMPLES_HEADER = "Examples of how {{char}} talks:"
+# The headings the card's fields get, in the card's language (English otherwise).
+LABELS = {
+    "en": {
+        "lore": "Background that may be relevant:",
+        "examples": "Examples of how {{char}} talks:",
+        "personality": "{{char}}'s personality:",
+        "scenario": "Scenario:",
+        "default": "You are {{char}}.",
+    },
+    "ru": {
+        "lore": "Сведения, которые могут пригодиться:",
+        "examples": "Примеры того, как говорит {{char}}:",
+        "personality": "Характер {{char}}:",
+        "scenario": "Обстановка:",
+        "default": "Ты {{char}}.",
+    },
+}
+
+
+def labels(card: PersonaCard) -> dict[str, str]:
+    return LABELS.get(card.language.split("-")[0].lower(), LABELS["en"])
 
 
 def system_text(card: PersonaCard, user: str) -> str:
     """The card's fields as one system message (some templates allow only one)."""
-    parts = [card.system_prompt or "You are {{char}}."]
+    label = labels(card)
+    parts = [card.system_prompt or label["default"]]
     if card.description:
         parts.append(card.description)
     if card.personality:
-        parts.append(f"{{{{char}}}}'s personality: {card.personality}")
+        parts.append(f"{label['personality']} {card.personality}")
     if card.scenario:
-        parts.append(f"Scenario: {card.scenario}")
+        parts.append(f"{label['scenario']} {card.scenario}")
     if card.examples:
-        parts.append("\n\n".join([EXAMPLES_HEADER, *card.examples]))
+        parts.append("\n\n".join([label["examples"], *card.examples]))
     text = "\n\n".join(part.strip() for part in parts if part.strip())
     return render_macros(text, char=card.name, user=user)
 
@@ -69,8 +89,8 @@ def within_budget(
     return sorted(kept, key=lambda e: e.order)
 
 
-def lore_text(entries: Sequence[LoreEntry], *, char: str, user: str) -> str:
+def lore_text(entries: Sequence[LoreEntry], card: PersonaCard, user: str) -> str:
     if not entries:
         return ""
     body = "\n".join(e.content.strip() for e in entries)
-    return render_macros(f"{LORE_HEADER}\n{body}", char=char, user=user)
+    return render_macros(f"{labels(card)['lore']}\n{body}", char=card.name, user=user)
