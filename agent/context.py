@@ -3,10 +3,11 @@
 The layout runs from most stable to most volatile, so llama.cpp can reuse the prompt it
 evaluated last time as a cached prefix:
 
-1. persona system prompt and today's date, 2. rolling summary of evicted history (inside the
-system message: some chat templates allow only one), 3. the history window, 4. the volatile
-block (retrieved memories and documents), 5. the new message (4 and 5 form the last user
-turn).
+1. the channel's persona (a rendered card, see personas/) and today's date, 2. rolling
+summary of evicted history (inside the system message: some chat templates allow only one),
+3. the history window, 4. the volatile block (the persona's post-history instructions,
+lorebook entries, retrieved memories and documents), 5. the new message (4 and 5 form the
+last user turn).
 
 The window only changes by appending, until it overflows: then a large block of the oldest
 turns is evicted at once, never one message per turn. Summarising the next block starts in

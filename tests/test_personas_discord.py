@@ -28,8 +28,6 @@ async def test_a_thread_inherits_its_channel_persona_and_admins_switch(
     # An admin switches the parent channel; the thread follows it.
     await fake.message_create("!persona beseda-ru", author=user(222, "boss"))
     assert (await bot.answered(2))[-1] == "Persona here is now beseda-ru (Беседа)."
-    await fake.message_create(
-        f"{MENTION} and now?", mentions=[fake.bot], channel_id=fk.THREAD_ID
-    )
+    await fake.message_create(f"{MENTION} and now?", mentions=[fake.bot], channel_id=fk.THREAD_ID)
     await bot.answered(2, fk.THREAD_ID)
     assert "по-русски" in bot.generator.calls[-1][0].content
