@@ -230,8 +230,13 @@ class Personas:
         card, user = active
         book = card.lorebook
         assert book is not None
-        recent = await self._history.conversation(channel_key, limit=book.scan_depth - 1)
-        texts = [m.text for m in recent if m.role in {"user", "assistant"}] + [text]
+        # Two more rows: the new message and its reply in progress are stored already.
+        recent = await self._history.conversation(channel_key, limit=book.scan_depth + 2)
+        texts = [m.text for m in recent if m.role in {"user", "assistant"} and m.text]
+        if texts and texts[-1] == text:
+            texts.pop()  # the new message, already stored when a reply is prepared
+        earlier = book.scan_depth - 1
+        texts = [*(texts[-earlier:] if earlier else []), text]
         entries = within_budget(
             triggered(book, texts), book.token_budget, self._generator.count_tokens
         )

@@ -218,6 +218,26 @@ async def test_lorebook_lands_in_the_volatile_block_and_the_prefix_is_unchanged(
     assert third[len(second) - 1].content == "what about the Crocodile?"
 
 
+async def test_lorebook_scans_the_recent_messages(history: SqlHistoryStore) -> None:
+    deep = PIRATE.model_copy(
+        update={
+            "lorebook": Lorebook(
+                scan_depth=3, entries=(LoreEntry(keys=("crocodile",), content="Tick tock."),)
+            )
+        }
+    )
+    config = make_config(cards={"pirate": deep}, default="pirate")
+    generator = FakeGenerator()
+    core = build_core(config, history, generator)
+    adapter = RecordingAdapter()
+    shown = []
+    for text in ("a crocodile!", "one", "two", "three"):
+        await ask(core, adapter, message(text, "console:x", server=None))
+        shown.append("Tick tock." in generator.calls[-1][-1].content)
+    # Three messages deep: the new one and the two before it (the replies count too).
+    assert shown == [True, True, False, False]
+
+
 async def test_lorebook_budget_in_the_prompt(history: SqlHistoryStore) -> None:
     tight = PIRATE.model_copy(
         update={
