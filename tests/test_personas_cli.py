@@ -27,3 +27,17 @@ def test_prompt_shows_the_builtin_persona_in_use(tmp_path: Path) -> None:
     listed = beseda(config, "persona", "list")
     assert "* beseda-ru: Беседа [ru]" in listed.stdout
     assert "  beseda-en: Beseda [en]" in listed.stdout
+
+
+def test_unknown_persona_in_config_exits_with_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "beseda.toml"
+    write_config(config)
+    with config.open("a", encoding="utf-8") as file:
+        file.write('[personas.channels]\n"discord:1" = "nope"\n')
+    result = beseda(config, "prompt", "hi", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        f"beseda: config error: {config}: [personas] channels.discord:1: unknown persona 'nope'"
+        in result.stderr
+    )

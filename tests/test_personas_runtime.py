@@ -332,6 +332,15 @@ async def test_card_too_large_for_the_context_is_skipped_naming_the_field(
         )
 
 
+async def test_a_model_override_that_cannot_be_honoured_is_reported(
+    history: SqlHistoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = PersonaCard(name="Other", model="llama-70b")
+    with caplog.at_level(logging.WARNING):
+        build_core(make_config(cards={"other": other}), history, FakeGenerator())
+    assert "config: personas.cards.other: model = 'llama-70b' is not honoured" in caplog.text
+
+
 @pytest.mark.parametrize(("persona", "expected"), [
     ("beseda-en", "Always answer in English"), ("beseda-ru", "Всегда отвечай по-русски"),
 ])  # fmt: skip
