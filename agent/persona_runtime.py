@@ -97,10 +97,11 @@ class Personas:
         self._history = history
         self._generator = generator
         self.default_id = config.personas.default or section_persona_id(config.persona)
-        # The latest place seen per channel (threads: their parent), for the prompt
-        # inspector and the lorebook, which only get a channel key.
+        # The latest place (server, thread parent) seen per channel, for callers that only
+        # have a channel key.
         self._places: dict[str, Place] = {}
-        # The persona each channel's current prompt was built with.
+        # The card (and user name) each channel's current prompt was built with: the
+        # lorebook, a volatile source, gets only the channel key.
         self._active: dict[str, tuple[PersonaCard, str]] = {}
         self._check()
 
@@ -125,7 +126,10 @@ class Personas:
                 continue
             if name in self.registry.skipped and key != "default":
                 # The card file is broken: the rest of the agent still starts.
-                log.error("%s %s: %s; the next assignment applies", where, key, name)
+                log.error(
+                    "%s %s: persona %r was skipped (see above); the next rule applies",
+                    where, key, name,
+                )  # fmt: skip
                 continue
             raise PersonaError(f"{where} {key}: {self.registry.unknown(name)}")
 
@@ -134,7 +138,8 @@ class Personas:
 
     def _too_large(self, entry: Entry) -> str | None:
         persona = self._render(entry, ANONYMOUS)
-        budget = self._generator.n_ctx - (persona.max_tokens or 0) - self._margin
+        assert persona.params is not None
+        budget = self._generator.n_ctx - persona.params.max_tokens - self._margin
         system = persona.system_prompt + "\n" + persona.post_history
         need = self._generator.count_prompt_tokens(
             [ChatMessage("system", system), ChatMessage("user", "")]
@@ -145,7 +150,8 @@ class Personas:
         culprit = ", ".join(f"{name} ({tokens} tokens)" for name, tokens in sizes[:2])
         return (
             f"{entry.source}: the card needs {need} prompt tokens but the context allows "
-            f"{budget} ([model] n_ctx {self._generator.n_ctx} minus the reply's max_tokens): "
+            f"{budget} ([model] n_ctx {self._generator.n_ctx} minus the reply's max_tokens "
+            f"{persona.params.max_tokens}): "
             f"shorten {culprit or 'the card'}"
         )
 
