@@ -98,6 +98,8 @@ class ConsoleAdapter:
             author_name=self._user,
             text=text,
             is_direct=True,
+            # Whoever types at the console runs the process: admin commands are theirs.
+            is_admin=True,
         )
 
     async def run(self, submit: Callable[[Inbound, ReplyTarget], Awaitable[object]]) -> None:

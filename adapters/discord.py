@@ -109,7 +109,7 @@ def strip_mention(text: str, bot_id: int, role_ids: Iterable[int] = ()) -> str:
     return re.sub(rf"<@!?{bot_id}>", "", text).strip()
 
 
-def _inbound(message: discord.Message, where: str, text: str) -> Inbound:
+def _inbound(message: discord.Message, where: str, text: str, *, admin: bool) -> Inbound:
     reference = message.reference
     channel = message.channel
     return Inbound(
@@ -121,7 +121,10 @@ def _inbound(message: discord.Message, where: str, text: str) -> Inbound:
         message_id=str(message.id),
         reply_to=str(reference.message_id) if reference and reference.message_id else None,
         thread_id=str(channel.id) if isinstance(channel, discord.Thread) else None,
+        parent_key=_parent_key(channel),
+        server_id=str(message.guild.id) if message.guild is not None else None,
         is_direct=message.guild is None,
+        is_admin=admin,
         attachments=tuple(
             Attachment(a.filename, a.content_type or "", a.size, a.url) for a in message.attachments
         ),
@@ -132,6 +135,13 @@ def _inbound(message: discord.Message, where: str, text: str) -> Inbound:
 def _quote(message: discord.Message) -> str:
     quoted = message.content[:QUOTE_CHARS].replace("\n", "\n> ")
     return f"> {message.author.display_name} wrote: {quoted}"
+
+
+def _parent_key(channel: object) -> str | None:
+    """A thread's parent channel key: threads inherit the channel's persona."""
+    if isinstance(channel, discord.Thread) and channel.parent_id is not None:
+        return f"discord:{channel.parent_id}"
+    return None
 
 
 def _guarded(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -319,7 +329,7 @@ class DiscordAdapter:
             # oldest first, quoted before the question.
             quotes = [_quote(m) for m in await self._reply_chain(replied, me.id)]
             text = "\n".join([*quotes, text])
-        inbound = _inbound(message, where, text)
+        inbound = _inbound(message, where, text, admin=is_admin(self.config, author.id, roles))
         self._remember(str(message.id), message)
         await self._submit(inbound, self)
 
@@ -425,7 +435,10 @@ class DiscordAdapter:
             text=f"{commands.PREFIX}{name} {args}".strip(),
             message_id=f"interaction:{interaction.id}",
             thread_id=str(channel.id) if isinstance(channel, discord.Thread) else None,
+            parent_key=_parent_key(channel),
+            server_id=str(interaction.guild_id) if interaction.guild_id is not None else None,
             is_direct=is_direct,
+            is_admin=is_admin(self.config, user.id, roles),
             timestamp=interaction.created_at,
         )
         self._remember(f"interaction:{interaction.id}", interaction)

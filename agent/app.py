@@ -18,6 +18,7 @@ from agent.core import Core
 from agent.extraction import MemoryExtractor
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
+from agent.persona_runtime import Personas, load_registry
 from agent.retrieval import Knowledge, Retriever, open_knowledge, thresholds
 from agent.window import WindowKeeper, minute_date_source, zone_clock
 from memory.db import Database
@@ -64,11 +65,11 @@ class App:
                 if config.documents.ingest_on_start:
                     report = await knowledge.documents.ingest(knowledge.documents_path)
                     log.info("documents: %s", report.summary())
+            retriever = knowledge.retriever if knowledge is not None else None
+            core = build_core(config, history, generator, retriever=retriever)
         except BaseException:
             await db.close()
             raise
-        retriever = knowledge.retriever if knowledge is not None else None
-        core = build_core(config, history, generator, retriever=retriever)
         return cls(config, db, generator, core, knowledge)
 
     async def serve(self, adapters: Sequence[PlatformAdapter]) -> None:
@@ -149,6 +150,8 @@ def build_core(
         summarize_at=ctx.summarize_at,
     )
     background = Background()
+    # Raises PersonaError when config.toml names a persona that does not exist.
+    personas = Personas(config, load_registry(config), history, generator)
     clock = zone_clock(ctx.timezone)
     window = WindowKeeper(
         history,
@@ -161,7 +164,9 @@ def build_core(
         assistant_name=config.persona.name,
         volatile=[minute_date_source(clock, ctx.timezone)] if ctx.date == "minute" else [],
         today=clock if ctx.date == "day" else None,
+        personas=personas,
     )
+    window.add_volatile(personas.lore)
     if retriever is not None:
         window.add_volatile(retriever.volatile)
     extractor = None
@@ -176,6 +181,7 @@ def build_core(
         SamplingParams.from_config(config.model),
         background,
         max_message_chars=config.chat.max_message_chars,
-        tools=commands.Tools(history, retriever, thresholds(config)[2]),
+        tools=commands.Tools(history, retriever, thresholds(config)[2], personas),
         after_reply=extractor.schedule if extractor is not None else None,
+        greeting=personas.greeting,
     )

@@ -1,4 +1,4 @@
-"""Command line: ``python -m agent [--config PATH] {run,chat,prompt,doctor,models}``."""
+"""Command line: ``python -m agent [--config PATH] {run,chat,prompt,doctor,models,persona}``."""
 
 from __future__ import annotations
 
@@ -17,14 +17,17 @@ from agent.app import BACKGROUND_GRACE_SECONDS, App
 from agent.config import Config, ConfigError, config_path_from, load_config
 from agent.core import Reply
 from agent.doctor import run_doctor
-from agent.events import channel_key
-from agent.generators.base import GeneratorError
+from agent.events import Inbound, channel_key
+from agent.generators.base import Generator, GeneratorError
 from agent.knowledge_cli import run_ingest, run_search
 from agent.models_cli import run_models
+from agent.persona_cli import run_persona
+from agent.persona_runtime import PersonaError
 from memory.db import DatabaseError
 from memory.embeddings import EmbedderError
 from memory.history import Status
 from memory.vectors import VectorStoreError
+from personas.card import CardError
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -85,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     models_actions.add_parser(
         "list", parents=[common], help="local GGUF models: size, quantisation, context, template"
     )
+    persona = commands.add_parser(
+        "persona", parents=[common], help="import SillyTavern cards, list and show personas"
+    )
+    persona_actions = persona.add_subparsers(dest="persona_action", metavar="ACTION", required=True)
+    imported = persona_actions.add_parser(
+        "import",
+        parents=[common],
+        help="convert a SillyTavern V2/V3 card (JSON or PNG) to [personas] folder/NAME.toml",
+    )
+    imported.add_argument("file")
+    imported.add_argument("--name", default=None, help="file and persona name (default: card's)")
+    imported.add_argument("--force", action="store_true", help="overwrite an existing card")
+    persona_actions.add_parser(
+        "list", parents=[common], help="every persona, where it comes from, skipped cards"
+    )
+    shown = persona_actions.add_parser(
+        "show", parents=[common], help="a persona's card and the system prompt it gives"
+    )
+    shown.add_argument("name")
     return parser
 
 
@@ -108,12 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ingest": lambda: run_ingest(config, args.path, rebuild=args.reindex),
         "search": lambda: run_search(config, args.channel, args.query, as_json=args.json),
         "models": lambda: run_models(config, args.models_action, sys.stdout),
+        "persona": lambda: _persona(config, args),
     }
     try:
         return asyncio.run(commands[args.command or "run"]())
-    except (GeneratorError, DatabaseError, VectorStoreError, EmbedderError) as exc:
+    except (GeneratorError, DatabaseError, VectorStoreError, EmbedderError, CardError) as exc:
         print(f"beseda: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except PersonaError as exc:  # a persona named in config.toml does not exist
+        print(f"beseda: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 
@@ -130,6 +156,17 @@ def _setup_logging(config: Config) -> None:
     # allows): warnings about vocab-only loads and the like mean nothing to a user.
     logging.getLogger("llama-cpp-python").setLevel(
         logging.DEBUG if config.logging.level == "DEBUG" else logging.ERROR
+    )
+
+
+async def _persona(config: Config, args: argparse.Namespace) -> int:
+    return run_persona(
+        config,
+        args.persona_action,
+        sys.stdout,
+        file=getattr(args, "file", None),
+        name=getattr(args, "name", None),
+        force=getattr(args, "force", False),
     )
 
 
@@ -180,11 +217,25 @@ async def _chat(config: Config, channel: str | None, message: str, *, stats: boo
     return 0 if reply.status is Status.DONE else EXIT_FAILED
 
 
-async def _prompt(config: Config, channel: str | None, message: str, *, as_json: bool) -> int:
-    app = await App.start(config)
+async def _prompt(
+    config: Config,
+    channel: str | None,
+    message: str,
+    *,
+    as_json: bool,
+    generator: Generator | None = None,
+) -> int:
+    app = await App.start(config, generator)
     try:
         key = channel_key("console", channel or config.console.channel)
-        prompt = await app.core.prompt_for(key, message)
+        asker = Inbound(
+            platform=key.split(":", 1)[0],
+            channel_key=key,
+            author_id=config.console.user_name,
+            author_name=config.console.user_name,
+            text=message,
+        )
+        prompt = await app.core.prompt_for(key, message, asker)
         rendered = app.generator.render_prompt(prompt.messages)
         n_ctx = app.generator.n_ctx
     finally:
@@ -192,6 +243,7 @@ async def _prompt(config: Config, channel: str | None, message: str, *, as_json:
     if as_json:
         payload = {
             "channel": key,
+            "persona": prompt.persona,
             "model": app.generator.name,
             "tokens": prompt.tokens,
             "budget": prompt.budget,
@@ -204,7 +256,8 @@ async def _prompt(config: Config, channel: str | None, message: str, *, as_json:
         print(json.dumps(payload, ensure_ascii=False, indent=2))
     else:
         print(
-            f"# {key}: {prompt.tokens} prompt tokens of {prompt.budget} allowed "
+            f"# {key}: persona {prompt.persona}, {prompt.tokens} prompt tokens of "
+            f"{prompt.budget} allowed "
             f"(n_ctx {n_ctx}), {len(prompt.history_ids)} history messages",
             file=sys.stderr,
         )

@@ -1,5 +1,5 @@
-"""Chat commands (``!help``, ``!reset``, ``!summary``, memories): answered by Beseda, never
-the model.
+"""Chat commands (``!help``, ``!reset``, ``!summary``, memories, personas): answered by
+Beseda, never the model.
 
 A command runs on its channel's worker, in order with the messages around it, and neither
 the command nor its answer enters the model's prompt.
@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.persona_runtime import RESET, Personas, Place
 from memory.history import HistoryStore
 from memory.memories import user_scope
 
@@ -28,6 +29,11 @@ class Invocation:
     message_id: int
     author_id: str = ""
     author_name: str = ""
+    # The adapter's verdict (Inbound.is_admin): admin-only commands check it.
+    is_admin: bool = False
+    # For persona assignment: the server, and a thread's parent channel.
+    server_id: str | None = None
+    parent_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,7 @@ class Tools:
     history: HistoryStore
     retriever: Retriever | None = None
     forget_min_score: float = 0.85
+    personas: Personas | None = None
 
 
 Handler = Callable[[Invocation, Tools], Awaitable[str]]
@@ -143,6 +150,46 @@ async def _memories(invocation: Invocation, tools: Tools) -> str:
     return "What I remember here:\n" + "\n".join(f"- {m.text}" for m in found)
 
 
+NO_PERSONAS = "Personas are not available here."
+
+
+async def _persona(invocation: Invocation, tools: Tools) -> str:
+    if tools.personas is None:
+        return NO_PERSONAS
+    place = _place(invocation)
+    if not invocation.args:
+        choice = await tools.personas.choose(place)
+        here = choice.entry
+        return f"Persona here: {here.id} ({here.card.name}), {choice.reason}."
+    if not invocation.is_admin:
+        return "Only admins can switch the persona."
+    name = invocation.args.split()[0]
+    entry = await tools.personas.switch(place, name)
+    if entry is None:
+        return f"Cannot switch: {tools.personas.registry.unknown(name)}."
+    if name == RESET:
+        return f"Persona here is back to the configured one: {entry.id} ({entry.card.name})."
+    return f"Persona here is now {entry.id} ({entry.card.name})."
+
+
+async def _personas(invocation: Invocation, tools: Tools) -> str:
+    if tools.personas is None:
+        return NO_PERSONAS
+    place = _place(invocation)
+    current = (await tools.personas.choose(place)).entry.id
+    lines = ["Personas:"]
+    for name in tools.personas.registry.names():
+        entry = tools.personas.registry.entries[name]
+        language = f" [{entry.card.language}]" if entry.card.language else ""
+        mark = " (here)" if name == current else ""
+        lines.append(f"- {name}: {entry.card.name}{language}{mark}")
+    return "\n".join(lines)
+
+
+def _place(invocation: Invocation) -> Place:
+    return Place(invocation.channel_key, invocation.server_id, invocation.parent_key)
+
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
@@ -163,5 +210,12 @@ COMMANDS: dict[str, Command] = {
             _forget,
         ),
         Command("memories", "memories", "list what I remember here", _memories),
+        Command(
+            "persona",
+            "persona [name]",
+            "show the persona here; admins: switch to NAME",
+            _persona,
+        ),
+        Command("personas", "personas", "list the personas", _personas),
     )
 }

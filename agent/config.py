@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from personas.card import PersonaCard
+
 ENV_PREFIX = "BESEDA_"
 ENV_NESTING = "__"
 DEFAULT_CONFIG = Path("config.toml")
@@ -127,6 +129,24 @@ class PersonaConfig(_Section):
         "You are Beseda, a friendly and concise assistant. "
         "Answer in the language of the user's last message."
     )
+
+
+class PersonasConfig(_Section):
+    """Persona cards and where each is used (see README, 'Personas')."""
+
+    # The persona of channels nothing else assigns; empty: the one [persona] defines.
+    default: str = ""
+    # The user's cards (*.toml; `persona import` writes here), besides the built-in ones.
+    folder: Path = Path("personas")
+    # Post the persona's greeting when it is first used in a channel.
+    greeting: bool = False
+    # Assignments, most specific wins: channels (a thread's key, or its parent channel's),
+    # then servers ("discord:<guild id>"), then platforms ("discord", "console").
+    platforms: dict[str, str] = {}
+    servers: dict[str, str] = {}
+    channels: dict[str, str] = {}
+    # Cards written inline: [personas.cards.NAME] with the fields of a card file.
+    cards: dict[str, PersonaCard] = {}
 
 
 class ChatConfig(_Section):
@@ -257,6 +277,7 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     model: ModelConfig = ModelConfig()
     persona: PersonaConfig = PersonaConfig()
+    personas: PersonasConfig = PersonasConfig()
     vectors: VectorsConfig = VectorsConfig()
     documents: DocumentsConfig = DocumentsConfig()
     retrieval: RetrievalConfig = RetrievalConfig()

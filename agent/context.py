@@ -3,10 +3,11 @@
 The layout runs from most stable to most volatile, so llama.cpp can reuse the prompt it
 evaluated last time as a cached prefix:
 
-1. persona system prompt and today's date, 2. rolling summary of evicted history (inside the
-system message: some chat templates allow only one), 3. the history window, 4. the volatile
-block (retrieved memories and documents), 5. the new message (4 and 5 form the last user
-turn).
+1. the channel's persona (a rendered card, see personas/) and today's date, 2. rolling
+summary of evicted history (inside the system message: some chat templates allow only one),
+3. the history window, 4. the volatile block (the persona's post-history instructions,
+lorebook entries, retrieved memories and documents), 5. the new message (4 and 5 form the
+last user turn).
 
 The window only changes by appending, until it overflows: then a large block of the oldest
 turns is evicted at once, never one message per turn. Summarising the next block starts in
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.generators.base import ChatMessage, Generator, GeneratorError
+from agent.generators.base import ChatMessage, Generator, GeneratorError, SamplingParams
 from memory.history import ChannelState, Status, StoredMessage
 
 CUT_MARKER = "\n[… cut: the message was too long for the context window]"
@@ -28,6 +29,23 @@ SUMMARY_HEADING = "Summary of the earlier conversation:"
 
 class ContextError(GeneratorError):
     """The prompt cannot fit even without history (the message names what to change)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPersona:
+    """The persona of one channel as the builder needs it (rendered, macros resolved)."""
+
+    # The persona's id (`!persona ID`) and its character name ({{char}}).
+    key: str
+    name: str
+    # Must be byte-identical between turns, or llama.cpp's cached prefix is lost.
+    system_prompt: str
+    # After the history, right before the new message (in the last user turn).
+    post_history: str = ""
+    # The persona's reply length (None: the builder's); the token budget depends on it.
+    max_tokens: int | None = None
+    # The persona's sampler preset, carried on to the Prompt (None: the core's default).
+    params: SamplingParams | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +62,9 @@ class Prompt:
     evicted_to: int | None = None
     # Set when the oldest block should be summarised now: the block's last anchor.
     summarize_to: int | None = None
+    # The persona the prompt was built for, and its sampler preset (None: the default).
+    persona: str | None = None
+    params: SamplingParams | None = None
 
 
 def anchor(message: StoredMessage) -> int:
@@ -74,10 +95,22 @@ class ContextBuilder:
     @property
     def budget(self) -> int:
         """Prompt tokens allowed: the context size minus the reply and a safety margin."""
-        return self._generator.n_ctx - self._max_tokens - self._margin
+        return self.budget_for(None)
 
-    def system_message(self, state: ChannelState, today: str | None = None) -> ChatMessage:
-        text = self._system_prompt
+    def budget_for(self, persona: PromptPersona | None) -> int:
+        """The budget when replies are as long as ``persona`` allows."""
+        max_tokens = self._max_tokens
+        if persona is not None and persona.max_tokens is not None:
+            max_tokens = persona.max_tokens
+        return self._generator.n_ctx - max_tokens - self._margin
+
+    def system_message(
+        self,
+        state: ChannelState,
+        today: str | None = None,
+        persona: PromptPersona | None = None,
+    ) -> ChatMessage:
+        text = self._system_prompt if persona is None else persona.system_prompt
         if today:
             text = f"{text}\nToday is {today}."
         if state.summary is not None and state.summary.text:
@@ -92,12 +125,18 @@ class ContextBuilder:
         state: ChannelState | None = None,
         volatile: Sequence[str] = (),
         today: str | None = None,
+        persona: PromptPersona | None = None,
     ) -> Prompt:
-        """The prompt for ``new_text`` given the window's turns (oldest first)."""
+        """The prompt for ``new_text`` given the window's turns (oldest first).
+
+        ``persona`` replaces the system prompt given at construction (per channel).
+        """
         state = state or ChannelState()
         gen = self._generator
-        budget = self.budget
-        system = self.system_message(state, today)
+        budget = self.budget_for(persona)
+        system = self.system_message(state, today, persona)
+        if persona is not None and persona.post_history:
+            volatile = (persona.post_history, *volatile)
         base = gen.count_prompt_tokens([system, ChatMessage("user", "")])
         if base >= budget:
             raise ContextError(
@@ -141,6 +180,8 @@ class ContextBuilder:
             window_start_id=anchor(turns[0]) if turns else None,
             evicted_to=evicted_to,
             summarize_to=summarize_to,
+            persona=persona.key if persona is not None else None,
+            params=persona.params if persona is not None else None,
         )
 
     def _new_message(

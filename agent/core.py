@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from adapters.base import ReplyStream, ReplyTarget
@@ -66,11 +66,14 @@ class Core:
         max_message_chars: int = 20_000,
         tools: commands.Tools | None = None,
         after_reply: Callable[[Inbound, str], None] | None = None,
+        greeting: Callable[[Inbound], Awaitable[str | None]] | None = None,
     ) -> None:
         self._history = history
         self._tools = tools or commands.Tools(history)
         # Called with each answered message (e.g. to queue memory extraction).
         self._after_reply = after_reply
+        # The persona's greeting, posted before the first answer it gives in a channel.
+        self._greeting = greeting
         self._generator = generator
         self.window = window
         self._params = params
@@ -115,9 +118,11 @@ class Core:
             text = text[: self._max_chars] + f"\n[… cut: longer than {self._max_chars} characters]"
         return text
 
-    async def prompt_for(self, channel_key: str, text: str) -> Prompt:
+    async def prompt_for(
+        self, channel_key: str, text: str, inbound: Inbound | None = None
+    ) -> Prompt:
         """The prompt a new message would get now, without storing or generating anything."""
-        return await self.window.preview(channel_key, self.clean_text(text))
+        return await self.window.preview(channel_key, self.clean_text(text), inbound)
 
     async def _work(self, key: str) -> None:
         queue = self._queues[key]
@@ -152,6 +157,10 @@ class Core:
 
     async def _answer(self, job: _Job) -> Reply:
         inbound = job.inbound
+        try:
+            await self._greet(job)
+        except Exception:  # a greeting that cannot be posted must not cost the answer
+            log.exception("could not post the greeting in %s", inbound.channel_key)
         assistant = await self._history.append(
             inbound.channel_key, "assistant", "", status=Status.STREAMING,
             in_reply_to_id=job.user_message_id,
@@ -161,8 +170,10 @@ class Core:
         stream: ReplyStream | None = None
         try:
             stream = await job.target.open_reply(inbound)
-            prompt = await self.window.prepare(inbound.channel_key, job.user_message_id, job.text)
-            tokens = self._generator.stream(prompt.messages, self._params)
+            prompt = await self.window.prepare(
+                inbound.channel_key, job.user_message_id, job.text, inbound
+            )
+            tokens = self._generator.stream(prompt.messages, prompt.params or self._params)
             stats = tokens.stats
             async for piece in tokens:
                 parts.append(piece)
@@ -202,11 +213,27 @@ class Core:
             self._after_reply(inbound, job.text)
         return Reply(text, Status.DONE, job.user_message_id, assistant.id, stats)
 
+    async def _greet(self, job: _Job) -> None:
+        """Post the persona's greeting (stored as a notice: the model does not see it, so
+        strict templates keep user/assistant alternating)."""
+        if self._greeting is None:
+            return
+        text = await self._greeting(job.inbound)
+        if not text:
+            return
+        await self._history.append(
+            job.inbound.channel_key, "notice", text, in_reply_to_id=job.user_message_id
+        )
+        greeting = await job.target.open_reply(job.inbound)
+        await greeting.finish(text)
+
     async def _command(self, job: _Job, name: str, args: str) -> Reply:
         inbound = job.inbound
         invocation = commands.Invocation(
             name, args, inbound.channel_key, job.user_message_id,
             author_id=inbound.author_id, author_name=inbound.author_name,
+            is_admin=inbound.is_admin, server_id=inbound.server_id,
+            parent_key=inbound.parent_key,
         )  # fmt: skip
         text = await commands.run(invocation, self._tools)
         notice = await self._history.append(

@@ -11,10 +11,12 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from agent.background import Background
-from agent.context import ContextBuilder, Prompt, anchor
+from agent.context import ContextBuilder, Prompt, PromptPersona, anchor
+from agent.events import Inbound
 from agent.generators.base import Generator
 from agent.summarizer import summarize
 from memory.history import ChannelState, HistoryStore, StoredMessage, Summary
@@ -24,6 +26,12 @@ log = logging.getLogger(__name__)
 # A source of volatile prompt material (date, memories, documents) for one message.
 VolatileSource = Callable[[str, str], Awaitable[str | None]]
 Clock = Callable[[], datetime]
+
+
+class PersonaSource(Protocol):
+    async def prompt_persona(self, channel_key: str, inbound: Inbound | None) -> PromptPersona:
+        """The channel's persona, rendered for the author of ``inbound`` (if known)."""
+        ...
 
 
 def minute_date_source(clock: Clock, timezone: str) -> VolatileSource:
@@ -54,6 +62,7 @@ class WindowKeeper:
         assistant_name: str,
         volatile: Sequence[VolatileSource] = (),
         today: Clock | None = None,
+        personas: PersonaSource | None = None,
     ) -> None:
         self._history = history
         self._builder = builder
@@ -66,6 +75,9 @@ class WindowKeeper:
         self._volatile = list(volatile)
         # With a clock, the system prompt says today's date (it changes once a day).
         self._today = today
+        # Without personas every channel gets the builder's own system prompt.
+        self._personas = personas
+        self._names: dict[str, str] = {}
         # The furthest anchor a queued or running summary job will cover, per channel.
         self._summarizing: dict[str, int] = {}
 
@@ -74,13 +86,15 @@ class WindowKeeper:
         new message)."""
         self._volatile.append(source)
 
-    async def preview(self, channel_key: str, text: str) -> Prompt:
+    async def preview(self, channel_key: str, text: str, inbound: Inbound | None = None) -> Prompt:
         """The prompt ``text`` would get now; changes nothing."""
-        return (await self._plan(channel_key, None, text))[0]
+        return (await self._plan(channel_key, None, text, inbound))[0]
 
-    async def prepare(self, channel_key: str, message_id: int, text: str) -> Prompt:
+    async def prepare(
+        self, channel_key: str, message_id: int, text: str, inbound: Inbound | None = None
+    ) -> Prompt:
         """The prompt for stored user turn ``message_id``; evicts and schedules summaries."""
-        prompt, state, summary = await self._plan(channel_key, message_id, text)
+        prompt, state, summary = await self._plan(channel_key, message_id, text, inbound)
         epoch = state.epoch
         shown_id = summary.id if summary is not None and summary != state.summary else None
         if prompt.evicted_to is not None:
@@ -107,7 +121,7 @@ class WindowKeeper:
         return prompt
 
     async def _plan(
-        self, channel_key: str, before_id: int | None, text: str
+        self, channel_key: str, before_id: int | None, text: str, inbound: Inbound | None
     ) -> tuple[Prompt, ChannelState, Summary | None]:
         """Build the prompt; returns it with the state read and the summary it shows.
 
@@ -115,6 +129,11 @@ class WindowKeeper:
         the turns it covers leave the window in the same step: one prefix change per block.
         """
         state, turns = await self._window(channel_key, before_id)
+        persona = None
+        if self._personas is not None:
+            # Before the volatile sources: the lorebook reads the persona chosen here.
+            persona = await self._personas.prompt_persona(channel_key, inbound)
+            self._names[channel_key] = persona.name
         volatile = await self._volatile_for(channel_key, text)
         today = f"{self._today():%Y-%m-%d}" if self._today is not None else None
         shown = state.summary
@@ -129,7 +148,12 @@ class WindowKeeper:
 
         def build(window: Sequence[StoredMessage], summary: Summary | None) -> Prompt:
             return self._builder.build(
-                window, text, state=replace(state, summary=summary), volatile=volatile, today=today
+                window,
+                text,
+                state=replace(state, summary=summary),
+                volatile=volatile,
+                today=today,
+                persona=persona,
             )
 
         prompt = build(turns, shown)
@@ -200,7 +224,7 @@ class WindowKeeper:
                 self._generator,
                 previous.text if previous is not None else None,
                 turns,
-                assistant_name=self._assistant_name,
+                assistant_name=self._names.get(channel_key, self._assistant_name),
                 # A small context needs room for the turns being summarised, too.
                 max_tokens=min(self._summary_max_tokens, self._generator.n_ctx // 4),
             )

@@ -56,6 +56,10 @@ class ChannelState:
     # The newest summary of this epoch; newer than ``summary`` when it was made ahead of an
     # eviction that has not happened yet.
     latest_summary: Summary | None = None
+    # The persona chosen here at run time (`!persona`); None: as configured.
+    persona: str | None = None
+    # The persona whose greeting was last posted here.
+    greeted_persona: str | None = None
 
 
 class HistoryStore(Protocol):
@@ -118,6 +122,14 @@ class HistoryStore(Protocol):
         ...
 
     async def summaries(self, channel_key: str) -> list[Summary]: ...
+
+    async def set_persona(self, channel_key: str, persona: str | None) -> None:
+        """Store the channel's run-time persona choice (None: back to the configured one)."""
+        ...
+
+    async def mark_greeted(self, channel_key: str, persona: str) -> bool:
+        """Record that ``persona`` greeted here; False if it already had (nothing changed)."""
+        ...
 
     async def count(self, channel_key: str) -> int: ...
 
@@ -264,6 +276,8 @@ class SqlHistoryStore:
                 None if summary is None else _summary(summary),
                 channel.epoch,
                 None if latest is None else _summary(latest),
+                channel.persona,
+                channel.greeted_persona,
             )
 
     async def move_window(
@@ -316,6 +330,32 @@ class SqlHistoryStore:
                 .values(window_start_id=after_id + 1, summary_id=None, epoch=ChannelRow.epoch + 1)
             )
         self._channel_ids[channel_key] = channel_id
+
+    async def set_persona(self, channel_key: str, persona: str | None) -> None:
+        async with self._db.session() as session, session.begin():
+            channel_id = await self._channel_id(session, channel_key)
+            await session.execute(
+                update(ChannelRow).where(ChannelRow.id == channel_id).values(persona=persona)
+            )
+        self._channel_ids[channel_key] = channel_id
+
+    async def mark_greeted(self, channel_key: str, persona: str) -> bool:
+        async with self._db.session() as session, session.begin():
+            channel_id = await self._channel_id(session, channel_key)
+            # One statement: two workers (or processes) racing greet once.
+            result = await session.execute(
+                update(ChannelRow)
+                .where(ChannelRow.id == channel_id)
+                .where(
+                    or_(
+                        ChannelRow.greeted_persona.is_(None),
+                        ChannelRow.greeted_persona != persona,
+                    )
+                )
+                .values(greeted_persona=persona)
+            )
+        self._channel_ids[channel_key] = channel_id
+        return bool(getattr(result, "rowcount", 0))
 
     async def summaries(self, channel_key: str) -> list[Summary]:
         async with self._db.session() as session:

@@ -53,6 +53,10 @@ class ChannelRow(Base):
     )
     # Bumped by !reset: background work started before it must not touch the new window.
     epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The persona chosen with `!persona` (None: as config.toml assigns), and the last
+    # persona that posted its greeting here (it greets again only after a switch).
+    persona: Mapped[str | None] = mapped_column(String(128))
+    greeted_persona: Mapped[str | None] = mapped_column(String(128))
 
 
 class SummaryRow(Base):

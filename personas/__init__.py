@@ -1,1 +1,4 @@
-"""Persona cards. The persona is configured in config.toml [persona] for now."""
+"""Persona cards: the TOML format, SillyTavern import, the registry and prompt rendering.
+
+The built-in cards (``*.toml`` here) ship with the package; see README, "Personas".
+"""

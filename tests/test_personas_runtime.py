@@ -1,0 +1,358 @@
+"""Personas at run time: assignment, `!persona`, the prompt, lorebooks, greetings, bad setups."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.app import App, build_core
+from agent.cli import _prompt
+from agent.config import (
+    ChatConfig,
+    Config,
+    ContextConfig,
+    ModelConfig,
+    PersonaConfig,
+    PersonasConfig,
+    RetrievalConfig,
+    StorageConfig,
+)
+from agent.core import Core
+from agent.events import Inbound
+from agent.generators.base import ChatMessage, SamplingParams, TokenStream
+from agent.persona_runtime import PersonaError, Personas, Place, load_registry
+from memory.history import SqlHistoryStore, Status
+from personas.card import Lorebook, LoreEntry, PersonaCard, Sampler
+from personas.prompt import system_text
+from personas.registry import BUILTIN_DIR, Registry
+from tests.fakes import FakeGenerator, RecordingAdapter
+
+PIRATE = PersonaCard(
+    name="Hook",
+    system_prompt="You are {{char}}, talking to {{user}}.",
+    post_history_instructions="Say arr.",
+    sampler=Sampler(temperature=1.5, top_k=7, max_tokens=30),
+    lorebook=Lorebook(
+        token_budget=20,
+        scan_depth=1,
+        entries=(LoreEntry(keys=("crocodile",), content="The crocodile ate a clock."),),
+    ),
+)
+
+
+class ParamsGenerator(FakeGenerator):
+    """Also records the sampling parameters of each reply."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.params: list[SamplingParams] = []
+
+    def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
+        self.params.append(params)
+        return super().stream(messages, params)
+
+
+def make_config(tmp_path: Path | None = None, **personas: Any) -> Config:
+    storage = StorageConfig(data_dir=tmp_path / "data") if tmp_path else StorageConfig()
+    return Config(
+        storage=storage,
+        model=ModelConfig(max_tokens=64, temperature=0),
+        persona=PersonaConfig(system_prompt="You are a test."),
+        personas=PersonasConfig.model_validate({"cards": {"pirate": PIRATE}, **personas}),
+        chat=ChatConfig(safety_margin_tokens=8),
+        context=ContextConfig(date="off"),
+        retrieval=RetrievalConfig(enabled=False),
+    )
+
+
+def message(
+    text: str,
+    channel: str = "discord:100",
+    *,
+    author: str = "alice",
+    admin: bool = False,
+    server: str | None = "7",
+    parent: str | None = None,
+) -> Inbound:
+    return Inbound(
+        platform=channel.split(":", 1)[0], channel_key=channel, author_id=author,
+        author_name=author, text=text, server_id=server, parent_key=parent, is_admin=admin,
+    )  # fmt: skip
+
+
+async def ask(core: Core, adapter: RecordingAdapter, inbound: Inbound) -> str:
+    reply = await (await core.submit(inbound, adapter))
+    assert reply.status is Status.DONE, reply.error
+    return reply.text
+
+
+ASSIGNED = {
+    "platforms": {"discord": "beseda-en"},
+    "servers": {"discord:7": "beseda-ru"},
+    "channels": {"discord:100": "pirate", "discord:556": "beseda-en"},
+}
+
+
+async def test_assignment_most_specific_wins_and_threads_inherit(
+    history: SqlHistoryStore,
+) -> None:
+    config = make_config(**ASSIGNED)
+    personas = Personas(config, load_registry(config), history, FakeGenerator())
+
+    async def who(place: Place) -> str:
+        return (await personas.choose(place)).entry.id
+
+    assert await who(Place("console:local")) == "beseda"  # the [persona] section
+    assert await who(Place("discord:1")) == "beseda-en"  # platform
+    assert await who(Place("discord:2", "7")) == "beseda-ru"  # server
+    assert await who(Place("discord:2", "8")) == "beseda-en"  # another server: platform
+    assert await who(Place("discord:100", "7")) == "pirate"  # channel
+    # A thread without its own assignment has its parent channel's persona...
+    assert await who(Place("discord:555", "7", "discord:100")) == "pirate"
+    # ...a thread with one keeps it.
+    assert await who(Place("discord:556", "7", "discord:100")) == "beseda-en"
+    # A run-time choice for the parent channel reaches its threads too.
+    await personas.switch(Place("discord:100"), "beseda-ru")
+    assert await who(Place("discord:555", "7", "discord:100")) == "beseda-ru"
+    # And one for the thread itself wins over everything.
+    await personas.switch(Place("discord:556"), "pirate")
+    assert await who(Place("discord:556", "7", "discord:100")) == "pirate"
+    reason = (await personas.choose(Place("discord:555", "7", "discord:100"))).reason
+    assert reason == "chosen for its parent channel with !persona"
+
+
+async def test_persona_prompt_sampler_and_post_history(history: SqlHistoryStore) -> None:
+    generator = ParamsGenerator()
+    core = build_core(make_config(**ASSIGNED), history, generator)
+    adapter = RecordingAdapter()
+    await ask(core, adapter, message("hello", author="Wendy"))
+    [call] = generator.calls
+    assert call[0] == ChatMessage("system", "You are Hook, talking to Wendy.")
+    # Post-history instructions are in the last turn, before the person's words.
+    assert call[-1] == ChatMessage("user", "Say arr.\n\nhello")
+    params = generator.params[0]
+    assert (params.temperature, params.top_k, params.max_tokens) == (1.5, 7, 30)
+    assert params.top_p == ModelConfig().top_p  # not in the preset: [model]'s
+    prompt = await core.prompt_for("discord:100", "next")
+    assert prompt.persona == "pirate"
+    # The budget reserves the persona's reply length, not [model] max_tokens.
+    assert prompt.budget == generator.n_ctx - 30 - 8
+    # Another channel keeps the default persona and [model] sampling.
+    await ask(core, adapter, message("hi", "console:local", server=None))
+    assert generator.calls[-1][0] == ChatMessage("system", "You are a test.")
+    assert generator.params[-1] == SamplingParams.from_config(make_config().model)
+
+
+async def test_admin_switches_and_others_are_refused(history: SqlHistoryStore) -> None:
+    generator = FakeGenerator()
+    core = build_core(make_config(**ASSIGNED), history, generator)
+    adapter = RecordingAdapter()
+    shown = await ask(core, adapter, message("!persona"))
+    assert shown == "Persona here: pirate (Hook), [personas] channels.discord:100."
+    refused = await ask(core, adapter, message("!persona beseda-ru", author="mallory"))
+    assert refused == "Only admins can switch the persona."
+    assert (await history.channel_state("discord:100")).persona is None
+    unknown = await ask(core, adapter, message("!persona nobody", admin=True))
+    assert "unknown persona 'nobody'" in unknown
+    switched = await ask(core, adapter, message("!persona beseda-ru", admin=True))
+    assert switched == "Persona here is now beseda-ru (Беседа)."
+    listed = await ask(core, adapter, message("!personas"))
+    assert "- beseda-ru: Беседа [ru] (here)" in listed
+    assert "- pirate: Hook" in listed
+    await ask(core, adapter, message("привет"))
+    russian = Registry.load([BUILTIN_DIR]).get("beseda-ru")
+    assert russian is not None
+    assert generator.calls[-1][0].content == system_text(russian.card, "alice")
+    back = await ask(core, adapter, message("!persona reset", admin=True))
+    assert back == "Persona here is back to the configured one: pirate (Hook)."
+    # Commands and their answers never reach the model.
+    assert all("!persona" not in m.content for call in generator.calls for m in call)
+
+
+async def test_switch_survives_a_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    adapter = RecordingAdapter()
+    app = await App.start(config, FakeGenerator())
+    try:
+        await ask(app.core, adapter, message("!persona beseda-en", "discord:9", admin=True))
+    finally:
+        await app.aclose()
+    generator = FakeGenerator()
+    app = await App.start(config, generator)
+    try:
+        prompt = await app.core.prompt_for("discord:9", "still you?")
+        assert prompt.persona == "beseda-en"
+        await ask(app.core, adapter, message("still you?", "discord:9"))
+        assert "Always answer in English" in generator.calls[-1][0].content
+        assert (await app.core.prompt_for("discord:10", "x")).persona == "beseda"
+    finally:
+        await app.aclose()
+
+
+async def test_lorebook_lands_in_the_volatile_block_and_the_prefix_is_unchanged(
+    history: SqlHistoryStore,
+) -> None:
+    generator = FakeGenerator()
+    core = build_core(make_config(**ASSIGNED), history, generator)
+    adapter = RecordingAdapter()
+    await ask(core, adapter, message("hello there"))
+    await ask(core, adapter, message("what about the Crocodile?"))
+    await ask(core, adapter, message("and the ship?"))
+    first, second, third = generator.calls
+    # Everything before the new message is the previous prompt plus its reply, byte for byte.
+    assert second[: len(first) - 1] == first[:-1]
+    assert second[len(first) - 1].content == "hello there"
+    assert second[-1].content == (
+        "Say arr.\nBackground that may be relevant:\nThe crocodile ate a clock.\n\n"
+        "what about the Crocodile?"
+    )
+    # scan_depth 1: the entry leaves with the message that triggered it; the history holds
+    # only what was said, so the prefix is unchanged again.
+    assert third[: len(second) - 1] == second[:-1]
+    assert "crocodile ate" not in third[-1].content
+    assert third[len(second) - 1].content == "what about the Crocodile?"
+
+
+async def test_lorebook_scans_the_recent_messages(history: SqlHistoryStore) -> None:
+    deep = PIRATE.model_copy(
+        update={
+            "lorebook": Lorebook(
+                scan_depth=3, entries=(LoreEntry(keys=("crocodile",), content="Tick tock."),)
+            )
+        }
+    )
+    config = make_config(cards={"pirate": deep}, default="pirate")
+    generator = FakeGenerator()
+    core = build_core(config, history, generator)
+    adapter = RecordingAdapter()
+    shown = []
+    for text in ("a crocodile!", "one", "two", "three"):
+        await ask(core, adapter, message(text, "console:x", server=None))
+        shown.append("Tick tock." in generator.calls[-1][-1].content)
+    # Three messages deep: the new one and the two before it (the replies count too).
+    assert shown == [True, True, False, False]
+
+
+async def test_lorebook_budget_in_the_prompt(history: SqlHistoryStore) -> None:
+    tight = PIRATE.model_copy(
+        update={
+            "lorebook": Lorebook(
+                token_budget=6,
+                entries=(
+                    LoreEntry(keys=("sea",), content="one two three four five six seven"),
+                    LoreEntry(keys=("sea",), content="short fact", priority=1),
+                ),
+            )
+        }
+    )
+    config = make_config().model_copy(
+        update={"personas": PersonasConfig(default="tight", cards={"tight": tight})}
+    )
+    generator = FakeGenerator()
+    core = build_core(config, history, generator)
+    await ask(core, RecordingAdapter(), message("the sea", "console:x", server=None))
+    last = generator.calls[-1][-1].content
+    assert "short fact" in last
+    assert "one two three" not in last  # over the budget
+
+
+async def test_greeting_is_posted_once_per_persona(history: SqlHistoryStore) -> None:
+    greeter = PIRATE.model_copy(update={"greeting": "Ahoy, {{user}}! {{char}} here."})
+    config = make_config(greeting=True, default="greeter", cards={"greeter": greeter})
+    generator = FakeGenerator()
+    core = build_core(config, history, generator)
+    adapter = RecordingAdapter()
+    await ask(core, adapter, message("hi", "console:x", author="Wendy", server=None))
+    greeting, answer = adapter.replies
+    assert greeting.final == "Ahoy, Wendy! Hook here."
+    assert answer.final is not None
+    assert answer.final.startswith("echo:")
+    await ask(core, adapter, message("again", "console:x", server=None))
+    assert len(adapter.replies) == 3  # no second greeting
+    # A persona without a greeting posts none after a switch; the model never sees one.
+    await ask(core, adapter, message("!persona beseda-ru", "console:x", admin=True))
+    await ask(core, adapter, message("привет", "console:x", server=None))
+    assert [r.final for r in adapter.replies[3:]][1].startswith("Здравствуйте, alice!")
+    assert all("Ahoy" not in m.content for call in generator.calls for m in call)
+    roles = [m.role for m in await history.conversation("console:x", limit=None)]
+    assert roles.count("notice") == 3  # two greetings, one command answer
+
+
+async def test_unknown_persona_in_config_is_a_clear_error(history: SqlHistoryStore) -> None:
+    config = make_config(channels={"discord:1": "nope"})
+    with pytest.raises(PersonaError, match=r"\[personas\] channels.discord:1: unknown persona"):
+        build_core(config, history, FakeGenerator())
+    with pytest.raises(PersonaError, match=r"\[personas\] default: unknown persona 'gone'"):
+        build_core(make_config(default="gone"), history, FakeGenerator())
+
+
+async def test_broken_card_file_is_skipped_and_the_agent_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "cards"
+    folder.mkdir()
+    (folder / "broken.toml").write_text('name = "Broken"\n[sampler]\ntop_p = 7\n', "utf-8")
+    (folder / "fine.toml").write_text('name = "Fine"\n', "utf-8")
+    config = make_config(tmp_path, folder=str(folder), channels={"discord:1": "broken"})
+    with caplog.at_level(logging.ERROR):
+        app = await App.start(config, FakeGenerator())
+    try:
+        assert "broken.toml: sampler.top_p" in caplog.text
+        # The assignment to the broken card falls back to the next rule.
+        assert (await app.core.prompt_for("discord:1", "x")).persona == "beseda"
+        assert (await app.core.prompt_for("discord:2", "x")).persona == "beseda"
+    finally:
+        await app.aclose()
+
+
+async def test_card_too_large_for_the_context_is_skipped_naming_the_field(
+    history: SqlHistoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = PersonaCard(name="Big", description=" ".join(["word"] * 400))
+    config = make_config(cards={"big": big, "pirate": PIRATE})
+    with caplog.at_level(logging.ERROR):
+        personas = Personas(config, load_registry(config), history, FakeGenerator(n_ctx=300))
+    problem = personas.registry.skipped["big"]
+    assert problem.startswith("config: personas.cards.big: the card needs")
+    assert "shorten description (400 tokens)" in problem
+    assert "personas.cards.big" in caplog.text
+    assert personas.registry.get("pirate") is not None
+    # As the default it cannot be skipped: the start-up fails with the reason.
+    with pytest.raises(PersonaError, match=r"was skipped: config: personas\.cards\.big"):
+        Personas(
+            make_config(default="big", cards={"big": big}),
+            load_registry(make_config(cards={"big": big})),
+            history,
+            FakeGenerator(n_ctx=300),
+        )
+
+
+async def test_a_model_override_that_cannot_be_honoured_is_reported(
+    history: SqlHistoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = PersonaCard(name="Other", model="llama-70b")
+    with caplog.at_level(logging.WARNING):
+        build_core(make_config(cards={"other": other}), history, FakeGenerator())
+    assert "config: personas.cards.other: model = 'llama-70b' is not honoured" in caplog.text
+
+
+@pytest.mark.parametrize(("persona", "expected"), [
+    ("beseda-en", "Always answer in English"), ("beseda-ru", "Всегда отвечай по-русски"),
+])  # fmt: skip
+async def test_builtin_personas_appear_in_prompt_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], persona: str, expected: str
+) -> None:
+    config = make_config(tmp_path, default=persona)
+    assert await _prompt(config, None, "hi", as_json=True, generator=FakeGenerator()) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["persona"] == persona
+    assert expected in data["messages"][0]["content"]
+    assert await _prompt(config, None, "hi", as_json=False, generator=FakeGenerator()) == 0
+    captured = capsys.readouterr()
+    assert f"persona {persona}," in captured.err
+    assert expected in captured.out
