@@ -12,10 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, text
 
 from memory.db import Database, DatabaseError, head_revision
 from memory.history import ChannelState, SqlHistoryStore, Status
+from memory.models import Base
 from tests.postgres import ALL_KINDS, open_database
 
 
@@ -174,3 +177,12 @@ async def test_history_survives_reopening(tmp_path: Path) -> None:
 def test_bad_database_url_is_a_clear_error() -> None:
     with pytest.raises(DatabaseError, match=r"\[storage\] database_url"):
         Database("not a url")
+
+
+async def test_migrations_build_the_schema_the_models_describe(database: Database) -> None:
+    def differences(sync_conn: Connection) -> list[object]:
+        context = MigrationContext.configure(sync_conn)
+        return list(compare_metadata(context, Base.metadata))
+
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(differences) == []
