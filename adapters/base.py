@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.events import Inbound
 
@@ -41,3 +41,16 @@ class PlatformAdapter(ReplyTarget, Protocol):
     async def stop(self) -> None:
         """Stop intake: no new events after this returns."""
         ...
+
+
+@runtime_checkable
+class Connected(Protocol):
+    """Optional for adapters: whether the platform connection is up (reported on /healthz)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+
+def is_connected(adapter: object) -> bool:
+    """An adapter without a notion of connection counts as connected."""
+    return adapter.connected if isinstance(adapter, Connected) else True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -19,7 +18,9 @@ from agent.doctor import run_doctor
 from agent.events import channel_key
 from agent.generators.base import GeneratorError
 from agent.knowledge_cli import run_ingest, run_search
+from agent.logs import setup_logging
 from agent.models_cli import run_models
+from agent.ops_server import OpsServerError
 from memory.db import DatabaseError
 from memory.embeddings import EmbedderError
 from memory.history import Status
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"beseda: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(config)
+    setup_logging(config)
     if sys.stdin is not None and hasattr(sys.stdin, "reconfigure"):
         # Undecodable bytes from a pipe become U+FFFD instead of killing the reader.
         sys.stdin.reconfigure(errors="replace")
@@ -110,26 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return asyncio.run(commands[args.command or "run"]())
-    except (GeneratorError, DatabaseError, VectorStoreError, EmbedderError) as exc:
+    except (GeneratorError, DatabaseError, VectorStoreError, EmbedderError, OpsServerError) as exc:
         print(f"beseda: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
-
-
-def _setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.logging.level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Alembic announces every migration step at INFO; that is noise for a chat user.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
-    # llama.cpp's own log (printed straight to stderr by llama-cpp-python when its logger
-    # allows): warnings about vocab-only loads and the like mean nothing to a user.
-    logging.getLogger("llama-cpp-python").setLevel(
-        logging.DEBUG if config.logging.level == "DEBUG" else logging.ERROR
-    )
 
 
 def _console(config: Config, channel: str | None, *, interactive: bool) -> ConsoleAdapter:

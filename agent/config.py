@@ -248,6 +248,18 @@ class DiscordConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # One line per event: logfmt (key=value) or json. Message text appears only at DEBUG;
+    # secrets never (see README, 'Operations').
+    format: Literal["logfmt", "json"] = "logfmt"
+
+
+class MetricsConfig(_Section):
+    """/healthz and /metrics over HTTP (see README, 'Operations')."""
+
+    enabled: bool = False
+    # Loopback by default: the metrics name channels. Port 0 picks a free port (logged).
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9464, ge=0, le=65535)
 
 
 class Config(_Section):
@@ -262,6 +274,7 @@ class Config(_Section):
     console: ConsoleConfig = ConsoleConfig()
     discord: DiscordConfig = DiscordConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # Where the file was read from; relative paths inside it are resolved against its folder.
     source: Path = Path("config.toml")
 
