@@ -257,7 +257,8 @@ class MetricsConfig(_Section):
     """/healthz and /metrics over HTTP (see README, 'Operations')."""
 
     enabled: bool = False
-    # Loopback by default: the metrics name channels. Port 0 picks a free port (logged).
+    # Loopback by default: traffic and the model's name are nobody else's business.
+    # Port 0 picks a free port (logged at INFO).
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=9464, ge=0, le=65535)
 

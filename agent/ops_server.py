@@ -1,7 +1,7 @@
 """The operations endpoint ([metrics]): ``/healthz`` and ``/metrics`` over aiohttp.
 
-Off by default and bound to 127.0.0.1: the metrics name channels, so expose them to the
-network only behind something that restricts access.
+Off by default and bound to 127.0.0.1: traffic figures and the model's name are for the
+operator, so expose them to a network only behind something that restricts access.
 """
 
 from __future__ import annotations
