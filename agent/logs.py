@@ -57,7 +57,7 @@ class StructuredFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and value is not None:
                 fields[key] = value
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)

@@ -105,8 +105,13 @@ class Observer:
         self, fields: dict[str, Any], timing: _Timing, future: asyncio.Future[Reply]
     ) -> None:
         self.metrics.in_flight -= 1
-        reply = None if future.cancelled() or future.exception() else future.result()
-        status = reply.status if reply is not None else Status.CANCELLED
+        if future.cancelled():
+            reply, status = None, Status.CANCELLED
+        elif future.exception() is not None:  # the core settles with a Reply; just in case
+            reply, status = None, Status.FAILED
+        else:
+            reply = future.result()
+            status = reply.status
         self.metrics.messages_out.labels(fields["adapter"], str(status)).inc()
         event: dict[str, Any] = {**fields, "status": str(status)}
         if timing.first_token is not None:

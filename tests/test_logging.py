@@ -204,3 +204,22 @@ async def test_a_conversation_logs_events_but_no_message_text_or_secret(
         if event["level"] != "debug":
             for words in said:
                 assert words not in line, f"message text at {event['level']}: {line}"
+
+
+def test_setup_logging_routes_every_logger_to_one_json_line_per_event(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    path = write_config(tmp_path / "config.toml", logging={"level": "INFO", "format": "json"})
+    stream = io.StringIO()
+    setup_logging(load_config(path, environ={}), stream)
+    logging.getLogger("agent.core").info("reply", extra={"channel": "c:1", "reply_id": None})
+    logging.getLogger("discord.gateway").info("connected\nto the gateway")
+    logging.getLogger("agent.core").debug("not shown at INFO")
+    logging.getLogger("alembic.runtime.migration").info("migration noise")
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["logger"], e["msg"]) for e in events] == [
+        ("agent.core", "reply"),
+        ("discord.gateway", "connected\nto the gateway"),
+    ]
+    assert events[0]["channel"] == "c:1"
+    assert "reply_id" not in events[0]  # None fields are left out
