@@ -186,3 +186,25 @@ async def test_migrations_build_the_schema_the_models_describe(database: Databas
 
     async with database.engine.connect() as conn:
         assert await conn.run_sync(differences) == []
+
+
+async def test_an_overlong_author_name_is_cut_not_refused(history: SqlHistoryStore) -> None:
+    # Display names are unbounded on some platforms; the column holds 255 characters, which
+    # SQLite does not enforce and PostgreSQL does.
+    stored = await history.append("c:1", "user", "hi", author_name="Щ" * 300, author_id="7")
+    again = await history.get(stored.id)
+    assert again is not None
+    assert again.author_name == "Щ" * 255
+    assert stored == again
+
+
+async def test_nul_characters_are_dropped_on_every_database(history: SqlHistoryStore) -> None:
+    # PostgreSQL refuses NUL in text; a platform name or the model's output may carry one.
+    stored = await history.append("c:1", "user", "a\x00b", author_name="x\x00y", author_id="1\x00")
+    await history.update(stored.id, text="c\x00d")
+    summary = await history.add_summary("c:1", "s\x00t", stored.id, stored.id, epoch=0)
+    again = await history.get(stored.id)
+    assert again is not None
+    assert (again.text, again.author_name, again.author_id) == ("cd", "xy", "1")
+    assert summary is not None
+    assert [s.text for s in await history.summaries("c:1")] == ["st"]
