@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.events import Inbound
 
@@ -47,3 +47,16 @@ def platform_failures(adapters: Sequence[object]) -> list[str]:
     """Why each adapter stopped by itself, if it did: an adapter that meets a fatal platform
     error (a rejected token, say) returns from ``run`` and sets ``failure`` to a message."""
     return [f for a in adapters if (f := getattr(a, "failure", None))]
+
+
+@runtime_checkable
+class Connected(Protocol):
+    """Optional for adapters: whether the platform connection is up (reported on /healthz)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+
+def is_connected(adapter: object) -> bool:
+    """An adapter without a notion of connection counts as connected."""
+    return adapter.connected if isinstance(adapter, Connected) else True

@@ -81,10 +81,16 @@ class ConsoleAdapter:
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._want_line = threading.Event()
         self._stopped = asyncio.Event()
+        self._reading = False
 
     @property
     def name(self) -> str:
         return "console"
+
+    @property
+    def connected(self) -> bool:
+        """Reading input (for /healthz): from run() until the input ends or stop()."""
+        return self._reading and not self._stopped.is_set()
 
     async def open_reply(self, inbound: Inbound) -> ConsoleReply:
         prefix = f"{self._assistant}> " if self._interactive else ""
@@ -112,6 +118,7 @@ class ConsoleAdapter:
                 "Type a message; /quit or Ctrl-D to leave.\n"
             )
         stopped = asyncio.ensure_future(self._stopped.wait())
+        self._reading = True
         try:
             while not self._stopped.is_set():
                 self._want_line.set()
@@ -128,6 +135,7 @@ class ConsoleAdapter:
                     # The next prompt appears only after the answer (or a stop).
                     await asyncio.wait([reply, stopped], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._reading = False
             stopped.cancel()
 
     def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -200,6 +200,12 @@ class DiscordAdapter:
     def name(self) -> str:
         return "discord"
 
+    @property
+    def connected(self) -> bool:
+        """The gateway socket is open (False before login and while reconnecting): /healthz."""
+        client = self.client
+        return bool(client and not client.is_closed() and client.ws and client.ws.open)
+
     def _intents(self) -> discord.Intents:
         intents = discord.Intents.none()
         intents.guilds = True

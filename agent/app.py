@@ -18,6 +18,9 @@ from agent.core import Core
 from agent.extraction import MemoryExtractor
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
+from agent.metrics import Metrics
+from agent.observe import Observer
+from agent.ops_server import Health, OpsServer, serve_operations
 from agent.persona_runtime import Personas, load_registry
 from agent.retrieval import Knowledge, Retriever, open_knowledge, thresholds
 from agent.window import WindowKeeper, minute_date_source, zone_clock
@@ -46,6 +49,11 @@ class App:
         self.core = core
         self.knowledge = knowledge
         self._signals = 0
+        # Core.queue_depth (the scheduler's count) when the core has it.
+        self.metrics = Metrics(queue_depth=getattr(core, "queue_depth", None))
+        self.observer = Observer(self.metrics)
+        # The /healthz and /metrics endpoint while serving with [metrics] enabled.
+        self.ops: OpsServer | None = None
 
     @classmethod
     async def start(cls, config: Config, generator: Generator | None = None) -> App:
@@ -89,9 +97,16 @@ class App:
         self._attach_documents(adapters)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
+        health = Health(adapters, self.generator, self.db)
         try:
-            async with asyncio.TaskGroup() as group:
-                runs = [group.create_task(a.run(self.core.submit)) for a in adapters]
+            async with (
+                serve_operations(self.config.metrics, self.metrics, health) as self.ops,
+                asyncio.TaskGroup() as group,
+            ):
+                runs = [
+                    group.create_task(a.run(self.observer.submit_for(a.name, self.core.submit)))
+                    for a in adapters
+                ]
                 group.create_task(self._stop_when(stop, runs))
                 await stop.wait()
                 for adapter in adapters:
@@ -101,6 +116,7 @@ class App:
                     await self.finish_background(BACKGROUND_GRACE_SECONDS)
                 await self.core.close(SHUTDOWN_GRACE_SECONDS)
         finally:
+            self.ops = None
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -20,7 +19,9 @@ from agent.doctor import run_doctor
 from agent.events import Inbound, channel_key
 from agent.generators.base import Generator, GeneratorError
 from agent.knowledge_cli import run_ingest, run_search
+from agent.logs import setup_logging
 from agent.models_cli import run_models
+from agent.ops_server import OpsServerError
 from agent.persona_cli import run_persona
 from agent.persona_runtime import PersonaError
 from memory.db import DatabaseError
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"beseda: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(config)
+    setup_logging(config)
     if sys.stdin is not None and hasattr(sys.stdin, "reconfigure"):
         # Undecodable bytes from a pipe become U+FFFD instead of killing the reader.
         sys.stdin.reconfigure(errors="replace")
@@ -134,7 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return asyncio.run(commands[args.command or "run"]())
-    except (GeneratorError, DatabaseError, VectorStoreError, EmbedderError, CardError) as exc:
+    except (
+        GeneratorError,
+        DatabaseError,
+        VectorStoreError,
+        EmbedderError,
+        CardError,
+        OpsServerError,
+    ) as exc:
         print(f"beseda: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except PersonaError as exc:  # a persona named in config.toml does not exist
@@ -142,21 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
-
-
-def _setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.logging.level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Alembic announces every migration step at INFO; that is noise for a chat user.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
-    # llama.cpp's own log (printed straight to stderr by llama-cpp-python when its logger
-    # allows): warnings about vocab-only loads and the like mean nothing to a user.
-    logging.getLogger("llama-cpp-python").setLevel(
-        logging.DEBUG if config.logging.level == "DEBUG" else logging.ERROR
-    )
 
 
 async def _persona(config: Config, args: argparse.Namespace) -> int:

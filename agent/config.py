@@ -271,6 +271,19 @@ class DiscordConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # One line per event: logfmt (key=value) or json. Message text appears only at DEBUG;
+    # secrets never (see README, 'Operations').
+    format: Literal["logfmt", "json"] = "logfmt"
+
+
+class MetricsConfig(_Section):
+    """/healthz and /metrics over HTTP (see README, 'Operations')."""
+
+    enabled: bool = False
+    # Loopback by default: traffic and the model's name are nobody else's business.
+    # Port 0 picks a free port (logged at INFO).
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9464, ge=0, le=65535)
 
 
 class Config(_Section):
@@ -286,6 +299,7 @@ class Config(_Section):
     console: ConsoleConfig = ConsoleConfig()
     discord: DiscordConfig = DiscordConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # Where the file was read from; relative paths inside it are resolved against its folder.
     source: Path = Path("config.toml")
 

@@ -96,7 +96,9 @@ class MemoryExtractor:
         try:
             facts = parse_facts(output)
         except ValueError as exc:
-            log.warning("memory extraction in %s gave unusable output: %s", channel_key, exc)
+            # The output quotes the conversation: its text is for DEBUG only.
+            log.warning("memory extraction in %s gave unusable output", channel_key)
+            log.debug("unusable memory extraction output in %s: %s", channel_key, exc)
             return []
         stored = []
         for fact in facts:

@@ -36,7 +36,8 @@ class Database:
             parsed = make_url(url)
         except ArgumentError:
             raise DatabaseError(f"[storage] database_url: not a database URL: {url!r}") from None
-        options: dict[str, Any] = {}
+        # Statement parameters hold message text: keep them out of exceptions, hence logs.
+        options: dict[str, Any] = {"hide_parameters": True}
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
             database = parsed.database or ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, overload
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.db import Database
 from memory.models import ChannelRow, MessageRow, SummaryRow, utcnow
+
+NAME_CHARS = 255  # MessageRow.author_name
 
 
 class Status(StrEnum):
@@ -178,11 +180,13 @@ class SqlHistoryStore:
             row = MessageRow(
                 channel_id=channel_id,
                 role=role,
-                text=text,
+                text=_storable(text),
                 status=str(status),
-                author_id=author_id,
-                author_name=author_name,
-                platform_message_id=platform_message_id,
+                author_id=_storable(author_id),
+                # Display names are unbounded on some platforms; PostgreSQL enforces the
+                # column's length (SQLite does not), so cut it the same way everywhere.
+                author_name=_storable(author_name, NAME_CHARS),
+                platform_message_id=_storable(platform_message_id),
                 in_reply_to_id=in_reply_to_id,
                 created_at=now,
                 updated_at=now,
@@ -202,7 +206,7 @@ class SqlHistoryStore:
             if row is None:
                 raise KeyError(message_id)
             if text is not None:
-                row.text = text
+                row.text = _storable(text)
             if status is not None:
                 row.status = str(status)
 
@@ -311,7 +315,7 @@ class SqlHistoryStore:
                 return None
             row = SummaryRow(
                 channel_id=channel.id,
-                text=text,
+                text=_storable(text),
                 first_message_id=first_id,
                 last_message_id=last_id,
                 epoch=epoch,
@@ -372,6 +376,19 @@ class SqlHistoryStore:
             return list(
                 (await session.scalars(select(ChannelRow.key).order_by(ChannelRow.id))).all()
             )
+
+
+@overload
+def _storable(value: str, limit: int | None = None) -> str: ...
+@overload
+def _storable(value: None, limit: int | None = None) -> None: ...
+def _storable(value: str | None, limit: int | None = None) -> str | None:
+    """PostgreSQL refuses NUL characters (SQLite keeps them): drop them on every database,
+    whoever wrote the text (a platform, the model)."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "")
+    return value if limit is None else value[:limit]
 
 
 def _stored(row: MessageRow, channel_key: str) -> StoredMessage:

@@ -10,20 +10,18 @@ import pytest
 from memory.db import Database
 from memory.history import SqlHistoryStore
 
+# postgres_server: the session-wide PostgreSQL server, started only by tests that need it.
+from tests.postgres import SQLITE_KINDS, open_database, postgres_server  # noqa: F401
+
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
+@pytest.fixture(params=SQLITE_KINDS)
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """Every HistoryStore contract test runs against each database kind."""
-    if request.param == "sqlite-file":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'history.db'}"
-    else:
-        url = "sqlite+aiosqlite://"
-    db = Database(url)
-    await db.migrate()
-    yield db
-    await db.close()
+    """Tests of the core run against both SQLite kinds; the HistoryStore contract tests
+    (tests/test_history.py) add PostgreSQL."""
+    async with open_database(request.param, tmp_path, request) as db:
+        yield db
 
 
 @pytest.fixture

@@ -675,3 +675,12 @@ async def test_a_bad_token_or_missing_intent_stops_discord_with_a_clear_error(
     assert platform_failures([adapter]) == [adapter.failure]  # `run` exits 1 on these
     assert token not in caplog.text
     assert submitted == []
+
+
+async def test_connected_follows_the_gateway_connection(start_bot: StartBot) -> None:
+    """What /healthz reports for Discord."""
+    assert not DiscordAdapter(DiscordConfig(), fk.TOKEN).connected  # not started
+    bot = await start_bot()
+    assert bot.adapter.connected
+    await bot.adapter.stop()
+    assert not bot.adapter.connected

@@ -1,16 +1,31 @@
-"""HistoryStore contract: the same assertions for every database (see conftest.database)."""
+"""HistoryStore contract: the same assertions for every database.
+
+SQLite (a file and in memory) always; PostgreSQL when its binaries are installed (see
+tests/postgres.py, which starts a throwaway server; skipped with the reason otherwise).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, text
 
 from memory.db import Database, DatabaseError, head_revision
-from memory.history import SqlHistoryStore, Status
+from memory.history import ChannelState, SqlHistoryStore, Status
+from memory.models import Base
+from tests.postgres import ALL_KINDS, open_database
+
+
+@pytest.fixture(params=ALL_KINDS)
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    async with open_database(request.param, tmp_path, request) as db:
+        yield db
 
 
 async def test_append_and_get_round_trip(history: SqlHistoryStore) -> None:
@@ -86,6 +101,57 @@ async def test_migrations_are_idempotent_and_at_head(database: Database) -> None
     assert await database.revision() == head_revision()
 
 
+async def test_the_window_moves_forward_only(history: SqlHistoryStore) -> None:
+    first = await history.append("c:1", "user", "one")
+    second = await history.append("c:1", "user", "two")
+    state = await history.channel_state("c:1")
+    assert (state.window_start_id, state.summary, state.epoch) == (None, None, 0)
+    assert await history.move_window("c:1", second.id, epoch=0)
+    assert not await history.move_window("c:1", first.id, epoch=0)  # never backwards
+    assert not await history.move_window("c:1", second.id + 1, epoch=1)  # stale epoch
+    assert (await history.channel_state("c:1")).window_start_id == second.id
+    assert [m.text for m in await history.conversation("c:1", since_id=second.id)] == ["two"]
+    assert await history.channel_state("unknown:1") == ChannelState()
+
+
+async def test_summaries_belong_to_an_epoch(history: SqlHistoryStore) -> None:
+    first = await history.append("c:1", "user", "one")
+    second = await history.append("c:1", "user", "two")
+    summary = await history.add_summary("c:1", "they said one", first.id, first.id, epoch=0)
+    assert summary is not None
+    state = await history.channel_state("c:1")
+    assert state.summary is None  # made ahead of the eviction: not shown yet
+    assert state.latest_summary == summary
+    assert await history.move_window("c:1", second.id, epoch=0, summary_id=summary.id)
+    assert (await history.channel_state("c:1")).summary == summary
+    assert await history.add_summary("c:1", "late", first.id, first.id, epoch=5) is None
+    assert await history.add_summary("nobody:1", "x", 1, 1, epoch=0) is None
+    assert [s.text for s in await history.summaries("c:1")] == ["they said one"]
+
+
+async def test_reset_starts_a_new_epoch_and_keeps_history(history: SqlHistoryStore) -> None:
+    first = await history.append("c:1", "user", "one")
+    summary = await history.add_summary("c:1", "s", first.id, first.id, epoch=0)
+    assert summary is not None
+    await history.move_window("c:1", first.id, epoch=0, summary_id=summary.id)
+    await history.reset("c:1", first.id)
+    state = await history.channel_state("c:1")
+    assert (state.window_start_id, state.summary, state.epoch) == (first.id + 1, None, 1)
+    assert state.latest_summary is None  # the old summary belongs to epoch 0
+    assert await history.count("c:1") == 1
+    await history.reset("fresh:1", 0)  # a channel that had no messages yet
+    assert (await history.channel_state("fresh:1")).epoch == 1
+
+
+async def test_text_survives_byte_for_byte(history: SqlHistoryStore) -> None:
+    # Cyrillic, emoji, right-to-left and zero-width characters, quotes, a long text.
+    tricky = "Привет 👋 \u202eabc\u200b 'quoted' \"double\" %s %% \\ " + "x" * 70_000
+    stored = await history.append("c:1", "user", tricky)
+    again = await history.get(stored.id)
+    assert again is not None
+    assert again.text == tricky
+
+
 async def test_sqlite_file_uses_wal(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'nested' / 'h.db'}")
     await db.migrate()
@@ -111,3 +177,34 @@ async def test_history_survives_reopening(tmp_path: Path) -> None:
 def test_bad_database_url_is_a_clear_error() -> None:
     with pytest.raises(DatabaseError, match=r"\[storage\] database_url"):
         Database("not a url")
+
+
+async def test_migrations_build_the_schema_the_models_describe(database: Database) -> None:
+    def differences(sync_conn: Connection) -> list[object]:
+        context = MigrationContext.configure(sync_conn)
+        return list(compare_metadata(context, Base.metadata))
+
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(differences) == []
+
+
+async def test_an_overlong_author_name_is_cut_not_refused(history: SqlHistoryStore) -> None:
+    # Display names are unbounded on some platforms; the column holds 255 characters, which
+    # SQLite does not enforce and PostgreSQL does.
+    stored = await history.append("c:1", "user", "hi", author_name="Щ" * 300, author_id="7")
+    again = await history.get(stored.id)
+    assert again is not None
+    assert again.author_name == "Щ" * 255
+    assert stored == again
+
+
+async def test_nul_characters_are_dropped_on_every_database(history: SqlHistoryStore) -> None:
+    # PostgreSQL refuses NUL in text; a platform name or the model's output may carry one.
+    stored = await history.append("c:1", "user", "a\x00b", author_name="x\x00y", author_id="1\x00")
+    await history.update(stored.id, text="c\x00d")
+    summary = await history.add_summary("c:1", "s\x00t", stored.id, stored.id, epoch=0)
+    again = await history.get(stored.id)
+    assert again is not None
+    assert (again.text, again.author_name, again.author_id) == ("cd", "xy", "1")
+    assert summary is not None
+    assert [s.text for s in await history.summaries("c:1")] == ["st"]

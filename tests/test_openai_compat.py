@@ -342,6 +342,18 @@ async def test_400_passes_the_servers_reason_on(
         await collect(remote)
 
 
+async def test_a_validation_error_is_reported_without_the_echoed_request(
+    fake: FakeOpenAIServer, remote: OpenAICompatGenerator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # FastAPI servers (llama.cpp's Python server) echo the offending input: message text.
+    detail = [{"loc": ["body", "messages"], "msg": "bad role", "input": "private words"}]
+    fake.script.append(fake.status(422, {"detail": detail}))
+    with pytest.raises(GeneratorError, match="bad role") as failure:
+        await collect(remote)
+    assert "private words" not in str(failure.value)
+    assert "private words" not in caplog.text
+
+
 @pytest.mark.parametrize("value", ["", "localhost:8080", "ftp://host/"])
 def test_a_bad_base_url_names_the_setting(value: str) -> None:
     with pytest.raises(GeneratorError, match=r"\[model\] base_url"):

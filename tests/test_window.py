@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
 
 from agent.app import build_core
 from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
 from agent.core import Core
 from agent.generators.base import ChatMessage
 from agent.summarizer import dominant_language, summary_prompt
+from memory.db import Database
 from memory.history import SqlHistoryStore, Status
 from tests.fakes import FakeGenerator, RecordingAdapter, inbound
+from tests.postgres import ALL_KINDS, open_database
 from tests.test_context import turn
 
 PERSONA = "You are a test."
 GENERATION_PROMPT = "<assistant>\n"
+
+
+@pytest.fixture(params=ALL_KINDS)
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """The window and summary store operations (epochs, row locks) on every database."""
+    async with open_database(request.param, tmp_path, request) as db:
+        yield db
 
 
 def is_summary(messages: Sequence[ChatMessage]) -> bool:

@@ -405,6 +405,12 @@ class OpenAICompatGenerator:
             found = payload.get("error", payload.get("detail", payload.get("message")))
             if isinstance(found, dict):
                 found = found.get("message", found)
+            if isinstance(found, list):  # validation errors (FastAPI) echo the request: drop it
+                found = [
+                    {k: v for k, v in e.items() if k != "input"}
+                    for e in found
+                    if isinstance(e, dict)
+                ]
             if found is not None:
                 text = found if isinstance(found, str) else json.dumps(found)
         text = " ".join(self._redact(text).split())[:ERROR_DETAIL_CHARS]
