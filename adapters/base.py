@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.events import Inbound
 
@@ -41,3 +41,21 @@ class PlatformAdapter(ReplyTarget, Protocol):
     async def stop(self) -> None:
         """Stop intake: no new events after this returns."""
         ...
+
+
+@runtime_checkable
+class Reopener(Protocol):
+    """Optional adapter capability: answer a message stored before a restart.
+
+    ``reopen`` returns a target whose ``open_reply`` answers the platform message
+    ``platform_message_id`` in ``channel_key`` — or None when that is no longer possible
+    (the message or channel is gone, the platform has no way to address it). Used once at
+    start, for messages a crash left unanswered (see agent/recovery.py).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def reopen(
+        self, channel_key: str, platform_message_id: str | None
+    ) -> ReplyTarget | None: ...

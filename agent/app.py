@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from datetime import timedelta
 
 from adapters.attachments import channel_documents
 from adapters.base import PlatformAdapter
@@ -14,10 +15,11 @@ from agent import commands
 from agent.background import Background
 from agent.config import Config, select_backend
 from agent.context import ContextBuilder
-from agent.core import Core
+from agent.core import Core, Limits
 from agent.extraction import MemoryExtractor
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
+from agent.recovery import find_pending, resume
 from agent.retrieval import Knowledge, Retriever, open_knowledge, thresholds
 from agent.window import WindowKeeper, minute_date_source, zone_clock
 from memory.db import Database
@@ -86,15 +88,20 @@ class App:
                 main.cancel()
 
         self._attach_documents(adapters)
+        # Settle what a crash left behind before any adapter takes new messages.
+        max_age = timedelta(minutes=self.config.recovery.max_age_minutes)
+        pending = await find_pending(self.core.history, max_age)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         try:
             async with asyncio.TaskGroup() as group:
                 runs = [group.create_task(a.run(self.core.submit)) for a in adapters]
                 group.create_task(self._stop_when(stop, runs))
+                recovery = group.create_task(resume(self.core, pending, adapters))
                 await stop.wait()
                 for adapter in adapters:
                     await adapter.stop()
+                await recovery  # queued before the drain below, so answered within grace
                 if self._signals == 0:
                     # The input ended (a pipe, /quit): finish the summaries it started.
                     await self.finish_background(BACKGROUND_GRACE_SECONDS)
@@ -169,6 +176,11 @@ def build_core(
         extractor = MemoryExtractor(
             generator, retriever.memories, background, duplicate_score=thresholds(config)[2]
         )
+    lim = config.limits
+    limits = Limits(
+        lim.channel_queue, lim.user_burst, lim.user_per_minute, lim.channel_burst,
+        lim.channel_per_minute,
+    )  # fmt: skip
     return Core(
         history,
         generator,
@@ -178,4 +190,5 @@ def build_core(
         max_message_chars=config.chat.max_message_chars,
         tools=commands.Tools(history, retriever, thresholds(config)[2]),
         after_reply=extractor.schedule if extractor is not None else None,
+        limits=limits,
     )

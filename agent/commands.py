@@ -2,11 +2,17 @@
 the model.
 
 A command runs on its channel's worker, in order with the messages around it, and neither
-the command nor its answer enters the model's prompt.
+the command nor its answer enters the model's prompt. ``!stop`` is the exception: the core
+runs it at once, ahead of the queue (see agent/core.py).
+
+Invisible formatting characters (zero-width spaces and joiners, direction marks and
+overrides) are ignored when recognising a command, so ``\u200b!reset`` is still ``!reset``;
+the text itself is stored as written. The prefix alone (``!``) is read as ``!help``.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +24,7 @@ if TYPE_CHECKING:
     from agent.retrieval import Retriever
 
 PREFIX = "!"
+STOP = "stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +59,19 @@ class Command:
 
 def parse(text: str) -> tuple[str, str] | None:
     """``("reset", "")`` for ``"!reset"``; None when the text is not a known command."""
-    stripped = text.strip()
+    stripped = visible(text).strip()
     if not stripped.startswith(PREFIX):
         return None
+    if stripped == PREFIX:
+        return ("help", "")
     name, _, args = stripped[len(PREFIX) :].partition(" ")
     name = name.lower()
     return (name, args.strip()) if name in COMMANDS else None
+
+
+def visible(text: str) -> str:
+    """``text`` without invisible format characters (Unicode category Cf)."""
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
 
 
 async def run(invocation: Invocation, tools: Tools | HistoryStore) -> str:
@@ -84,6 +98,11 @@ async def _summary(invocation: Invocation, tools: Tools) -> str:
     if state.summary is None:
         return "No summary yet: the whole conversation still fits in my context window."
     return f"Summary of the earlier conversation:\n{state.summary.text}"
+
+
+async def _stop(_invocation: Invocation, _tools: Tools) -> str:
+    # The core answers !stop itself, ahead of the queue; this runs only if it did not.
+    return "Nothing to stop."
 
 
 NO_MEMORY = "Long-term memory is not available (no vector store is configured)."
@@ -135,5 +154,6 @@ COMMANDS: dict[str, Command] = {
         Command("remember", "remember <text>", "remember a fact in this channel", _remember),
         Command("forget", "forget <text>", "forget the closest remembered fact", _forget),
         Command("memories", "memories", "list what I remember here", _memories),
+        Command(STOP, STOP, "stop the reply I am writing in this channel", _stop),
     )
 }

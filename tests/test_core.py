@@ -85,7 +85,8 @@ async def test_messages_in_one_channel_are_answered_in_order(history: SqlHistory
     generator = FakeGenerator()
     core = make_core(history, generator)
     adapter = RecordingAdapter()
-    futures = [await core.submit(inbound(f"m{i}"), adapter) for i in range(5)]
+    # Different authors: one author's waiting messages would be answered together.
+    futures = [await core.submit(inbound(f"m{i}", author=f"u{i}"), adapter) for i in range(5)]
     replies = await asyncio.gather(*futures)
     assert [r.text for r in replies] == [f"echo: m{i}" for i in range(5)]
     assert [r.inbound.text for r in adapter.replies] == [f"m{i}" for i in range(5)]
@@ -156,7 +157,8 @@ async def test_shutdown_lets_quick_replies_finish(history: SqlHistoryStore) -> N
 async def test_nul_bytes_and_huge_messages_are_stored_safely(history: SqlHistoryStore) -> None:
     core = make_core(history, FakeGenerator(), max_chars=100)
     await (await core.submit(inbound("a\x00b " + "x" * 500), RecordingAdapter()))
-    [user, _] = await history.conversation("test:1")
+    [user, notice, _] = await history.conversation("test:1")
+    assert notice.text == "(Your message was longer than 100 characters: I read only the first 100.)"
     assert "\x00" not in user.text
     assert user.text.startswith("ab x")
     assert user.text.endswith("[… cut: longer than 100 characters]")
