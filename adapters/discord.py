@@ -154,6 +154,9 @@ class _Client(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
 
+    async def on_ready(self) -> None:
+        self.adapter.connected.set()
+
 
 class DiscordAdapter:
     def __init__(
@@ -176,6 +179,7 @@ class DiscordAdapter:
         self._documents: DocumentsHook | None = None
         self._stopped = False
         self.client: _Client | None = None
+        self.connected = asyncio.Event()  # set once the gateway is ready (for reopen)
 
     @property
     def name(self) -> str:
@@ -191,7 +195,10 @@ class DiscordAdapter:
 
     async def run(self, submit: Submit) -> None:
         self._submit = submit
-        client = _Client(self, intents=self._intents(), **self._options)
+        # Nothing the bot sends pings anyone: not @everyone/@here, roles or users, even when
+        # the model repeats a flood of mentions from a message.
+        options = {"allowed_mentions": discord.AllowedMentions.none(), **self._options}
+        client = _Client(self, intents=self._intents(), **options)
         self.client = client
         try:
             # Logs in, connects, and reconnects (resuming the session) until closed.
@@ -405,6 +412,31 @@ class DiscordAdapter:
         return DiscordReply(
             sink, clock=self._clock, sleep=self._sleep, edit_interval=self.config.edit_interval
         )
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def reopen(self, channel_key: str, platform_message_id: str | None) -> ReplyTarget | None:
+        """A message stored before a restart, fetched again so that the answer replies to it.
+
+        None when it cannot be answered: a slash command (its interaction expired), a
+        channel or message that is gone or hidden from the bot, or Discord is stopping.
+        """
+        if not channel_key.startswith("discord:") or not (platform_message_id or "").isdigit():
+            return None
+        await self.connected.wait()
+        client = self.client
+        if client is None or self._stopped:
+            return None
+        channel_id = int(channel_key.split(":", 1)[1])
+        try:
+            channel = client.get_channel(channel_id) or await client.fetch_channel(channel_id)
+            if not isinstance(channel, discord.abc.Messageable):
+                return None
+            message = await channel.fetch_message(int(platform_message_id or 0))
+        except (discord.NotFound, discord.Forbidden):
+            return None
+        self._remember(str(message.id), message)
+        return self
 
 
 def discord_token(config: Config) -> str:

@@ -59,11 +59,16 @@ async def resume(
     core: Core, pending: Pending, adapters: Sequence[object]
 ) -> list[asyncio.Future[Reply]]:
     """Queue each pending message for an answer, or mark it skipped; the replies' futures."""
-    reopeners = {a.name: a for a in adapters if isinstance(a, Reopener)}
+    reopeners: dict[str, Reopener | None] = {a.name: a for a in adapters if isinstance(a, Reopener)}
     replies = []
     for message in pending.messages:
         platform = message.channel_key.split(":", 1)[0]
-        target = await _reopen(reopeners.get(platform), message)
+        adapter = reopeners.get(platform)
+        try:
+            target = await _reopen(adapter, message)
+        except TimeoutError:
+            log.warning("recovery: %s did not answer in time; not asking it again", platform)
+            reopeners[platform] = target = None
         if target is None:
             log.warning(
                 "recovery: cannot answer message %d in %s any more; marked skipped",
@@ -83,6 +88,8 @@ async def _reopen(adapter: Reopener | None, message: StoredMessage) -> ReplyTarg
             adapter.reopen(message.channel_key, message.platform_message_id),
             REOPEN_TIMEOUT_SECONDS,
         )
+    except TimeoutError:
+        raise
     except Exception:  # a platform error or timeout: this message cannot be answered
         log.exception("recovery: %s could not reopen message %d", adapter.name, message.id)
         return None

@@ -71,6 +71,7 @@ class DiscordFake:
         self.resumes = 0
         self.failures: list[Failure] = []
         self.messages: dict[int, dict[str, Any]] = {}
+        self.received: dict[int, dict[str, Any]] = {}  # messages sent to the bot
         self.files: dict[str, bytes] = {}  # the CDN: attachment id -> content
         self._ids = itertools.count(700_000_000_000_000_001)
         self._ws: web.WebSocketResponse | None = None
@@ -210,6 +211,7 @@ class DiscordFake:
                 **({"guild_id": str(GUILD_ID)} if guild else {}),
             }
             data["referenced_message"] = reference
+        self.received[message_id] = data  # what GET .../messages/{id} returns
         await self.dispatch("MESSAGE_CREATE", data)
         return message_id
 
@@ -450,7 +452,7 @@ class DiscordFake:
                 return _json(failure.body, failure.status, failure.headers)
         return self._route(request.method, path, body)
 
-    def _route(self, method: str, path: str, body: Any) -> web.Response:  # noqa: PLR0911
+    def _route(self, method: str, path: str, body: Any) -> web.Response:  # noqa: PLR0911, PLR0912
         if (method, path) == ("GET", "/gateway/bot"):
             return _json(
                 {
@@ -498,6 +500,11 @@ class DiscordFake:
             content = body.get("content", message["content"])
             message.update(content=content, edited_timestamp=TIMESTAMP)
             return _json(message)
+        if method == "GET" and (match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path)):
+            found = self.received.get(int(match[2])) or self.messages.get(int(match[2]))
+            if found is None or found["channel_id"] != match[1]:
+                return _json({"message": "Unknown Message", "code": 10008}, 404)
+            return _json(found)
         if method == "DELETE" and (match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path)):
             self.messages.pop(int(match[2]), None)
             return web.Response(status=204)

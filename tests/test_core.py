@@ -7,7 +7,7 @@ import pytest
 
 from agent.app import build_core
 from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
-from agent.core import Core, CoreClosedError
+from agent.core import CUT_NOTICE, Core, CoreClosedError
 from agent.generators.base import ChatMessage
 from memory.history import SqlHistoryStore, Status
 from tests.fakes import FakeGenerator, RecordingAdapter, inbound
@@ -158,7 +158,7 @@ async def test_nul_bytes_and_huge_messages_are_stored_safely(history: SqlHistory
     core = make_core(history, FakeGenerator(), max_chars=100)
     await (await core.submit(inbound("a\x00b " + "x" * 500), RecordingAdapter()))
     [user, notice, _] = await history.conversation("test:1")
-    assert notice.text == "(Your message was longer than 100 characters: I read only the first 100.)"
+    assert notice.text == CUT_NOTICE.format(limit=100)  # the person is told, too
     assert "\x00" not in user.text
     assert user.text.startswith("ab x")
     assert user.text.endswith("[… cut: longer than 100 characters]")
