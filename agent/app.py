@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from agent.core import Core, Limits
 from agent.extraction import MemoryExtractor
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
+from agent.limits import Clock
 from agent.recovery import find_pending, resume
 from agent.retrieval import Knowledge, Retriever, open_knowledge, thresholds
 from agent.window import WindowKeeper, minute_date_source, zone_clock
@@ -143,6 +145,7 @@ def build_core(
     generator: Generator,
     *,
     retriever: Retriever | None = None,
+    rate_clock: Clock = time.monotonic,
 ) -> Core:
     """The core and its context machinery, as configured (also used by benchmarks)."""
     ctx = config.context
@@ -191,4 +194,5 @@ def build_core(
         tools=commands.Tools(history, retriever, thresholds(config)[2]),
         after_reply=extractor.schedule if extractor is not None else None,
         limits=limits,
+        clock=rate_clock,
     )
