@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 from agent.app import build_core
 from agent.config import (
@@ -128,8 +128,7 @@ async def test_slots_pass_on_when_a_waiting_channel_gives_up() -> None:
     await entered.wait()
     quitter = asyncio.create_task(use_slot("b", order))
     stayer = asyncio.create_task(use_slot("c", order))
-    while len(scheduler.waiting()) < 2:  # let both tasks reach their wait (no time passes)
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn: both new tasks run up to their wait
     assert scheduler.waiting() == ["b", "c"]
     quitter.cancel()
     leave.set()
