@@ -60,7 +60,7 @@ async def resume(
 ) -> list[asyncio.Future[Reply]]:
     """Queue each pending message for an answer, or mark it skipped; the replies' futures."""
     reopeners: dict[str, Reopener | None] = {a.name: a for a in adapters if isinstance(a, Reopener)}
-    replies = []
+    reopened: list[tuple[StoredMessage, str, ReplyTarget]] = []
     for message in pending.messages:
         platform = message.channel_key.split(":", 1)[0]
         adapter = reopeners.get(platform)
@@ -76,8 +76,9 @@ async def resume(
             )  # fmt: skip
             await core.history.update(message.id, status=Status.SKIPPED)
             continue
-        replies.append(core.resume(_inbound(message, platform), message.id, target))
-    return replies
+        reopened.append((message, platform, target))
+    # Queued together, with no await in between, so one author's turns join one reply.
+    return [core.resume(_inbound(m, platform), m.id, target) for m, platform, target in reopened]
 
 
 async def _reopen(adapter: Reopener | None, message: StoredMessage) -> ReplyTarget | None:
