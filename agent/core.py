@@ -179,8 +179,8 @@ class Core:
             "command" if command else "user",
             text,
             status=Status.SKIPPED if skip else Status.RECEIVED,
-            author_id=inbound.author_id,
-            author_name=inbound.author_name,
+            author_id=inbound.author_id.replace("\x00", ""),
+            author_name=inbound.author_name.replace("\x00", ""),
             platform_message_id=inbound.message_id,
             created_at=inbound.timestamp,
         )
