@@ -217,6 +217,7 @@ class DiscordAdapter:
 
     async def stop(self) -> None:
         self._stopped = True
+        self.connected.set()  # a recovery waiting for the connection gives up now
         if self.client is not None:
             await self.client.close()
 
