@@ -21,7 +21,7 @@ from agent.extraction import MemoryExtractor
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
 from agent.limits import Clock
-from agent.recovery import find_pending, resume
+from agent.recovery import Pending, find_pending, resume
 from agent.retrieval import Knowledge, Retriever, open_knowledge, thresholds
 from agent.window import WindowKeeper, minute_date_source, zone_clock
 from memory.db import Database
@@ -99,7 +99,7 @@ class App:
             async with asyncio.TaskGroup() as group:
                 runs = [group.create_task(a.run(self.core.submit)) for a in adapters]
                 group.create_task(self._stop_when(stop, runs))
-                recovery = group.create_task(resume(self.core, pending, adapters))
+                recovery = group.create_task(self._recover(pending, adapters))
                 await stop.wait()
                 for adapter in adapters:
                     await adapter.stop()
@@ -121,6 +121,12 @@ class App:
             use_documents = getattr(adapter, "use_documents", None)
             if callable(use_documents):
                 use_documents(hook)
+
+    async def _recover(self, pending: Pending, adapters: Sequence[PlatformAdapter]) -> None:
+        try:
+            await resume(self.core, pending, adapters)
+        except Exception:  # e.g. the database went away: serve anyway, retry at next start
+            log.exception("recovery failed; unanswered messages are retried at the next start")
 
     @staticmethod
     async def _stop_when(stop: asyncio.Event, runs: Sequence[asyncio.Task[None]]) -> None:

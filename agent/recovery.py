@@ -91,7 +91,7 @@ async def _reopen(adapter: Reopener | None, message: StoredMessage) -> ReplyTarg
         )
     except TimeoutError:
         raise
-    except Exception:  # a platform error or timeout: this message cannot be answered
+    except Exception:  # a platform error: this message cannot be answered
         log.exception("recovery: %s could not reopen message %d", adapter.name, message.id)
         return None
 
