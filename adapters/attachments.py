@@ -36,6 +36,8 @@ def channel_documents(index: DocumentIndex, root: Path) -> DocumentsHook:
         (folder / stored).write_bytes(data)
         report = await index.ingest(folder, scope=scope)
         if any(Path(source).name == stored for source, _reason in report.failed):
+            # Not kept: it would fail again at every later ingest of this folder.
+            (folder / stored).unlink(missing_ok=True)
             return f"I could not read {filename}."
         return f"Indexed {filename} for this channel ({report.chunks} chunks written)."
 

@@ -60,3 +60,21 @@ class Connected(Protocol):
 def is_connected(adapter: object) -> bool:
     """An adapter without a notion of connection counts as connected."""
     return adapter.connected if isinstance(adapter, Connected) else True
+
+
+@runtime_checkable
+class Reopener(Protocol):
+    """Optional adapter capability: answer a message stored before a restart.
+
+    ``reopen`` returns a target whose ``open_reply`` answers the platform message
+    ``platform_message_id`` in ``channel_key`` — or None when that is no longer possible
+    (the message or channel is gone, the platform has no way to address it). Used once at
+    start, for messages a crash left unanswered (see agent/recovery.py).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def reopen(
+        self, channel_key: str, platform_message_id: str | None
+    ) -> ReplyTarget | None: ...

@@ -96,6 +96,13 @@ class ConsoleAdapter:
         prefix = f"{self._assistant}> " if self._interactive else ""
         return ConsoleReply(self._out, self._err if not self._interactive else self._out, prefix)
 
+    async def reopen(
+        self, channel_key: str, platform_message_id: str | None
+    ) -> ConsoleAdapter | None:
+        """A message typed here before a restart: answered in this terminal, as it was."""
+        del platform_message_id  # console lines have no ids; the channel is all there is
+        return self if channel_key == self.channel_key else None
+
     def inbound(self, text: str) -> Inbound:
         return Inbound(
             platform="console",

@@ -171,6 +171,9 @@ class _Client(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
 
+    async def on_ready(self) -> None:
+        self.adapter.ready.set()
+
 
 class DiscordAdapter:
     def __init__(
@@ -195,6 +198,8 @@ class DiscordAdapter:
         self.client: _Client | None = None
         # Why the platform stopped by itself (bad token, refused intent); None while fine.
         self.failure: str | None = None
+        # Set once the gateway is ready, or when stopping (recovery waits on it).
+        self.ready = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -216,7 +221,10 @@ class DiscordAdapter:
 
     async def run(self, submit: Submit) -> None:
         self._submit = submit
-        client = _Client(self, intents=self._intents(), **self._options)
+        # Nothing the bot sends pings anyone: not @everyone/@here, roles or users, even when
+        # the model repeats a flood of mentions from a message.
+        options = {"allowed_mentions": discord.AllowedMentions.none(), **self._options}
+        client = _Client(self, intents=self._intents(), **options)
         self.client = client
         try:
             # Logs in, connects, and reconnects (resuming the session) until closed.
@@ -237,6 +245,7 @@ class DiscordAdapter:
 
     async def stop(self) -> None:
         self._stopped = True
+        self.ready.set()  # a recovery waiting for the connection gives up now
         if self.client is not None:
             await self.client.close()
 
@@ -467,6 +476,31 @@ class DiscordAdapter:
         return DiscordReply(
             sink, clock=self._clock, sleep=self._sleep, edit_interval=self.config.edit_interval
         )
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def reopen(self, channel_key: str, platform_message_id: str | None) -> ReplyTarget | None:
+        """A message stored before a restart, fetched again so that the answer replies to it.
+
+        None when it cannot be answered: a slash command (its interaction expired), a
+        channel or message that is gone or hidden from the bot, or Discord is stopping.
+        """
+        if not channel_key.startswith("discord:") or not (platform_message_id or "").isdigit():
+            return None
+        await self.ready.wait()
+        client = self.client
+        if client is None or self._stopped:
+            return None
+        channel_id = int(channel_key.split(":", 1)[1])
+        try:
+            channel = client.get_channel(channel_id) or await client.fetch_channel(channel_id)
+            if not isinstance(channel, discord.abc.Messageable):
+                return None
+            message = await channel.fetch_message(int(platform_message_id or 0))
+        except (discord.NotFound, discord.Forbidden):
+            return None
+        self._remember(str(message.id), message)
+        return self
 
 
 def discord_token(config: Config) -> str:

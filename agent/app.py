@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Sequence
+from datetime import timedelta
 
 from adapters.attachments import channel_documents
 from adapters.base import PlatformAdapter
@@ -14,14 +16,16 @@ from agent import commands
 from agent.background import Background
 from agent.config import Config, select_backend
 from agent.context import ContextBuilder
-from agent.core import Core
+from agent.core import Core, Limits
 from agent.extraction import MemoryExtractor
 from agent.generators import load_generator
 from agent.generators.base import Generator, SamplingParams
+from agent.limits import Clock
 from agent.metrics import Metrics
 from agent.observe import Observer
 from agent.ops_server import Health, OpsServer, serve_operations
 from agent.persona_runtime import Personas, load_registry
+from agent.recovery import Pending, find_pending, resume
 from agent.retrieval import Knowledge, Retriever, open_knowledge, thresholds
 from agent.window import WindowKeeper, minute_date_source, zone_clock
 from memory.db import Database
@@ -95,6 +99,9 @@ class App:
                 main.cancel()
 
         self._attach_documents(adapters)
+        # Settle what a crash left behind before any adapter takes new messages.
+        max_age = timedelta(minutes=self.config.recovery.max_age_minutes)
+        pending = await find_pending(self.core.history, max_age)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         health = Health(adapters, self.generator, self.db)
@@ -108,9 +115,11 @@ class App:
                     for a in adapters
                 ]
                 group.create_task(self._stop_when(stop, runs))
+                recovery = group.create_task(self._recover(pending, adapters))
                 await stop.wait()
                 for adapter in adapters:
                     await adapter.stop()
+                await recovery  # queued before the drain below, so answered within grace
                 if self._signals == 0:
                     # The input ended (a pipe, /quit): finish the summaries it started.
                     await self.finish_background(BACKGROUND_GRACE_SECONDS)
@@ -129,6 +138,12 @@ class App:
             use_documents = getattr(adapter, "use_documents", None)
             if callable(use_documents):
                 use_documents(hook)
+
+    async def _recover(self, pending: Pending, adapters: Sequence[PlatformAdapter]) -> None:
+        try:
+            await resume(self.core, pending, adapters)
+        except Exception:  # e.g. the database went away: serve anyway, retry at next start
+            log.exception("recovery failed; unanswered messages are retried at the next start")
 
     @staticmethod
     async def _stop_when(stop: asyncio.Event, runs: Sequence[asyncio.Task[None]]) -> None:
@@ -153,6 +168,7 @@ def build_core(
     generator: Generator,
     *,
     retriever: Retriever | None = None,
+    rate_clock: Clock = time.monotonic,
 ) -> Core:
     """The core and its context machinery, as configured (also used by benchmarks)."""
     ctx = config.context
@@ -190,6 +206,11 @@ def build_core(
         extractor = MemoryExtractor(
             generator, retriever.memories, background, duplicate_score=thresholds(config)[2]
         )
+    lim = config.limits
+    limits = Limits(
+        lim.channel_queue, lim.user_burst, lim.user_per_minute, lim.channel_burst,
+        lim.channel_per_minute,
+    )  # fmt: skip
     return Core(
         history,
         generator,
@@ -200,4 +221,6 @@ def build_core(
         tools=commands.Tools(history, retriever, thresholds(config)[2], personas),
         after_reply=extractor.schedule if extractor is not None else None,
         greeting=personas.greeting,
+        limits=limits,
+        clock=rate_clock,
     )

@@ -2,11 +2,17 @@
 Beseda, never the model.
 
 A command runs on its channel's worker, in order with the messages around it, and neither
-the command nor its answer enters the model's prompt.
+the command nor its answer enters the model's prompt. ``!stop`` is the exception: the core
+runs it at once, ahead of the queue (see agent/core.py).
+
+Invisible formatting characters (zero-width spaces and joiners, direction marks and
+overrides) are ignored when recognising a command, so ``\u200b!reset`` is still ``!reset``;
+the text itself is stored as written. The prefix alone (``!``) is read as ``!help``.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,6 +25,7 @@ if TYPE_CHECKING:
     from agent.retrieval import Retriever
 
 PREFIX = "!"
+STOP = "stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +66,19 @@ class Command:
 
 def parse(text: str) -> tuple[str, str] | None:
     """``("reset", "")`` for ``"!reset"``; None when the text is not a known command."""
-    stripped = text.strip()
+    stripped = visible(text).strip()
     if not stripped.startswith(PREFIX):
         return None
+    if stripped == PREFIX:
+        return ("help", "")
     name, _, args = stripped[len(PREFIX) :].partition(" ")
     name = name.lower()
     return (name, args.strip()) if name in COMMANDS else None
+
+
+def visible(text: str) -> str:
+    """``text`` without invisible format characters (Unicode category Cf)."""
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
 
 
 async def run(invocation: Invocation, tools: Tools | HistoryStore) -> str:
@@ -91,6 +105,11 @@ async def _summary(invocation: Invocation, tools: Tools) -> str:
     if state.summary is None:
         return "No summary yet: the whole conversation still fits in my context window."
     return f"Summary of the earlier conversation:\n{state.summary.text}"
+
+
+async def _stop(_invocation: Invocation, _tools: Tools) -> str:
+    # The core answers !stop itself, ahead of the queue; this runs only if it did not.
+    return "Nothing to stop."
 
 
 NO_MEMORY = "Long-term memory is not available (no vector store is configured)."
@@ -217,5 +236,6 @@ COMMANDS: dict[str, Command] = {
             _persona,
         ),
         Command("personas", "personas", "list the personas", _personas),
+        Command(STOP, STOP, "stop the reply I am writing in this channel", _stop),
     )
 }

@@ -89,6 +89,10 @@ class ModelConfig(_Section):
     # Also send top_k, min_p and repeat_penalty, which llama.cpp, vLLM and Tabby accept;
     # turn off for servers that reject unknown fields.
     extended_sampling: bool = True
+    # How many replies the backend generates at once (the scheduler's slots). A local
+    # llama.cpp model always serves one; for a server, match its parallel slots (vLLM, Tabby,
+    # llama.cpp server --parallel N).
+    concurrency: int = Field(default=1, ge=1, le=64)
 
 
 # The original project's variables: when tabby_url is set, answers come from that Tabby server.
@@ -269,6 +273,29 @@ class DiscordConfig(_Section):
     attachment_max_bytes: int = Field(default=8_000_000, ge=1)
 
 
+class LimitsConfig(_Section):
+    """Scheduling limits in the core, for every platform (see README, 'Scheduling')."""
+
+    # Messages waiting in one channel (not counting the one being answered); more are stored
+    # as skipped, with one "busy" notice per burst. 0 = no cap.
+    channel_queue: int = Field(default=8, ge=0)
+    # Token buckets: up to *_burst messages at once, refilled at *_per_minute; 0 = no limit
+    # (the default: Discord has its own per-user limit). Messages over a limit are stored as
+    # skipped, with one notice per user (per channel) per episode.
+    user_burst: int = Field(default=0, ge=0)
+    user_per_minute: float = Field(default=0.0, ge=0.0)
+    channel_burst: int = Field(default=0, ge=0)
+    channel_per_minute: float = Field(default=0.0, ge=0.0)
+
+
+class RecoveryConfig(_Section):
+    """What happens at start to messages a crash left unanswered (see README, 'Recovery')."""
+
+    # Unanswered messages younger than this are answered after a restart (where the platform
+    # can reply to them); older ones are marked skipped. 0 = mark all of them skipped.
+    max_age_minutes: float = Field(default=30.0, ge=0.0)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     # One line per event: logfmt (key=value) or json. Message text appears only at DEBUG;
@@ -298,6 +325,8 @@ class Config(_Section):
     context: ContextConfig = ContextConfig()
     console: ConsoleConfig = ConsoleConfig()
     discord: DiscordConfig = DiscordConfig()
+    limits: LimitsConfig = LimitsConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     # Where the file was read from; relative paths inside it are resolved against its folder.

@@ -86,6 +86,7 @@ class CountingGenerator:
 
     name = property(lambda self: self.inner.name)
     n_ctx = property(lambda self: self.inner.n_ctx)
+    concurrency = property(lambda self: self.inner.concurrency)
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)

@@ -10,6 +10,7 @@ from typing import Protocol, overload
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from memory.db import Database
 from memory.models import ChannelRow, MessageRow, SummaryRow, utcnow
@@ -23,6 +24,18 @@ class Status(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A user turn that will not be answered: over a queue cap or rate limit, or found
+    # unanswered after a crash and too old (or on a platform that cannot reply any more).
+    SKIPPED = "skipped"
+    # A user turn answered together with a later turn of the same author (the reply points
+    # at that later turn).
+    MERGED = "merged"
+    # A reply cut off by a crash (found still streaming at start); its turn is answered again.
+    INTERRUPTED = "interrupted"
+
+
+# A user turn counts as answered once an assistant reply to it reached one of these.
+ANSWERED = (Status.DONE, Status.FAILED, Status.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +149,17 @@ class HistoryStore(Protocol):
     async def count(self, channel_key: str) -> int: ...
 
     async def channels(self) -> list[str]: ...
+
+    async def interrupt_streaming(self, before_id: int | None = None) -> int:
+        """Mark replies left streaming (by a crash) interrupted; how many there were."""
+        ...
+
+    async def unanswered(
+        self, *, since: datetime | None = None, before: datetime | None = None
+    ) -> list[StoredMessage]:
+        """User turns still RECEIVED with no answered reply, oldest first, created within
+        ``[since, before)``."""
+        ...
 
 
 class SqlHistoryStore:
@@ -376,6 +400,41 @@ class SqlHistoryStore:
             return list(
                 (await session.scalars(select(ChannelRow.key).order_by(ChannelRow.id))).all()
             )
+
+    async def interrupt_streaming(self, before_id: int | None = None) -> int:
+        query = update(MessageRow).where(
+            MessageRow.role == "assistant", MessageRow.status == str(Status.STREAMING)
+        )
+        if before_id is not None:
+            query = query.where(MessageRow.id < before_id)
+        async with self._db.session() as session, session.begin():
+            result = await session.execute(query.values(status=str(Status.INTERRUPTED)))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    async def unanswered(
+        self, *, since: datetime | None = None, before: datetime | None = None
+    ) -> list[StoredMessage]:
+        reply = aliased(MessageRow)
+        answered = (
+            select(reply.id)
+            .where(reply.in_reply_to_id == MessageRow.id, reply.role == "assistant")
+            .where(reply.status.in_([str(s) for s in ANSWERED]))
+            .exists()
+        )
+        query = (
+            select(MessageRow, ChannelRow.key)
+            .join(ChannelRow, ChannelRow.id == MessageRow.channel_id)
+            .where(MessageRow.role == "user", MessageRow.status == str(Status.RECEIVED))
+            .where(~answered)
+            .order_by(MessageRow.id)
+        )
+        if since is not None:
+            query = query.where(MessageRow.created_at >= since)
+        if before is not None:
+            query = query.where(MessageRow.created_at < before)
+        async with self._db.session() as session:
+            rows = (await session.execute(query)).all()
+            return [_stored(row, key) for row, key in rows]
 
 
 @overload

@@ -518,6 +518,11 @@ class DiscordFake:
             content = body.get("content", message["content"])
             message.update(content=content, edited_timestamp=TIMESTAMP)
             return _json(message)
+        if method == "GET" and (match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path)):
+            found = self.received.get(int(match[2])) or self.messages.get(int(match[2]))
+            if found is None or found["channel_id"] != match[1]:
+                return _json({"message": "Unknown Message", "code": 10008}, 404)
+            return _json(found)
         if method == "DELETE" and (match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path)):
             self.messages.pop(int(match[2]), None)
             return web.Response(status=204)

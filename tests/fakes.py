@@ -23,7 +23,10 @@ class FakeGenerator:
         *,
         n_ctx: int = 4096,
         fail_with: Exception | None = None,
+        concurrency: int = 4,
     ) -> None:
+        # Like a server with several slots by default; scheduling tests pass 1.
+        self.concurrency = concurrency
         self._answer = answer or (lambda messages: f"echo: {messages[-1].content}")
         self._n_ctx = n_ctx
         self.fail_with = fail_with

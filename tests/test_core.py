@@ -7,7 +7,7 @@ import pytest
 
 from agent.app import build_core
 from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
-from agent.core import Core, CoreClosedError
+from agent.core import CUT_NOTICE, Core, CoreClosedError
 from agent.generators.base import ChatMessage
 from memory.history import SqlHistoryStore, Status
 from tests.fakes import FakeGenerator, RecordingAdapter, inbound
@@ -81,11 +81,33 @@ async def test_failing_generator_keeps_the_user_turn_and_tells_the_user(
     assert again.status is Status.DONE
 
 
+async def test_a_reply_that_cannot_be_stored_is_not_shown_as_answered(
+    history: SqlHistoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = make_core(history, FakeGenerator())
+    update = history.update
+
+    async def failing_update(message_id: int, **changes: object) -> None:
+        if changes.get("status") is Status.DONE:
+            raise RuntimeError("database is gone")
+        await update(message_id, **changes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(history, "update", failing_update)
+    adapter = RecordingAdapter()
+    reply = await (await core.submit(inbound("hello"), adapter))
+    assert reply.status is Status.FAILED
+    [recorded] = adapter.replies
+    assert recorded.final is None  # a reply shown but not stored would be answered again
+    assert recorded.failure is not None
+    assert "could not be stored" in recorded.failure
+
+
 async def test_messages_in_one_channel_are_answered_in_order(history: SqlHistoryStore) -> None:
     generator = FakeGenerator()
     core = make_core(history, generator)
     adapter = RecordingAdapter()
-    futures = [await core.submit(inbound(f"m{i}"), adapter) for i in range(5)]
+    # Different authors: one author's waiting messages would be answered together.
+    futures = [await core.submit(inbound(f"m{i}", author=f"u{i}"), adapter) for i in range(5)]
     replies = await asyncio.gather(*futures)
     assert [r.text for r in replies] == [f"echo: m{i}" for i in range(5)]
     assert [r.inbound.text for r in adapter.replies] == [f"m{i}" for i in range(5)]
@@ -156,7 +178,8 @@ async def test_shutdown_lets_quick_replies_finish(history: SqlHistoryStore) -> N
 async def test_nul_bytes_and_huge_messages_are_stored_safely(history: SqlHistoryStore) -> None:
     core = make_core(history, FakeGenerator(), max_chars=100)
     await (await core.submit(inbound("a\x00b " + "x" * 500), RecordingAdapter()))
-    [user, _] = await history.conversation("test:1")
+    [user, notice, _] = await history.conversation("test:1")
+    assert notice.text == CUT_NOTICE.format(limit=100)  # the person is told, too
     assert "\x00" not in user.text
     assert user.text.startswith("ab x")
     assert user.text.endswith("[… cut: longer than 100 characters]")

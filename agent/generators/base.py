@@ -88,6 +88,11 @@ class Generator(Protocol):
     @property
     def n_ctx(self) -> int: ...
 
+    @property
+    def concurrency(self) -> int:
+        """How many generations the backend serves at once (the scheduler's slot count)."""
+        ...
+
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as it appears inside a prompt (no BOS)."""
         ...

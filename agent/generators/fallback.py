@@ -36,6 +36,10 @@ class FallbackGenerator:
     def n_ctx(self) -> int:
         return self._remote.n_ctx
 
+    @property
+    def concurrency(self) -> int:
+        return self._remote.concurrency
+
     def count_tokens(self, text: str) -> int:
         return self._remote.count_tokens(text)
 

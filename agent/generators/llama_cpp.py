@@ -98,6 +98,10 @@ class LlamaCppGenerator:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._lock = asyncio.Lock()
 
+    @property
+    def concurrency(self) -> int:
+        return 1  # one context, one thread: requests queue on the lock anyway
+
     @classmethod
     def load(
         cls, model: ModelConfig, path: Path, *, state_cache_bytes: int = 0

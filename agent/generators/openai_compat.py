@@ -108,6 +108,10 @@ class OpenAICompatGenerator:
         return self._config.n_ctx
 
     @property
+    def concurrency(self) -> int:
+        return self._config.concurrency
+
+    @property
     def tokenizer(self) -> TokenizeEndpoint | None:
         return self._tokens.endpoint
 

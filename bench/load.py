@@ -1,0 +1,398 @@
+"""A burst through the full core: what it costs per message, how fair, whether anything is lost.
+
+    python bench/load.py [--channels 200] [--messages 5] [--stored 100000] [--memories 10000]
+
+The core is the real one (SQLite history, history window, retrieval over Chroma, the
+scheduler), over a database seeded with ``--stored`` messages and ``--memories`` remembered
+facts (embedded with a word-hash embedder, so that the figures measure Beseda, not an
+embedding model). Two generators:
+
+- zero-cost: answers "ok" at once, so everything measured is the core's own work;
+- the bundled SmolLM2 model, for a smaller burst (``--model-channels``/``--model-messages``).
+
+Figures:
+
+- ``core_overhead_p50_ms``/``p99_ms``: the time the core adds to one message (submit to
+  delivered reply, minus the generator's own time), one message at a time;
+- ``store_only_p50_ms`` and ``core_overhead_vs_store_ratio``: the baseline measured in the
+  same run — only the writes and the read any persisted chat bot needs per message (store
+  the question, read the recent history, store the answer) — and how much more the core costs;
+- ``fairness``: in the burst, every channel sends its messages at once, channel after
+  channel; each channel's mean wait (submit to reply), max over channels / mean over
+  channels. Round-robin keeps it near 1.2 here; first-come-first-served would give ~2;
+- ``lost_messages``: burst messages neither answered nor merged into an answer (must be 0);
+- ``rss_growth_mb``: resident memory after the burst minus before it.
+
+Each message in the burst has its own author, so none is merged with another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import insert, select  # noqa: E402
+
+from agent.app import build_core  # noqa: E402
+from agent.config import (  # noqa: E402
+    ChatConfig,
+    Config,
+    ContextConfig,
+    LimitsConfig,
+    ModelConfig,
+    RetrievalConfig,
+)
+from agent.core import Core, Reply  # noqa: E402
+from agent.events import Inbound  # noqa: E402
+from agent.generators.base import (  # noqa: E402
+    ChatMessage,
+    GenerationStats,
+    Generator,
+    SamplingParams,
+    TokenStream,
+)
+from agent.retrieval import Retriever  # noqa: E402
+from memory.db import Database  # noqa: E402
+from memory.history import SqlHistoryStore, Status  # noqa: E402
+from memory.memories import Memory, MemoryStore, _item  # noqa: E402
+from memory.models import ChannelRow, MessageRow  # noqa: E402
+from memory.vectors import ChromaStore, open_client  # noqa: E402
+from tests.retrieval_helpers import WordHashEmbedder  # noqa: E402
+
+WORDS = [
+    "otter",
+    "river",
+    "stone",
+    "bread",
+    "lamp",
+    "garden",
+    "train",
+    "music",
+    "winter",
+    "coffee",
+    "paper",
+    "cloud",
+]
+
+
+class ZeroCostGenerator:
+    """Answers "ok" at once; a rough token count (4 characters a token)."""
+
+    concurrency = 1
+
+    @property
+    def name(self) -> str:
+        return "zero-cost"
+
+    @property
+    def n_ctx(self) -> int:
+        return 4096
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 4 + 1
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return sum(self.count_tokens(m.content) + 4 for m in messages)
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        return "".join(m.content for m in messages)
+
+    def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
+        async def pieces() -> AsyncIterator[str]:
+            yield "ok"
+
+        return TokenStream(pieces(), GenerationStats())
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Timed:
+    """Wraps a generator and adds up the wall time spent inside its streams."""
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+
+    concurrency = property(lambda self: self.inner.concurrency)
+    name = property(lambda self: self.inner.name)
+    n_ctx = property(lambda self: self.inner.n_ctx)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return self.inner.count_prompt_tokens(messages)
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        return self.inner.render_prompt(messages)
+
+    def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
+        stream = self.inner.stream(messages, params)
+
+        async def pieces() -> AsyncIterator[str]:
+            started = time.perf_counter()
+            try:
+                async for piece in stream:
+                    yield piece
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return TokenStream(pieces(), stream.stats)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Sink:
+    async def open_reply(self, inbound: Inbound) -> Sink:
+        return self
+
+    async def push(self, delta: str) -> None:
+        return None
+
+    async def finish(self, text: str) -> None:
+        return None
+
+    async def fail(self, notice: str) -> None:
+        print(f"reply failed: {notice}", file=sys.stderr)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 1e6
+
+
+def sentence(i: int) -> str:
+    return " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(8)) + f" {i}"
+
+
+def channel(i: int) -> str:
+    return f"bench:{i}"
+
+
+async def seed(db: Database, stored: int, channels: int) -> None:
+    """``stored`` old messages spread over the benchmark's channels, question then answer."""
+    async with db.session() as session, session.begin():
+        for i in range(channels):
+            session.add(ChannelRow(key=channel(i), platform="bench"))
+    async with db.session() as session:
+        rows = (await session.execute(select(ChannelRow.key, ChannelRow.id))).all()
+    channel_ids = dict(rows)
+    start = datetime.now(UTC) - timedelta(days=30)
+    batch = []
+    for n in range(stored):
+        key = channel(n % channels)
+        when = start + timedelta(seconds=n)
+        batch.append(
+            {
+                "channel_id": channel_ids[key],
+                "role": "user" if n // channels % 2 == 0 else "assistant",
+                "author_id": "old",
+                "author_name": "old",
+                "text": sentence(n),
+                "status": str(Status.RECEIVED if n // channels % 2 == 0 else Status.DONE),
+                "created_at": when,
+                "updated_at": when,
+            }
+        )
+        if len(batch) == 5000:
+            async with db.session() as session, session.begin():
+                await session.execute(insert(MessageRow), batch)
+            batch = []
+    if batch:
+        async with db.session() as session, session.begin():
+            await session.execute(insert(MessageRow), batch)
+
+
+async def knowledge(
+    folder: Path, history: SqlHistoryStore, memories: int, channels: int
+) -> Retriever:
+    client = open_client(folder / "chroma")
+    embedder = WordHashEmbedder()
+    documents = ChromaStore(client, "documents", embedder)
+    store = MemoryStore(ChromaStore(client, "memories", embedder))
+    now = datetime.now(UTC).isoformat()
+    items = [
+        _item(Memory(uuid.uuid4().hex, sentence(i), channel(i % channels), "old", now))
+        for i in range(memories)
+    ]
+    for start in range(0, len(items), 2000):
+        await store.store.add(items[start : start + 2000])
+    return Retriever(history, documents, store, min_score=0.2, memory_min_score=0.2)
+
+
+def config(max_tokens: int) -> Config:
+    return Config(
+        model=ModelConfig(max_tokens=max_tokens, temperature=0, n_ctx=1024),
+        chat=ChatConfig(),
+        context=ContextConfig(date="off", summaries=False),
+        retrieval=RetrievalConfig(extract_memories=False),
+        limits=LimitsConfig(channel_queue=0),
+    )
+
+
+def inbound(channel_index: int, n: int, author: str) -> Inbound:
+    return Inbound(
+        platform="bench", channel_key=channel(channel_index), author_id=author,
+        author_name=author, text=f"question {n}: {sentence(n)}?",
+    )  # fmt: skip
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+async def one_at_a_time(core: Core, timed: Timed, count: int, channels: int) -> list[float]:
+    """Milliseconds the core adds per message, with nothing else going on."""
+    overheads = []
+    for n in range(count):
+        before = timed.seconds
+        started = time.perf_counter()
+        reply = await (await core.submit(inbound(n % channels, n, f"solo{n}"), Sink()))
+        elapsed = time.perf_counter() - started
+        if reply.status is not Status.DONE:
+            print(f"message {n}: {reply.status} {reply.error}", file=sys.stderr)
+        overheads.append((elapsed - (timed.seconds - before)) * 1000)
+    return overheads
+
+
+async def store_only(history: SqlHistoryStore, count: int, channels: int) -> list[float]:
+    """The baseline: store the question, read recent history, store the answer."""
+    times = []
+    for n in range(count):
+        key = channel(n % channels)
+        started = time.perf_counter()
+        asked = await history.append(key, "user", f"baseline {n}", status=Status.RECEIVED)
+        await history.conversation(key, limit=50)
+        await history.append(key, "assistant", "ok", in_reply_to_id=asked.id)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+async def burst(
+    core: Core, history: SqlHistoryStore, channels: int, messages: int
+) -> dict[str, float]:
+    """Every channel sends ``messages`` at once, channel after channel."""
+    waits: dict[int, list[float]] = {i: [] for i in range(channels)}
+    futures: list[tuple[int, float, asyncio.Future[Reply]]] = []
+    ids: list[int] = []
+    rss_before = rss_mb()
+    n = 0
+    for i in range(channels):
+        for _ in range(messages):
+            submitted = time.perf_counter()
+            future = await core.submit(inbound(i, n, f"burst{n}"), Sink())
+            futures.append((i, submitted, future))
+            n += 1
+    done_at: dict[int, float] = {}
+    for index, (_i, _s, future) in enumerate(futures):
+        future.add_done_callback(
+            lambda _f, index=index: done_at.setdefault(index, time.perf_counter())
+        )
+    replies = await asyncio.gather(*(f for _i, _s, f in futures))
+    for index, (i, submitted, _f) in enumerate(futures):
+        waits[i].append(done_at.get(index, time.perf_counter()) - submitted)
+        ids.append(replies[index].user_message_id)
+    means = [statistics.mean(w) for w in waits.values()]
+    answered = sum(r.status is Status.DONE for r in replies)
+    # Also from the database: a burst message left without an answered reply.
+    unanswered = {m.id for m in await history.unanswered()} & set(ids)
+    return {
+        "fairness": max(means) / statistics.mean(means),
+        "lost_messages": len(replies) - answered + len(unanswered),
+        "rss_growth_mb": rss_mb() - rss_before,
+    }
+
+
+async def run(
+    folder: Path, generator: Generator, *, channels: int, messages: int, stored: int,
+    memories: int, solo: int, max_tokens: int, label: str,
+) -> None:  # fmt: skip
+    db = Database(f"sqlite+aiosqlite:///{folder / f'{label}.db'}")
+    await db.migrate()
+    history = SqlHistoryStore(db)
+    started = time.perf_counter()
+    await seed(db, stored, channels)
+    retriever = await knowledge(folder / label, history, memories, channels)
+    print(
+        f"# {label}: seeded {stored} messages and {memories} memories in "
+        f"{time.perf_counter() - started:.0f} s; {channels} channels x {messages} messages"
+    )
+    timed = Timed(generator)
+    core = build_core(config(max_tokens), history, timed, retriever=retriever)
+    overheads = await one_at_a_time(core, timed, solo, channels)
+    baseline = await store_only(history, solo, channels)
+    started = time.perf_counter()
+    figures = await burst(core, history, channels, messages)
+    seconds = time.perf_counter() - started
+    await core.close(5)
+    await db.close()
+    p50 = statistics.median(overheads)
+    results = {
+        "core_overhead_p50_ms": p50,
+        "core_overhead_p99_ms": percentile(overheads, 0.99),
+        "store_only_p50_ms": statistics.median(baseline),
+        "core_overhead_vs_store_ratio": p50 / statistics.median(baseline),
+        **figures,
+        "burst_messages_per_s": channels * messages / seconds,
+    }
+    suffix = "" if label == "zero_cost" else f"_{label}"
+    for name, value in results.items():
+        print(
+            f"{name}{suffix}={value:.3f}" if isinstance(value, float) else f"{name}{suffix}={value}"
+        )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=5)
+    parser.add_argument("--stored", type=int, default=100_000)
+    parser.add_argument("--memories", type=int, default=10_000)
+    parser.add_argument("--solo", type=int, default=300, help="messages timed one at a time")
+    parser.add_argument("--model-channels", type=int, default=4)
+    parser.add_argument("--model-messages", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--no-model", action="store_true", help="only the zero-cost generator")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        await run(
+            folder, ZeroCostGenerator(), channels=args.channels, messages=args.messages,
+            stored=args.stored, memories=args.memories, solo=args.solo, max_tokens=16,
+            label="zero_cost",
+        )  # fmt: skip
+        if args.no_model:
+            return
+        from agent.generators.llama_cpp import (  # noqa: PLC0415 - loads llama.cpp
+            LlamaCppGenerator,
+            bundled_model_path,
+        )
+
+        model = ModelConfig(n_ctx=1024, temperature=0, seed=7, max_tokens=args.max_tokens)
+        generator = await asyncio.to_thread(LlamaCppGenerator.load, model, bundled_model_path())
+        try:
+            await run(
+                folder, generator, channels=args.model_channels, messages=args.model_messages,
+                stored=args.stored // 10, memories=args.memories // 10, solo=8,
+                max_tokens=args.max_tokens, label="model",
+            )  # fmt: skip
+        finally:
+            await generator.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

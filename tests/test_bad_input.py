@@ -1,0 +1,124 @@
+"""Hostile or odd input has bounded behaviour, and never stops a worker or the process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adapters.attachments import channel_documents
+from agent import commands
+from agent.app import build_core
+from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
+from agent.core import CUT_NOTICE, Core
+from memory.documents import DocumentIndex
+from memory.history import SqlHistoryStore, Status
+from memory.vectors import ChromaStore, open_client
+from tests import discord_fake as fk
+from tests.fakes import FakeGenerator, RecordingAdapter, inbound
+from tests.retrieval_helpers import WordHashEmbedder
+from tests.test_discord import MENTION, StartBot, fake, start_bot  # noqa: F401 (fixtures)
+
+
+def make_core(history: SqlHistoryStore, generator: FakeGenerator) -> Core:
+    config = Config(
+        model=ModelConfig(max_tokens=64, temperature=0),
+        persona=PersonaConfig(system_prompt="You are a test."),
+        chat=ChatConfig(safety_margin_tokens=8),  # max_message_chars: the default 20,000
+        context=ContextConfig(date="off", summaries=False),
+    )
+    return build_core(config, history, generator)
+
+
+async def still_answers(core: Core, adapter: RecordingAdapter) -> None:
+    reply = await (await core.submit(inbound("still there?", author="someone else"), adapter))
+    assert reply.status is Status.DONE
+    assert adapter.replies[-1].inbound.text == "still there?"
+
+
+async def test_a_100k_character_message_is_cut_and_the_person_is_told(
+    history: SqlHistoryStore,
+) -> None:
+    generator = FakeGenerator(lambda _m: "ok")
+    core = make_core(history, generator)
+    adapter = RecordingAdapter()
+    reply = await (await core.submit(inbound("y " * 50_000), adapter))
+    assert reply.status is Status.DONE
+    notice, answer = adapter.replies
+    assert notice.final == CUT_NOTICE.format(limit=20_000)  # told first, then answered
+    assert answer.final == "ok"
+    [user] = [m for m in await history.conversation("test:1") if m.role == "user"]
+    assert len(user.text) < 20_100
+    assert user.text.endswith("[… cut: longer than 20000 characters]")
+    # The prompt the model saw is bounded, too.
+    assert sum(len(m.content) for m in generator.calls[0]) < 21_000
+    await still_answers(core, adapter)
+
+
+async def test_nul_bytes_are_removed_from_text_and_names(history: SqlHistoryStore) -> None:
+    core = make_core(history, FakeGenerator())
+    adapter = RecordingAdapter()
+    reply = await (await core.submit(inbound("nul\x00here", author="ev\x00il"), adapter))
+    assert reply.text == "echo: nulhere"
+    [user, _] = await history.conversation("test:1")
+    assert (user.text, user.author_name) == ("nulhere", "evil")
+    await still_answers(core, adapter)
+
+
+async def test_invalid_utf8_attachment_is_rejected_with_a_notice(tmp_path: Path) -> None:
+    store = ChromaStore(open_client(tmp_path / "chroma"), "documents", WordHashEmbedder())
+    index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=8)
+    add = channel_documents(index, tmp_path / "attachments")
+    notice = await add("test:1", "broken.txt", b"caf\xe9 \xff\xfe not utf-8 \x00")
+    assert notice == "I could not read broken.txt."
+    assert not list((tmp_path / "attachments").rglob("broken.txt"))  # not kept to fail again
+    # The channel's documents still work.
+    notice = await add("test:1", "fine.txt", b"Otters hold hands.\n")
+    assert notice.startswith("Indexed fine.txt")
+    assert [Path(s).name for s in await index.indexed("test:1")] == ["fine.txt"]
+
+
+async def test_zero_width_and_direction_marks_do_not_hide_commands(
+    history: SqlHistoryStore,
+) -> None:
+    generator = FakeGenerator()
+    core = make_core(history, generator)
+    adapter = RecordingAdapter()
+    for text in ("\u200b!help", "!\u200dhelp", "\u202e!help", "\ufeff!HELP"):
+        reply = await (await core.submit(inbound(text), adapter))
+        assert reply.text.startswith("Commands:"), text
+    assert generator.calls == []  # none of them reached the model
+    # Ordinary text keeps its invisible and right-to-left characters, as written.
+    rtl = "\u202eolleh \u200bשלום"
+    assert (await (await core.submit(inbound(rtl), adapter))).text == f"echo: {rtl}"
+    assert commands.parse("hello\u200b!help") is None
+
+
+async def test_the_command_prefix_alone_shows_the_help(history: SqlHistoryStore) -> None:
+    generator = FakeGenerator()
+    core = make_core(history, generator)
+    adapter = RecordingAdapter()
+    for text in ("!", "  !  ", "\u200b!"):
+        reply = await (await core.submit(inbound(text), adapter))
+        assert reply.text.startswith("Commands:")
+    assert generator.calls == []
+    # An unknown command is an ordinary message.
+    assert (await (await core.submit(inbound("!nonsense"), adapter))).text == "echo: !nonsense"
+
+
+async def test_a_flood_of_mentions_pings_nobody(
+    start_bot: StartBot,  # noqa: F811 (the fixture imported above)
+    fake: fk.DiscordFake,  # noqa: F811
+) -> None:
+    bot = await start_bot()  # the fake generator echoes the message back, mentions and all
+    flood = " ".join(f"<@{700 + i}>" for i in range(150)) + " @everyone @here <@&555>"
+    await fake.message_create(f"{MENTION} {flood}", mentions=[fake.bot])
+    answered = await bot.answered(1)
+    assert "@everyone" in "".join(answered)  # echoed as text...
+    sent = [r for r in fake.requests if r.method in {"POST", "PATCH"} and "/messages" in r.path]
+    assert sent
+    for request in sent:  # ...but every send and edit forbids pinging anyone
+        assert request.body["allowed_mentions"]["parse"] == [], request.body
+        assert not request.body["allowed_mentions"].get("users")
+        assert not request.body["allowed_mentions"].get("roles")
+    # The bot keeps working.
+    await fake.message_create(f"{MENTION} and now", mentions=[fake.bot])
+    assert (await bot.answered(len(answered) + 1))[-1] == "echo: and now"

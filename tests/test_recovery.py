@@ -1,0 +1,204 @@
+"""Crash safety: after a crash, unanswered messages are answered once or marked skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from adapters.base import ReplyTarget
+from agent.app import build_core
+from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
+from agent.core import Core
+from agent.recovery import find_pending, resume
+from memory.db import Database
+from memory.history import SqlHistoryStore, Status, StoredMessage
+from tests import discord_fake as fk
+from tests.fakes import FakeGenerator, RecordingAdapter
+from tests.test_discord import StartBot, fake, start_bot  # noqa: F401 (fixtures)
+
+ROOT = Path(__file__).resolve().parent.parent
+AN_HOUR = timedelta(hours=1)
+
+
+class Reopening(RecordingAdapter):
+    """A platform that can answer stored messages of its own platform, except ``gone`` ones."""
+
+    def __init__(self, name: str, gone: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self._name = name
+        self._gone = gone
+        self.reopened: list[str | None] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def reopen(self, channel_key: str, platform_message_id: str | None) -> ReplyTarget | None:
+        self.reopened.append(platform_message_id)
+        return None if platform_message_id in self._gone else self
+
+
+def make_core(history: SqlHistoryStore, generator: FakeGenerator) -> Core:
+    config = Config(
+        model=ModelConfig(max_tokens=64, temperature=0),
+        persona=PersonaConfig(system_prompt="You are a test."),
+        chat=ChatConfig(safety_margin_tokens=8),
+        context=ContextConfig(date="off", summaries=False),
+    )
+    return build_core(config, history, generator)
+
+
+async def user_turn(
+    history: SqlHistoryStore, text: str, *, channel: str = "chat:1", age: timedelta = AN_HOUR / 6,
+    author: str = "alice",
+) -> StoredMessage:  # fmt: skip
+    return await history.append(
+        channel, "user", text, status=Status.RECEIVED, author_id=author, author_name=author,
+        platform_message_id=f"p-{text}", created_at=datetime.now(UTC) - age,
+    )  # fmt: skip
+
+
+async def statuses(history: SqlHistoryStore, channel: str = "chat:1") -> list[tuple[str, str, str]]:
+    return [(m.role, m.text, m.status) for m in await history.conversation(channel)]
+
+
+async def test_restart_answers_recent_messages_once_and_skips_the_rest(
+    history: SqlHistoryStore,
+) -> None:
+    # What a crash leaves behind:
+    interrupted = await user_turn(history, "cut off")
+    await history.append(
+        "chat:1", "assistant", "half a", status=Status.STREAMING, in_reply_to_id=interrupted.id
+    )
+    failed = await user_turn(history, "failed before")
+    await history.append("chat:1", "assistant", "", status=Status.FAILED, in_reply_to_id=failed.id)
+    await user_turn(history, "never started", author="bob")  # bob: not merged with alice's
+    await user_turn(history, "too old", age=2 * AN_HOUR)
+    await user_turn(history, "message gone")
+    await user_turn(history, "elsewhere", channel="other:1")  # no adapter for "other"
+    generator = FakeGenerator()
+    core = make_core(history, generator)
+    chat = Reopening("chat", gone=frozenset({"p-message gone"}))
+
+    pending = await find_pending(history, AN_HOUR)
+    assert (pending.interrupted, pending.expired) == (1, 1)
+    replies = await resume(core, pending, [chat])
+    done = [await r for r in replies]
+    assert [r.text for r in done] == ["echo: cut off", "echo: never started"]
+    assert [r.inbound.message_id for r in chat.replies] == ["p-cut off", "p-never started"]
+    assert await statuses(history) == [
+        ("user", "cut off", Status.RECEIVED),
+        ("assistant", "half a", Status.INTERRUPTED),
+        ("assistant", "echo: cut off", Status.DONE),
+        ("user", "failed before", Status.RECEIVED),  # the person saw the failure: left alone
+        ("assistant", "", Status.FAILED),
+        ("user", "never started", Status.RECEIVED),
+        ("assistant", "echo: never started", Status.DONE),
+        ("user", "too old", Status.SKIPPED),
+        ("user", "message gone", Status.SKIPPED),
+    ]
+    assert await statuses(history, "other:1") == [("user", "elsewhere", Status.SKIPPED)]
+
+    # A second restart finds nothing left to do.
+    again = await find_pending(history, AN_HOUR)
+    assert (again.messages, again.interrupted, again.expired) == ((), 0, 0)
+    await core.close(1)
+
+
+async def test_recovered_messages_of_one_author_are_answered_together(
+    history: SqlHistoryStore,
+) -> None:
+    for text in ("one", "two"):
+        await user_turn(history, text)
+    generator = FakeGenerator()
+    core = make_core(history, generator)
+    pending = await find_pending(history, AN_HOUR)
+    replies = [await r for r in await resume(core, pending, [Reopening("chat")])]
+    assert [r.text for r in replies] == ["echo: one\ntwo"] * 2
+    assert len(generator.calls) == 1
+    assert await find_pending(history, AN_HOUR) == type(pending)((), 0, 0)
+    await core.close(1)
+
+
+def _driver(data: Path, mode: str, stdin: int | None) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ANONYMIZED_TELEMETRY": "False"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.recovery_driver", str(data), mode],
+        cwd=ROOT, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+async def _history_rows(data: Path) -> list[tuple[str, str, str]]:
+    db = Database(f"sqlite+aiosqlite:///{data / 'beseda.db'}")
+    try:
+        return await statuses(SqlHistoryStore(db), "console:local")
+    finally:
+        await db.close()
+
+
+async def test_sigkill_mid_generation_then_restart_answers_exactly_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    crashing = _driver(data, "stall", subprocess.PIPE)
+    assert crashing.stdin is not None
+    assert crashing.stderr is not None
+    crashing.stdin.write("hello after a crash\n")
+    crashing.stdin.flush()
+    # The generator says STALLED once it has written its first word; then kill -9.
+    line = await asyncio.wait_for(asyncio.to_thread(crashing.stderr.readline), 60)
+    assert line.strip() == "STALLED"
+    crashing.send_signal(signal.SIGKILL)
+    crashing.communicate(timeout=30)
+    assert crashing.returncode == -signal.SIGKILL
+    assert await _history_rows(data) == [
+        ("user", "hello after a crash", Status.RECEIVED),
+        ("assistant", "", Status.STREAMING),  # the crash left it streaming
+    ]
+
+    restarted = _driver(data, "answer", subprocess.DEVNULL)
+    out, err = await asyncio.to_thread(restarted.communicate, timeout=60)
+    assert restarted.returncode == 0, err
+    assert out.strip() == "answer to: hello after a crash"
+    expected = [
+        ("user", "hello after a crash", Status.RECEIVED),
+        ("assistant", "", Status.INTERRUPTED),
+        ("assistant", "answer to: hello after a crash", Status.DONE),
+    ]
+    assert await _history_rows(data) == expected
+
+    # Restarting again answers nothing twice.
+    third = _driver(data, "answer", subprocess.DEVNULL)
+    out, err = await asyncio.to_thread(third.communicate, timeout=60)
+    assert third.returncode == 0, err
+    assert out.strip() == ""
+    assert await _history_rows(data) == expected
+
+
+async def test_discord_reopens_a_stored_message_and_replies_to_it(
+    start_bot: StartBot,  # noqa: F811 (the fixture imported above)
+    fake: fk.DiscordFake,  # noqa: F811
+) -> None:
+    bot = await start_bot()
+    # A message the bot had stored when it crashed (not addressed to it now: no answer yet).
+    asked = await fake.message_create("what was the question?")
+    history = bot.core.history
+    key = f"discord:{fk.CHANNEL_ID}"
+    for platform_id in (str(asked), "123456789", f"interaction:{asked}"):
+        await history.append(
+            key, "user", f"pending {platform_id}", status=Status.RECEIVED, author_id="111",
+            author_name="alice", platform_message_id=platform_id,
+        )  # fmt: skip
+    pending = await find_pending(history, AN_HOUR)
+    replies = [await r for r in await resume(bot.core, pending, [bot.adapter])]
+    assert [r.text for r in replies] == [f"echo: pending {asked}"]
+    [post] = fake.posted()
+    assert int(post.body["message_reference"]["message_id"]) == asked
+    # A deleted message and an expired slash command cannot be answered: marked skipped.
+    rows = {m.text: m.status for m in await history.conversation(key)}
+    assert rows["pending 123456789"] is Status.SKIPPED
+    assert rows[f"pending interaction:{asked}"] is Status.SKIPPED
