@@ -13,10 +13,10 @@ import logging
 import os
 import re
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -35,6 +35,7 @@ from adapters.discord_reply import (
 from agent import commands
 from agent.config import Config, DiscordConfig
 from agent.events import Attachment, Inbound
+from agent.limits import Buckets
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +49,6 @@ QUOTE_CHARS = 500
 # Messages of a reply chain quoted to the model at most (the nearest ones).
 REPLY_CHAIN_DEPTH = 3
 ORIGINS_KEPT = 1000
-
-
-class RateLimiter:
-    """At most ``limit`` messages per ``window`` seconds per user; one notice per excess."""
-
-    def __init__(self, limit: int, window: float, clock: Clock) -> None:
-        self._limit = limit
-        self._window = window
-        self._clock = clock
-        self._seen: dict[int, deque[float]] = {}
-        self._noticed: set[int] = set()
-
-    def check(self, user_id: int) -> Literal["ok", "notice", "drop"]:
-        if self._limit <= 0:
-            return "ok"
-        now = self._clock()
-        seen = self._seen.setdefault(user_id, deque())
-        while seen and now - seen[0] >= self._window:
-            seen.popleft()
-        if len(seen) < self._limit:
-            seen.append(now)
-            self._noticed.discard(user_id)
-            return "ok"
-        if user_id in self._noticed:
-            return "drop"
-        self._noticed.add(user_id)
-        return "notice"
 
 
 def is_admin(config: DiscordConfig, user_id: int, role_ids: set[int]) -> bool:
@@ -190,7 +164,12 @@ class DiscordAdapter:
         self._clock = clock
         self._sleep = sleep
         self._options = client_options or {}
-        self._limiter = RateLimiter(config.rate_limit_messages, config.rate_limit_seconds, clock)
+        # rate_limit_messages at once, refilled over rate_limit_seconds (agent/limits.py).
+        self._limiter = Buckets(
+            config.rate_limit_messages,
+            config.rate_limit_messages * 60 / config.rate_limit_seconds,
+            clock,
+        )
         self._origins: OrderedDict[str, discord.Message | discord.Interaction] = OrderedDict()
         self._submit: Submit | None = None
         self._documents: DocumentsHook | None = None
@@ -349,7 +328,7 @@ class DiscordAdapter:
         await self._submit(inbound, self)
 
     async def _within_rate(self, message: discord.Message) -> bool:
-        verdict = self._limiter.check(message.author.id)
+        verdict = self._limiter.check(str(message.author.id))
         if verdict == "notice":
             await message.reply(RATE_NOTICE, mention_author=False)
         if verdict != "ok":

@@ -261,7 +261,8 @@ class DiscordConfig(_Section):
     admin_roles: tuple[int, ...] = ()
     # Off by default: two bots answering each other would loop.
     answer_bots: bool = False
-    # Per user: at most rate_limit_messages answered per rate_limit_seconds (0 = no limit).
+    # Per user, a token bucket: rate_limit_messages at once, refilled at that many per
+    # rate_limit_seconds (0 = no limit).
     rate_limit_messages: int = Field(default=6, ge=0)
     rate_limit_seconds: float = Field(default=60.0, gt=0.0)
     # Streaming by edits: at most one edit per message per this many seconds.

@@ -36,6 +36,7 @@ from agent.config import Config, ContextConfig, ModelConfig
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, SamplingParams, TokenStream
 from agent.generators.llama_cpp import LlamaCppGenerator, bundled_model_path
+from bench.sink import Sink
 from memory.db import Database
 from memory.history import SqlHistoryStore, Status
 
@@ -111,20 +112,6 @@ class CountingGenerator:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-class Sink:
-    async def open_reply(self, inbound: Inbound) -> Sink:
-        return self
-
-    async def push(self, delta: str) -> None:
-        return None
-
-    async def finish(self, text: str) -> None:
-        return None
-
-    async def fail(self, notice: str) -> None:
-        print(f"reply failed: {notice}", file=sys.stderr)
 
 
 def script(turns: int, channels: int) -> list[tuple[int, str]]:

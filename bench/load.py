@@ -63,6 +63,7 @@ from agent.generators.base import (  # noqa: E402
     TokenStream,
 )
 from agent.retrieval import Retriever  # noqa: E402
+from bench.sink import Sink  # noqa: E402
 from memory.db import Database  # noqa: E402
 from memory.history import SqlHistoryStore, Status  # noqa: E402
 from memory.memories import Memory, MemoryStore, _item  # noqa: E402
@@ -153,20 +154,6 @@ class Timed:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-class Sink:
-    async def open_reply(self, inbound: Inbound) -> Sink:
-        return self
-
-    async def push(self, delta: str) -> None:
-        return None
-
-    async def finish(self, text: str) -> None:
-        return None
-
-    async def fail(self, notice: str) -> None:
-        print(f"reply failed: {notice}", file=sys.stderr)
 
 
 def rss_mb() -> float:

@@ -8,15 +8,12 @@ import json
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import discord
 import pytest
-from discord.gateway import DiscordWebSocket
-from discord.http import Route
 from sqlalchemy import text
 
 from adapters.registry import configured_adapters
@@ -26,6 +23,9 @@ from agent.logs import REDACTED, StructuredFormatter, configured_secrets, setup_
 from tests import discord_fake as fk
 from tests.conftest import write_config
 from tests.fakes import FakeGenerator
+from tests.test_discord import fake
+
+__all__ = ["fake"]  # the loopback Discord fixture this module uses
 
 MENTION = f"<@{fk.BOT_ID}>"
 API_KEY = "sk-test-0123456789abcdef"
@@ -49,18 +49,6 @@ def restore_logging() -> Iterator[None]:
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level)
-
-
-@pytest.fixture
-async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[fk.DiscordFake]:
-    server = fk.DiscordFake()
-    await server.start()
-    monkeypatch.setattr(Route, "BASE", server.api_base)
-    monkeypatch.setattr(
-        DiscordWebSocket, "DEFAULT_GATEWAY", discord.utils.yarl.URL(server.gateway_url)
-    )  # type: ignore[attr-defined]
-    yield server
-    await server.stop()
 
 
 def record(msg: str, *args: object, **extra: Any) -> logging.LogRecord:

@@ -51,6 +51,18 @@ def make(
     return core, generator, retriever, DocumentIndex(documents, chunk_tokens=40)
 
 
+ZORBEL = "The Zorbel station was founded by Miriam Okafor."
+
+
+async def ingest(index: DocumentIndex, tmp_path: Path, more: dict[str, str] | None = None) -> None:
+    """Index zorbel.txt (a fact no model knows) and ``more`` files from a documents folder."""
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    for name, text in {"zorbel.txt": ZORBEL, **(more or {})}.items():
+        (folder / name).write_text(text)
+    await index.ingest(folder)
+
+
 async def ask(core: Core, message: Inbound, adapter: RecordingAdapter | None = None) -> str:
     reply = await (await core.submit(message, adapter or RecordingAdapter()))
     assert reply.status is Status.DONE
@@ -61,11 +73,7 @@ async def test_document_chunks_are_cited_in_the_volatile_block(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
     core, generator, _, index = make(history, tmp_path)
-    folder = tmp_path / "documents"
-    folder.mkdir()
-    (folder / "zorbel.txt").write_text("The Zorbel station was founded by Miriam Okafor.")
-    (folder / "goats.md").write_text("Goats eat hay and climb rocks.")
-    await index.ingest(folder)
+    await ingest(index, tmp_path, {"goats.md": "Goats eat hay and climb rocks."})
     await ask(core, inbound("who founded the zorbel station"))
     await ask(core, inbound("thanks, and where is it"))
     first, second = generator.calls
@@ -206,10 +214,7 @@ async def test_one_message_is_embedded_once_for_documents_and_memories(
     from tests.retrieval_helpers import WordHashEmbedder  # noqa: PLC0415
 
     core, generator, _, index = make(history, tmp_path)
-    folder = tmp_path / "documents"
-    folder.mkdir()
-    (folder / "zorbel.txt").write_text("The Zorbel station was founded by Miriam Okafor.")
-    await index.ingest(folder)
+    await ingest(index, tmp_path)
     await ask(core, inbound("!remember the zorbel station has a red roof"))
     queries: list[str] = []
     reads: list[str] = []
@@ -238,10 +243,7 @@ async def test_an_answer_from_a_document_names_its_source(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
     core, generator, _, index = make(history, tmp_path)
-    folder = tmp_path / "documents"
-    folder.mkdir()
-    (folder / "zorbel.txt").write_text("The Zorbel station was founded by Miriam Okafor.")
-    await index.ingest(folder)
+    await ingest(index, tmp_path)
     generator._answer = lambda _messages: "It was founded by Miriam Okafor."
     adapter = RecordingAdapter()
     answer = await ask(core, inbound("who founded the zorbel station"), adapter)
