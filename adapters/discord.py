@@ -55,10 +55,10 @@ class RateLimiter:
         self._limit = limit
         self._window = window
         self._clock = clock
-        self._seen: dict[int, deque[float]] = {}
-        self._noticed: set[int] = set()
+        self._seen: dict[int | str, deque[float]] = {}
+        self._noticed: set[int | str] = set()
 
-    def check(self, user_id: int) -> Literal["ok", "notice", "drop"]:
+    def check(self, user_id: int | str) -> Literal["ok", "notice", "drop"]:
         if self._limit <= 0:
             return "ok"
         now = self._clock()
