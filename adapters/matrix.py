@@ -136,7 +136,6 @@ class MatrixAdapter:
         self._catching_up = False
         self.undecryptable = 0
         self.synced = asyncio.Event()  # set after each successful sync (tests wait on it)
-        store.mkdir(parents=True, exist_ok=True)
         self.client = AsyncClient(
             config.homeserver,
             config.user_id,
@@ -181,6 +180,7 @@ class MatrixAdapter:
         self._stopping.set()
 
     async def _serve(self) -> None:
+        self._store.mkdir(parents=True, exist_ok=True)
         if not await self._log_in():
             return
         # No saved sync token: this is the first start; the rooms' backlog is not for us.
@@ -329,7 +329,9 @@ class MatrixAdapter:
         is_direct = room.member_count <= 2
         if is_direct and not self.config.dms:
             return
-        reply_to = (relation.get("m.in_reply_to") or {}).get("event_id")
+        in_reply = relation.get("m.in_reply_to")
+        reply_to = in_reply.get("event_id") if isinstance(in_reply, dict) else None
+        reply_to = reply_to if isinstance(reply_to, str) else None
         text = strip_reply_fallback(str(event.body)) if reply_to else str(event.body)
         mentioned = self._mentioned(room, content, text)
         text = self._strip_mention(room, text)
@@ -345,6 +347,7 @@ class MatrixAdapter:
         if not admin and not await self._within_rate(room, event):
             return
         root = relation.get("event_id") if relation.get("rel_type") == "m.thread" else None
+        root = root if isinstance(root, str) else None
         inbound = Inbound(
             platform="matrix",
             channel_key=f"{room_key}/{root}" if root else room_key,
