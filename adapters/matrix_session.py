@@ -165,3 +165,20 @@ async def _password_login(
             f"(check MATRIX_PASSWORD): {reply.message}"
         )
     return Credentials(homeserver, reply.user_id, reply.device_id, reply.access_token)
+
+
+def device_summary(config: Config) -> str:
+    """The saved device and its Ed25519 fingerprint (for manual verification); no network."""
+    store = config.resolve_path(config.data_dir / config.matrix.store_path)
+    saved = load_credentials(store)
+    if saved is None:
+        return "not logged in yet: the first start logs in and creates the device"
+    client = AsyncClient(saved.homeserver, saved.user_id, store_path=str(store))
+    try:
+        client.restore_login(saved.user_id, saved.device_id, saved.access_token)
+        keys = client.olm.account.identity_keys if client.olm is not None else {}
+    except Exception as exc:  # a damaged store is a finding, not a crash
+        return f"device {saved.device_id}; cannot read the key store: {exc}"
+    fingerprint = keys.get("ed25519", "")
+    shown = " ".join(fingerprint[i : i + 4] for i in range(0, len(fingerprint), 4))
+    return f"device {saved.device_id}, fingerprint {shown or 'unknown (no encryption)'}"

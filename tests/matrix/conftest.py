@@ -77,7 +77,7 @@ async def start_bot(synapse: Synapse, db: Database, tmp_path: Path) -> AsyncIter
         core = build_core(config, SqlHistoryStore(db), generator)
         options.setdefault("reconnect_max_seconds", 1.0)
         adapter = MatrixAdapter(
-            MatrixConfig(homeserver=synapse.url, user_id=bot_user, **options),
+            MatrixConfig(homeserver=synapse.url, **{"user_id": bot_user, **options}),
             Secrets(password=PASSWORD),
             store or tmp_path / "bot-store",
             clock=clock or SteppingClock(0.0),

@@ -6,14 +6,15 @@ import asyncio
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from adapters.matrix import MatrixAdapter, matrix_adapter, strip_reply_fallback
 from adapters.matrix_reply import edit_content, render_html
-from adapters.matrix_session import Secrets, load_credentials, matrix_secrets
+from adapters.matrix_session import Secrets, device_summary, load_credentials, matrix_secrets
 from adapters.registry import configured_adapters
-from agent.config import Config, MatrixConfig
+from agent.config import Config, MatrixConfig, StorageConfig
 from tests.matrix.peers import (
     PASSWORD,
     StartBot,
@@ -176,6 +177,34 @@ async def test_a_restart_answers_nothing_twice_and_reuses_the_device(
     assert len(again.generator.calls) == 1
     assert again.adapter.client.device_id == device
     assert synapse.devices(credentials.access_token) == devices  # no new device
+    # `doctor` shows the device and its fingerprint, for people who verify it by hand.
+    fingerprint = again.adapter.client.olm.account.identity_keys["ed25519"]
+    await again.stop()
+    config = Config(
+        storage=StorageConfig(data_dir=tmp_path),
+        matrix=MatrixConfig(homeserver=synapse.url, user_id=again.user_id, store_path="bot-store"),
+    )
+    summary = device_summary(config)
+    assert device in summary
+    assert summary.endswith(" ".join(fingerprint[i : i + 4] for i in range(0, 43, 4)))
+
+
+async def test_the_first_start_skips_the_rooms_backlog(
+    start_bot: StartBot, humans: Any, synapse: Synapse
+) -> None:
+    alice = await humans()
+    # The account joined the room before Beseda ever ran with it.
+    account = synapse.register(f"early{next_number()}", PASSWORD)
+    bot_id = account["user_id"]
+    room = await alice.create_room([bot_id], direct=True)
+    synapse.request("POST", f"/_matrix/client/v3/join/{quote(room)}", {}, account["access_token"])
+    await alice.wait_joined(room, bot_id)
+    await alice.say(room, "written before the bot ever ran")
+    bot = await start_bot(user_id=bot_id)
+    await alice.say(room, "written after")
+    await alice.expect(room, bot_id, ["echo: written after"])
+    await bot.idle()
+    assert len(bot.generator.calls) == 1
 
 
 async def test_the_bot_recovers_after_synapse_restarts(
