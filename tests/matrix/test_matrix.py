@@ -11,10 +11,10 @@ from urllib.parse import quote
 import pytest
 
 from adapters.matrix import MatrixAdapter, matrix_adapter, strip_reply_fallback
-from adapters.matrix_reply import edit_content, render_html
+from adapters.matrix_reply import MatrixReply, MatrixSendError, edit_content, render_html
 from adapters.matrix_session import Secrets, device_summary, load_credentials, matrix_secrets
 from adapters.registry import configured_adapters
-from agent.config import Config, MatrixConfig, StorageConfig
+from agent.config import Config, MatrixConfig, StorageConfig, load_config
 from tests.matrix.peers import (
     PASSWORD,
     StartBot,
@@ -413,3 +413,89 @@ def test_invites_follow_the_allow_lists() -> None:
     assert not rooms.invite_allowed(f"@a:{SERVER_NAME}", "!other:x")
     assert rooms.invite_allowed(f"@a:{SERVER_NAME}", "!ok:x")
     assert rooms.invite_allowed("@boss:x", "!other:x")
+
+
+def test_the_commented_config_block_is_valid_and_the_readme_names_every_key(
+    tmp_path: Path,
+) -> None:
+    lines = Path("config.toml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("# [matrix]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:])
+    keys = [line for line in block if " = " in line]
+    path = tmp_path / "config.toml"
+    path.write_text("[matrix]\n" + "\n".join(keys) + "\n", encoding="utf-8")
+    matrix = load_config(path, environ={}).matrix
+    assert matrix.user_id == "@beseda:example.org"
+    assert matrix.max_edits == 8
+    readme = Path("README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Matrix") :]
+    for key in MatrixConfig.model_fields:
+        assert f"`{key}`" in section, key
+
+
+class ScriptedRoom:
+    """A RoomSink that records what would be sent and fails as told."""
+
+    def __init__(self, failures: list[str] | None = None) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.failures = failures or []
+
+    @property
+    def label(self) -> str:
+        return "matrix:!scripted:x"
+
+    async def send(self, content: dict[str, Any]) -> str:
+        if self.failures:
+            raise MatrixSendError(self.failures.pop(0), "scripted")
+        self.sent.append(content)
+        return f"$event{len(self.sent)}"
+
+    async def redact(self, event_id: str) -> None:
+        self.sent.append({"redacted": event_id})
+
+    async def typing(self, on: bool, timeout_ms: int) -> None:
+        return None
+
+
+def scripted_reply(room: ScriptedRoom, **options: Any) -> MatrixReply:
+    async def no_wait(_seconds: float) -> None:
+        return None
+
+    return MatrixReply(
+        room,
+        reply_to="$question",
+        thread_root=None,
+        mention="@alice:x",
+        clock=SteppingClock(1.0),
+        sleep=no_wait,
+        **options,
+    )
+
+
+async def test_the_edit_budget_caps_streamed_edits_but_not_the_final_text() -> None:
+    room = ScriptedRoom()
+    reply = scripted_reply(room, edit_interval=1.0, max_edits=2)
+    for word in ["one", "two", "three", "four", "five", "six"]:
+        await reply.push(word + " ")
+    await reply.finish("one two three four five six")
+    # The first draft, two edits, then the final edit.
+    assert len(room.sent) == 4
+    assert room.sent[0]["body"] == "one"
+    assert room.sent[0]["m.relates_to"] == {"m.in_reply_to": {"event_id": "$question"}}
+    assert room.sent[-1]["m.new_content"]["body"] == "one two three four five six"
+
+
+async def test_a_transient_error_on_the_final_text_is_retried_and_forbidden_is_skipped() -> None:
+    room = ScriptedRoom(failures=["M_UNKNOWN", "M_NETWORK"])
+    reply = scripted_reply(room)
+    await reply.finish("the whole answer")
+    assert [c["body"] for c in room.sent] == ["the whole answer"]
+    forbidden = ScriptedRoom(failures=["M_FORBIDDEN"])
+    reply = scripted_reply(forbidden)
+    await reply.finish("not allowed here")
+    await reply.fail("nor this")
+    assert forbidden.sent == []
