@@ -170,6 +170,8 @@ class MatrixAdapter:
         stopping = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait({loop, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if loop.done() and not loop.cancelled() and (error := loop.exception()) is not None:
+                log.error("matrix stopped by an unexpected error; Matrix is off", exc_info=error)
         finally:
             for task in (loop, stopping):
                 task.cancel()
@@ -219,9 +221,13 @@ class MatrixAdapter:
                     return
                 continue
             failures += 1
-            delay = min(self.config.reconnect_max_seconds, 0.5 * 2 ** (failures - 1))
+            delay = self._backoff(failures)
             log.warning("matrix sync failed (%s); retrying in %.1f s", error, delay)
             await self._sleep(delay)
+
+    def _backoff(self, failures: int) -> float:
+        """0.5 s, 1 s, 2 s, … up to reconnect_max_seconds."""
+        return float(min(self.config.reconnect_max_seconds, 0.5 * 2 ** min(failures - 1, 30)))
 
     async def _log_in(self) -> bool:
         failures = 0
@@ -240,9 +246,8 @@ class MatrixAdapter:
                 return False
             except NETWORK_ERRORS as exc:
                 failures += 1
-                delay = min(self.config.reconnect_max_seconds, 0.5 * 2 ** (failures - 1))
                 log.warning("matrix: cannot reach %s (%s)", self.config.homeserver, exc)
-                await self._sleep(delay)
+                await self._sleep(self._backoff(failures))
 
     async def _after_sync(self) -> None:
         """What nio's sync_forever does between syncs: to-device messages and E2E keys."""

@@ -220,6 +220,23 @@ async def test_the_bot_recovers_after_synapse_restarts(
     await alice.expect(room, bot.user_id, ["echo: before", "echo: after the restart"])
 
 
+async def test_the_bot_waits_for_an_unreachable_homeserver(
+    start_bot: StartBot, humans: Any, synapse: Synapse
+) -> None:
+    await asyncio.to_thread(synapse.stop)
+    try:
+        starting = asyncio.create_task(start_bot())
+        await asyncio.sleep(1.0)  # a few failed attempts to log in
+        assert not starting.done()
+    finally:
+        await asyncio.to_thread(synapse.start)
+    bot = await starting
+    alice = await humans()
+    room = await room_with_bot(alice, bot, direct=True)
+    await alice.say(room, "there you are")
+    await alice.expect(room, bot.user_id, ["echo: there you are"])
+
+
 async def test_an_invite_from_a_stranger_is_rejected(
     start_bot: StartBot, humans: Any, synapse: Synapse
 ) -> None:
