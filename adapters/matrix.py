@@ -28,6 +28,7 @@ from nio import (
     AsyncClient,
     AsyncClientConfig,
     InviteMemberEvent,
+    JoinResponse,
     MatrixRoom,
     MegolmEvent,
     RoomGetEventResponse,
@@ -133,6 +134,8 @@ class MatrixAdapter:
         self._invites = _Lru()
         self._submit: Submit | None = None
         self._stopping = asyncio.Event()
+        self._ended = False
+        self._replies = 0
         self._catching_up = False
         self.undecryptable = 0
         self.synced = asyncio.Event()  # set after each successful sync (tests wait on it)
@@ -176,7 +179,11 @@ class MatrixAdapter:
             for task in (loop, stopping):
                 task.cancel()
             await asyncio.gather(loop, stopping, return_exceptions=True)
-            await self.client.close()
+            self._ended = True
+            # Replies still being rendered (the core drains its queues after stop) keep the
+            # client open; the last one closes it.
+            if not self._replies:
+                await self.client.close()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -185,6 +192,9 @@ class MatrixAdapter:
         self._store.mkdir(parents=True, exist_ok=True)
         if not await self._log_in():
             return
+        # Before joining anything: people's clients encrypt only for devices whose keys
+        # they can see, so a new device must publish its keys first.
+        await self._upload_keys()
         # No saved sync token: this is the first start; the rooms' backlog is not for us.
         self._catching_up = self.client.loaded_sync_token is None
         failures = 0
@@ -249,6 +259,16 @@ class MatrixAdapter:
                 log.warning("matrix: cannot reach %s (%s)", self.config.homeserver, exc)
                 await self._sleep(self._backoff(failures))
 
+    async def _upload_keys(self) -> None:
+        failures = 0
+        while self.client.olm is not None and self.client.should_upload_keys:
+            try:
+                await self.client.keys_upload()
+            except NETWORK_ERRORS as exc:
+                failures += 1
+                log.warning("matrix: cannot upload the device keys (%s)", exc)
+                await self._sleep(self._backoff(failures))
+
     async def _after_sync(self) -> None:
         """What nio's sync_forever does between syncs: to-device messages and E2E keys."""
         client = self.client
@@ -295,7 +315,10 @@ class MatrixAdapter:
         self._invites.remember(room.room_id)
         if self.invite_allowed(event.sender, room.room_id):
             reply = await self.client.join(room.room_id)
-            log.info("matrix: joined %s on %s's invite: %s", room.room_id, event.sender, reply)
+            if isinstance(reply, JoinResponse):
+                log.info("matrix: joined %s on %s's invite", room.room_id, event.sender)
+            else:
+                log.warning("matrix: could not join %s: %s", room.room_id, reply.message)
         else:
             await self.client.room_leave(room.room_id)  # leaving an invite rejects it
             log.info("matrix: rejected %s's invite to %s", event.sender, room.room_id)
@@ -422,6 +445,7 @@ class MatrixAdapter:
         if origin is None:
             raise LookupError(f"no Matrix message to answer for {inbound.message_id}")
         room_id, root, sender = origin
+        self._replies += 1
         return MatrixReply(
             NioRoom(self, room_id),
             reply_to=inbound.message_id or "",
@@ -432,7 +456,13 @@ class MatrixAdapter:
             edit_interval=self.config.edit_interval,
             max_edits=self.config.max_edits,
             limit=self.config.split_limit,
+            on_done=self._reply_done,
         )
+
+    async def _reply_done(self) -> None:
+        self._replies -= 1
+        if self._ended and not self._replies:
+            await self.client.close()
 
 
 def strip_reply_fallback(body: str) -> str:

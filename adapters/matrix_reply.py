@@ -104,8 +104,10 @@ class MatrixReply:
         edit_interval: float = 1.0,
         max_edits: int = 8,
         limit: int = 4000,
+        on_done: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._sink = sink
+        self._on_done = on_done
         self._reply_to = reply_to
         self._thread_root = thread_root
         self._mentions = (mention,) if mention else ()
@@ -142,6 +144,23 @@ class MatrixReply:
             self._note_failure(exc)
 
     async def finish(self, text: str) -> None:
+        try:
+            await self._finish(text)
+        finally:
+            await self._close()
+
+    async def fail(self, notice: str) -> None:
+        try:
+            await self._fail(notice)
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            await on_done()
+
+    async def _finish(self, text: str) -> None:
         await self._stop_typing()
         for attempt in range(FINAL_ATTEMPTS):
             if self._forbidden:
@@ -157,7 +176,7 @@ class MatrixReply:
                     raise
                 await self._sleep(2.0**attempt)
 
-    async def fail(self, notice: str) -> None:
+    async def _fail(self, notice: str) -> None:
         await self._stop_typing()
         if self._forbidden:
             return

@@ -110,7 +110,8 @@ class Human:
     async def wait_joined(self, room_id: str, user_id: str) -> None:
         def joined() -> bool:
             room = self.client.rooms.get(room_id)
-            return room is not None and user_id in room.users
+            # room.users lists invited members too.
+            return room is not None and user_id in room.users and user_id not in room.invited_users
 
         await eventually(joined, f"{user_id} in {room_id}")
 
@@ -176,6 +177,7 @@ class Bot:
     async def stop(self) -> None:
         await self.adapter.stop()
         await asyncio.wait_for(self.task, WAIT)
+        assert self.adapter.client.client_session is None, "the HTTP session was left open"
         await self.core.close(1)
 
 

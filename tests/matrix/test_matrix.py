@@ -332,6 +332,24 @@ async def test_typing_is_shown_while_the_answer_is_generated(
     await eventually(lambda: alice.typing[-1] == (room, ()), "the typing to stop")
 
 
+async def test_a_reply_in_progress_at_stop_is_delivered_then_the_client_closes(
+    start_bot: StartBot, humans: Any
+) -> None:
+    alice = await humans()
+    bot = await start_bot()
+    room = await room_with_bot(alice, bot, direct=True)
+    bot.generator.gate = asyncio.Event()
+    await alice.say(room, "a slow one")
+    await bot.generator.started.wait()
+    await bot.adapter.stop()
+    await asyncio.wait_for(bot.task, 30)
+    assert bot.adapter.client.client_session is not None  # still needed by the reply
+    bot.generator.gate.set()
+    await alice.expect(room, bot.user_id, ["echo: a slow one"])
+    await bot.core.close(1)
+    assert bot.adapter.client.client_session is None
+
+
 async def test_undecryptable_and_malformed_events_are_counted_and_skipped(
     start_bot: StartBot, humans: Any, synapse: Synapse
 ) -> None:
