@@ -414,7 +414,9 @@ class MatrixAdapter:
     def _strip_mention(self, room: MatrixRoom, text: str) -> str:
         for name in self._names(room):
             # "Beseda: hi", "@beseda:server, hi" -> "hi"; a name inside a sentence stays.
-            text = re.sub(rf"^\s*@?{re.escape(name)}\s*[:,]?\s*", "", text, flags=re.IGNORECASE)
+            text = re.sub(
+                rf"^\s*@?{re.escape(name)}(?!\w)\s*[:,]?\s*", "", text, flags=re.IGNORECASE
+            )
         return text.strip()
 
     async def _is_own(self, room: MatrixRoom, event_id: str) -> bool:

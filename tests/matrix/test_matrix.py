@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from adapters.matrix import MatrixAdapter, matrix_adapter, strip_reply_fallback
+from adapters.matrix import RATE_NOTICE, MatrixAdapter, matrix_adapter, strip_reply_fallback
 from adapters.matrix_reply import MatrixReply, MatrixSendError, edit_content, render_html
 from adapters.matrix_session import Secrets, device_summary, load_credentials, matrix_secrets
 from adapters.registry import configured_adapters
@@ -69,6 +69,38 @@ async def test_a_pill_and_the_display_name_are_mentions_too(
         bot.user_id,
         ["echo: hi there", f"echo: and you, {localpart.upper()}, how are you?"],
     )
+
+
+async def test_only_served_rooms_are_answered_and_admins_pass(
+    start_bot: StartBot, humans: Any
+) -> None:
+    alice = await humans()
+    carol = await humans("carol")
+    bot = await start_bot(rooms=("!elsewhere:beseda.test",), admins=(alice.user_id,))
+    # Alice is an admin: her invite to a room outside `rooms` is accepted, and she is answered.
+    room = await alice.create_room([bot.user_id, carol.user_id])
+    await alice.wait_joined(room, bot.user_id)
+    await carol.client.join(room)
+    await alice.wait_joined(room, carol.user_id)
+    await carol.say(room, "!help")
+    await alice.say(room, "!help")
+    [answer] = await alice.answers(room, bot.user_id, 1)
+    await bot.idle()
+    assert (
+        answer["relation"]["m.in_reply_to"]["event_id"]
+        == alice.from_user(room, alice.user_id)[-1]["event_id"]
+    )
+
+
+async def test_a_fast_writer_gets_one_notice(start_bot: StartBot, humans: Any) -> None:
+    alice = await humans()
+    bot = await start_bot(rate_limit_messages=1)
+    room = await room_with_bot(alice, bot, direct=True)
+    for text in ("one", "two", "three"):
+        await alice.say(room, text)
+    await alice.expect(room, bot.user_id, ["echo: one", RATE_NOTICE])
+    await bot.idle()
+    assert len(bot.generator.calls) == 1
 
 
 async def test_direct_room_answers_every_message(start_bot: StartBot, humans: Any) -> None:
