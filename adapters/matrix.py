@@ -397,7 +397,8 @@ class MatrixAdapter:
     def _names(self, room: MatrixRoom) -> list[str]:
         """How people address the bot in text: display name, localpart, full id."""
         names = [room.user_name(self.user_id) or "", self.user_id[1:].split(":", 1)[0]]
-        return [name for name in dict.fromkeys([*names, self.user_id]) if name]
+        # Longest first: the full id must be removed before its localpart is.
+        return sorted({name for name in [*names, self.user_id] if name}, key=len, reverse=True)
 
     def _mentioned(self, room: MatrixRoom, content: dict[str, Any], text: str) -> bool:
         mentions = content.get("m.mentions")

@@ -63,11 +63,17 @@ async def test_a_pill_and_the_display_name_are_mentions_too(
         room, f"{localpart}: hi there", format="org.matrix.custom.html", formatted_body=pill
     )
     await alice.expect(room, bot.user_id, ["echo: hi there"])
+    await alice.say(room, f"{bot.user_id}, the full id works")
+    await alice.expect(room, bot.user_id, ["echo: hi there", "echo: the full id works"])
     await alice.say(room, f"and you, {localpart.upper()}, how are you?")
     await alice.expect(
         room,
         bot.user_id,
-        ["echo: hi there", f"echo: and you, {localpart.upper()}, how are you?"],
+        [
+            "echo: hi there",
+            "echo: the full id works",
+            f"echo: and you, {localpart.upper()}, how are you?",
+        ],
     )
 
 
