@@ -482,6 +482,9 @@ def matrix_adapter(config: Config) -> MatrixAdapter | None:
     """The registry's factory: a Matrix adapter when homeserver, user and a secret are set."""
     matrix = config.matrix
     secrets = matrix_secrets(config)
-    if not (matrix.homeserver and matrix.user_id and (secrets.password or secrets.access_token)):
+    has_secret = bool(secrets.password or secrets.access_token)
+    if has_secret and not (matrix.homeserver and matrix.user_id):
+        log.warning("a Matrix secret is set but [matrix] homeserver or user_id is empty: no Matrix")
+    if not (matrix.homeserver and matrix.user_id and has_secret):
         return None
     return MatrixAdapter(matrix, secrets, config.resolve_path(config.data_dir / matrix.store_path))

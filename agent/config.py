@@ -250,7 +250,7 @@ class MatrixConfig(_Section):
     """Matrix (see README, 'Matrix'). Active when homeserver, user_id and a secret are set."""
 
     # e.g. "https://matrix.example.org" and "@beseda:example.org".
-    homeserver: str = ""
+    homeserver: str = Field(default="", pattern=r"^(https?://\S+)?$")
     user_id: str = Field(default="", pattern=r"^(@[^:\s]+:\S+)?$")
     # Secrets: MATRIX_PASSWORD or MATRIX_ACCESS_TOKEN (environment or .env), never in the file.
     password: SecretStr = SecretStr("")

@@ -14,7 +14,7 @@ from adapters.matrix import RATE_NOTICE, MatrixAdapter, matrix_adapter, strip_re
 from adapters.matrix_reply import MatrixReply, MatrixSendError, edit_content, render_html
 from adapters.matrix_session import Secrets, device_summary, load_credentials, matrix_secrets
 from adapters.registry import configured_adapters
-from agent.config import Config, MatrixConfig, StorageConfig, load_config
+from agent.config import Config, ConfigError, MatrixConfig, StorageConfig, load_config
 from tests.matrix.peers import (
     PASSWORD,
     StartBot,
@@ -503,6 +503,9 @@ def test_the_commented_config_block_is_valid_and_the_readme_names_every_key(
     matrix = load_config(path, environ={}).matrix
     assert matrix.user_id == "@beseda:example.org"
     assert matrix.max_edits == 8
+    path.write_text('[matrix]\nhomeserver = "matrix.example.org"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"matrix\.homeserver"):
+        load_config(path, environ={})
     readme = Path("README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Matrix") :]
     for key in MatrixConfig.model_fields:
