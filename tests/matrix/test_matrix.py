@@ -574,3 +574,13 @@ async def test_a_transient_error_on_the_final_text_is_retried_and_forbidden_is_s
     await reply.finish("not allowed here")
     await reply.fail("nor this")
     assert forbidden.sent == []
+
+
+async def test_a_draft_that_spilled_further_than_the_final_text_is_redacted() -> None:
+    room = ScriptedRoom()
+    reply = scripted_reply(room, limit=200)
+    await reply.push("word " * 60)  # 300 characters: two messages
+    await reply.finish("short in the end")
+    assert room.sent[-1] == {"redacted": "$event2"}
+    assert room.sent[-2]["m.new_content"]["body"] == "short in the end"
+    assert reply.event_ids == ["$event1"]
