@@ -21,6 +21,13 @@ from tests.matrix.peers import PASSWORD, WAIT, Bot, Human, StartBot, SteppingClo
 from tests.matrix.synapse import Synapse
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the homeserver starts a subprocess: it is ``slow``."""
+    for item in items:
+        if "synapse" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
     server = Synapse(tmp_path_factory.mktemp("synapse"))

@@ -27,8 +27,6 @@ from tests.matrix.peers import (
 )
 from tests.matrix.synapse import SERVER_NAME, Synapse
 
-pytestmark = pytest.mark.slow
-
 
 async def test_invite_join_mention_reply(start_bot: StartBot, humans: Any) -> None:
     alice = await humans()
