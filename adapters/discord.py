@@ -35,7 +35,7 @@ from adapters.discord_reply import (
 from agent import commands
 from agent.config import Config, DiscordConfig
 from agent.events import Attachment, Inbound
-from agent.limits import Buckets
+from agent.limits import per_window
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,7 @@ class DiscordAdapter:
         self._clock = clock
         self._sleep = sleep
         self._options = client_options or {}
-        # rate_limit_messages at once, refilled over rate_limit_seconds (agent/limits.py).
-        self._limiter = Buckets(
-            config.rate_limit_messages,
-            config.rate_limit_messages * 60 / config.rate_limit_seconds,
-            clock,
-        )
+        self._limiter = per_window(config.rate_limit_messages, config.rate_limit_seconds, clock)
         self._origins: OrderedDict[str, discord.Message | discord.Interaction] = OrderedDict()
         self._submit: Submit | None = None
         self._documents: DocumentsHook | None = None

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import discord
 
-from adapters.discord_split import DISCORD_LIMIT, split_message
+from adapters.split import DISCORD_LIMIT, split_message
 
 log = logging.getLogger(__name__)
 

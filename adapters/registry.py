@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 from adapters.base import PlatformAdapter
 from adapters.discord import discord_adapter
+from adapters.matrix import matrix_adapter
 from agent.config import Config
 
 # Each platform module contributes a factory: it returns its adapter when the platform is
 # configured (credentials present), None otherwise. Add new platforms here.
 PlatformFactory = Callable[[Config], PlatformAdapter | None]
-PLATFORMS: list[PlatformFactory] = [discord_adapter]
+PLATFORMS: list[PlatformFactory] = [discord_adapter, matrix_adapter]
 
 
 def configured_adapters(

@@ -297,6 +297,49 @@ class RecoveryConfig(_Section):
     max_age_minutes: float = Field(default=30.0, ge=0.0)
 
 
+class MatrixConfig(_Section):
+    """Matrix (see README, 'Matrix'). Active when homeserver, user_id and a secret are set."""
+
+    # e.g. "https://matrix.example.org" and "@beseda:example.org".
+    homeserver: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    user_id: str = Field(default="", pattern=r"^(@[^:\s]+:\S+)?$")
+    # Secrets: MATRIX_PASSWORD or MATRIX_ACCESS_TOKEN (environment or .env), never in the file.
+    password: SecretStr = SecretStr("")
+    access_token: SecretStr = SecretStr("")
+    # Shown to people in the device list; used only on the first login.
+    device_name: str = "Beseda"
+    # Login, sync token and encryption keys; relative to data_dir. Keep it: losing it means
+    # a new device and undecryptable history.
+    store_path: str = "matrix"
+    # Invites are accepted from these users or from users of these servers (admins always);
+    # both empty: users of the bot's own homeserver. Others' invites are rejected.
+    invite_users: tuple[str, ...] = ()
+    invite_servers: tuple[str, ...] = ()
+    # Rooms (ids "!…:server") the bot serves and may join; empty = every room it is invited to.
+    rooms: tuple[str, ...] = ()
+    # Admins pass the allow-lists and the rate limit and may use admin-only commands.
+    admins: tuple[str, ...] = ()
+    # When to answer: mentions (m.mentions, a pill or the display name), replies to the bot,
+    # direct (two-person) rooms, and every message in these rooms.
+    mentions: bool = True
+    replies: bool = True
+    dms: bool = True
+    all_messages_rooms: tuple[str, ...] = ()
+    # Per user, a token bucket: rate_limit_messages at once, refilled at that many per
+    # rate_limit_seconds (0 = no limit).
+    rate_limit_messages: int = Field(default=6, ge=0)
+    rate_limit_seconds: float = Field(default=60.0, gt=0.0)
+    # Streaming by m.replace edits: at most one per edit_interval seconds and max_edits per
+    # reply (clients render long edit chains slowly); the final edit is always sent.
+    edit_interval: float = Field(default=1.0, ge=0.2)
+    max_edits: int = Field(default=8, ge=0)
+    # Longer answers are split into several messages (Matrix events are at most 64 KiB, and an
+    # edit carries the text four times, encrypted a third more).
+    split_limit: int = Field(default=4000, ge=200, le=8000)
+    # Reconnecting after the homeserver went away: exponential back-off up to this.
+    reconnect_max_seconds: float = Field(default=60.0, ge=0.1)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     # One line per event: logfmt (key=value) or json. Message text appears only at DEBUG;
@@ -328,6 +371,7 @@ class Config(_Section):
     discord: DiscordConfig = DiscordConfig()
     limits: LimitsConfig = LimitsConfig()
     recovery: RecoveryConfig = RecoveryConfig()
+    matrix: MatrixConfig = MatrixConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     # Where the file was read from; relative paths inside it are resolved against its folder.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from adapters.matrix_session import device_summary
 from adapters.registry import configured_adapters
 from agent.config import Config, select_backend
 from agent.generators.base import GeneratorError
@@ -40,6 +41,9 @@ async def run_doctor(config: Config, out: TextIO) -> int:
         model = await asyncio.to_thread(_check_model, config)
         checks.append(Check("fallback model", model.ok, model.detail) if remote else model)
     checks.append(check_platforms(config))
+    if config.matrix.homeserver and config.matrix.user_id:
+        summary = await asyncio.to_thread(device_summary, config)
+        checks.append(Check("matrix", True, f"{config.matrix.user_id}: {summary}"))
     width = max(len(c.name) for c in checks)
     for check in checks:
         mark = "ok " if check.ok else "FAIL"

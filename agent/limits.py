@@ -75,3 +75,9 @@ class Buckets:
             if refilled >= self._burst:
                 del self._buckets[key]
                 self._noticed.discard(key)
+
+
+def per_window(messages: int, seconds: float, clock: Clock = time.monotonic) -> Buckets:
+    """A platform's per-user limit: ``messages`` at once, refilled at that many per
+    ``seconds`` (``[discord]``/``[matrix]`` rate_limit_messages and rate_limit_seconds)."""
+    return Buckets(messages, messages * 60 / seconds, clock)

@@ -17,8 +17,8 @@ from discord.http import Route
 from adapters.attachments import channel_documents
 from adapters.base import platform_failures
 from adapters.discord import RATE_NOTICE, DiscordAdapter, discord_adapter, discord_token
-from adapters.discord_split import split_parts
 from adapters.registry import configured_adapters
+from adapters.split import split_parts
 from agent.app import App, build_core
 from agent.config import (
     ChatConfig,

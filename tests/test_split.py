@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.discord_split import split_message, split_parts
+from adapters.split import split_message, split_parts
 
 WORDS = st.text(alphabet="abcdefgh.,", min_size=1, max_size=30)
 LINE = st.one_of(

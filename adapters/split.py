@@ -1,4 +1,5 @@
-"""Splitting a reply at Discord's 2,000-character limit without breaking code blocks.
+"""Splitting a long reply into platform-sized messages without breaking code blocks
+(Discord's 2,000 characters; Matrix's configured split_limit).
 
 Cuts fall on a paragraph break if there is one in reach, else a line break, else a space,
 else (one enormous word) at the limit. A code block open at a cut is closed at the end of
