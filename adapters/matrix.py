@@ -139,6 +139,10 @@ class MatrixAdapter:
         self._catching_up = False
         self.undecryptable = 0
         self.synced = asyncio.Event()  # set after each successful sync (tests wait on it)
+        # Why Matrix stopped by itself (the login was refused); None while fine.
+        self.failure: str | None = None
+        self._connected = False  # the last sync succeeded (for /healthz)
+        self._ready = asyncio.Event()  # the first sync is done, or Matrix stopped (reopen)
         self.client = AsyncClient(
             config.homeserver,
             config.user_id,
@@ -180,6 +184,8 @@ class MatrixAdapter:
                 task.cancel()
             await asyncio.gather(loop, stopping, return_exceptions=True)
             self._ended = True
+            self._connected = False
+            self._ready.set()
             # Replies still being rendered (the core drains its queues after stop) keep the
             # client open; the last one closes it.
             if not self._replies:
@@ -187,6 +193,11 @@ class MatrixAdapter:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._ready.set()  # a recovery waiting for the first sync gives up
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     async def _serve(self) -> None:
         self._store.mkdir(parents=True, exist_ok=True)
@@ -218,10 +229,12 @@ class MatrixAdapter:
                 error = f"{type(exc).__name__}: {exc}"
             else:
                 error = str(getattr(reply, "message", ""))
+            self._connected = isinstance(reply, SyncResponse)
             if isinstance(reply, SyncResponse):
                 if failures:
                     log.warning("matrix: homeserver reachable again; resuming")
                 failures, first, self._catching_up = 0, False, False
+                self._ready.set()
                 self.synced.set()
                 self.synced.clear()
                 continue
@@ -252,7 +265,8 @@ class MatrixAdapter:
                 )
                 return True
             except MatrixLoginError as exc:
-                log.error("matrix: %s; Matrix is off", exc)
+                self.failure = f"Matrix login failed: {exc}"
+                log.error("%s; Matrix is off", self.failure)
                 return False
             except NETWORK_ERRORS as exc:
                 failures += 1
@@ -461,6 +475,27 @@ class MatrixAdapter:
             limit=self.config.split_limit,
             on_done=self._reply_done,
         )
+
+    async def reopen(
+        self, channel_key: str, platform_message_id: str | None
+    ) -> MatrixAdapter | None:
+        """A message stored before a restart, looked up again so that the answer replies to
+        it (in its thread). None when it cannot be: Matrix is stopping or never connected,
+        or the event is gone or hidden from the bot."""
+        if not channel_key.startswith("matrix:") or not platform_message_id:
+            return None
+        room_id, _, root = channel_key.removeprefix("matrix:").partition("/")
+        await self._ready.wait()
+        if not self._connected or self._stopping.is_set():
+            return None
+        found = await self.client.room_get_event(room_id, platform_message_id)
+        if not isinstance(found, RoomGetEventResponse):
+            log.info(
+                "matrix: cannot answer %s in %s after the restart", platform_message_id, room_id
+            )
+            return None
+        self._origins.remember(platform_message_id, (room_id, root or None, found.event.sender))
+        return self
 
     async def _reply_done(self) -> None:
         self._replies -= 1

@@ -10,17 +10,21 @@ from urllib.parse import quote
 
 import pytest
 
+from adapters.base import platform_failures
 from adapters.matrix import RATE_NOTICE, MatrixAdapter, matrix_adapter, strip_reply_fallback
 from adapters.matrix_reply import MatrixReply, MatrixSendError, edit_content, render_html
 from adapters.matrix_session import Secrets, device_summary, load_credentials, matrix_secrets
 from adapters.registry import configured_adapters
 from agent.config import Config, ConfigError, MatrixConfig, StorageConfig, load_config
+from agent.events import Inbound
 from tests.matrix.peers import (
     PASSWORD,
+    WAIT,
     StartBot,
     SteppingClock,
     eventually,
     human_room_with_others,
+    new_user,
     next_number,
     relation_of,
     room_with_bot,
@@ -247,6 +251,48 @@ async def test_the_first_start_skips_the_rooms_backlog(
     await alice.expect(room, bot_id, ["echo: written after"])
     await bot.idle()
     assert len(bot.generator.calls) == 1
+
+
+async def test_after_a_restart_a_stored_message_can_still_be_answered_in_its_thread(
+    start_bot: StartBot, humans: Any
+) -> None:
+    """What crash recovery (agent/recovery.py) uses: the sync token moved past a message
+    whose answer a crash interrupted, so the new process looks the event up again."""
+    alice = await humans()
+    bot = await start_bot()
+    room = await room_with_bot(alice, bot, direct=True)
+    root = await alice.say(room, "a thread starts here")
+    thread = {"m.relates_to": {"rel_type": "m.thread", "event_id": root}}
+    question = await alice.say(room, "a question in the thread", **thread)
+    await alice.expect(
+        room, bot.user_id, ["echo: a thread starts here", "echo: a question in the thread"]
+    )
+    await bot.stop()
+    again = await start_bot()  # a new process: it has never seen these events
+    key = f"matrix:{room}/{root}"
+    target = await again.adapter.reopen(key, question)
+    assert target is not None
+    stored = Inbound("matrix", key, alice.user_id, "alice", "a question", message_id=question)
+    reply = await target.open_reply(stored)
+    await reply.finish("answered after the restart")
+    answers = await alice.expect(
+        room,
+        bot.user_id,
+        [
+            "echo: a thread starts here",
+            "echo: a question in the thread",
+            "answered after the restart",
+        ],
+    )
+    relation = answers[2]["relation"]
+    assert relation["rel_type"] == "m.thread"
+    assert relation["event_id"] == root
+    assert relation["m.in_reply_to"]["event_id"] == question
+    assert await again.adapter.reopen(f"matrix:{room}", "$no-such-event") is None
+    assert again.adapter.connected
+    await again.stop()
+    assert not again.adapter.connected
+    assert await again.adapter.reopen(f"matrix:{room}", question) is None  # stopped
 
 
 async def test_the_bot_recovers_after_synapse_restarts(
@@ -589,3 +635,21 @@ async def test_a_draft_that_spilled_further_than_the_final_text_is_redacted() ->
     assert room.sent[-1] == {"redacted": "$event2"}
     assert room.sent[-2]["m.new_content"]["body"] == "short in the end"
     assert reply.event_ids == ["$event1"]
+
+
+async def test_a_refused_login_stops_matrix_with_a_clear_failure(
+    synapse: Synapse, tmp_path: Path
+) -> None:
+    user = new_user(synapse, "refused")
+    config = MatrixConfig(homeserver=synapse.url, user_id=user)
+    adapter = MatrixAdapter(config, Secrets(password="not-the-password"), tmp_path / "store")
+
+    async def submit(inbound: Inbound, target: object) -> None:
+        raise AssertionError("nothing should be submitted")
+
+    await asyncio.wait_for(adapter.run(submit), WAIT)  # returns instead of retrying forever
+    assert adapter.failure is not None
+    assert adapter.failure.startswith("Matrix login failed")
+    assert "not-the-password" not in adapter.failure
+    assert platform_failures([adapter]) == [adapter.failure]  # `run` exits 1 on these
+    assert not adapter.connected
