@@ -167,7 +167,7 @@ class ContextConfig(_Section):
 
     # When the history window overflows, this share of the history budget is evicted at once
     # (in whole turns), so the prompt prefix stays byte-identical between evictions.
-    evict_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    evict_fraction: float = Field(default=0.67, gt=0.0, lt=1.0)
     # Summarising the next block starts in the background once the window fills this share
     # of its budget, so the summary is usually ready when the block is evicted.
     summarize_at: float = Field(default=0.75, gt=0.0, le=1.0)

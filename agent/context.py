@@ -80,7 +80,7 @@ class ContextBuilder:
         *,
         max_tokens: int,
         safety_margin: int,
-        evict_fraction: float = 0.5,
+        evict_fraction: float = 0.67,
         summarize_at: float = 0.75,
     ) -> None:
         self._generator = generator

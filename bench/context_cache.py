@@ -1,7 +1,7 @@
 """How much of each prompt llama.cpp serves from its cache: Beseda vs a naive bot.
 
     python bench/context_cache.py [--turns 200] [--channels 8] [--max-tokens 24]
-                                  [--evict-fraction F]
+                                  [--evict-fraction F] [--multichannel-only]
 
 Both run the same scripted conversation on the bundled model with n_ctx 1024, in this
 process, one after the other:
@@ -115,10 +115,15 @@ class CountingGenerator:
 
 
 def script(turns: int, channels: int) -> list[tuple[int, str]]:
-    """(channel, message) in the order they arrive: channels interleaved round-robin."""
+    """(channel, message) in the order they arrive: channels interleaved round-robin.
+
+    Each channel walks the questions from its own starting point: identical conversations
+    in every channel would let the naive bot reuse one channel's prompt for the next.
+    """
     return [
-        (i % channels, f"{QUESTIONS[(i // channels) % len(QUESTIONS)]} (#{i // channels})")
+        (c, f"{QUESTIONS[(t + 5 * c) % len(QUESTIONS)]} (#{t})")
         for i in range(turns)
+        for c, t in [(i % channels, i // channels)]
     ]
 
 
@@ -180,10 +185,14 @@ async def main() -> None:
         "--evict-fraction", type=float, default=ContextConfig().evict_fraction,
         help="share of the history budget evicted at once (default: the configured default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--multichannel-only", action="store_true", help="skip the single-channel run"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder)
-        for channels in dict.fromkeys((1, args.channels)):
+        counts = [args.channels] if args.multichannel_only else [1, args.channels]
+        for channels in dict.fromkeys(counts):
             started = time.perf_counter()
             beseda = await run_beseda(
                 args.turns, channels, args.max_tokens, args.evict_fraction, data
