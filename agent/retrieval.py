@@ -142,9 +142,8 @@ class Retriever:
         self, scopes: Sequence[str], vector: Sequence[float], k: int
     ) -> list[Passage]:
         assert self._documents is not None
-        hits = await self._documents.query_vector(
-            vector, k, scope_filter(scopes, {"kind": "document"})
-        )
+        # No "kind" clause: the collection holds only document chunks (see memory/vectors.py).
+        hits = await self._documents.query_vector(vector, k, scope_filter(scopes))
         return [
             Passage(
                 str(h.metadata.get("source", "")),

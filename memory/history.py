@@ -14,6 +14,7 @@ from sqlalchemy.orm import aliased
 
 from memory.db import Database
 from memory.models import ChannelRow, MessageRow, SummaryRow, utcnow
+from memory.state_cache import StateCache
 
 NAME_CHARS = 255  # MessageRow.author_name
 
@@ -167,7 +168,10 @@ class SqlHistoryStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Channel rows are never deleted, so a key's id, once committed, never changes.
         self._channel_ids: dict[str, int] = {}
+        # Read twice per message, written rarely; every state write below drops its entry.
+        self._states: StateCache[ChannelState] = StateCache()
 
     async def _channel_id(self, session: AsyncSession, key: str) -> int:
         if key in self._channel_ids:
@@ -255,11 +259,14 @@ class SqlHistoryStore:
         if limit is not None and limit <= 0:
             return []
         async with self._db.session() as session:
-            channel_id = await session.scalar(
-                select(ChannelRow.id).where(ChannelRow.key == channel_key)
-            )
+            channel_id = self._channel_ids.get(channel_key)
             if channel_id is None:
-                return []
+                channel_id = await session.scalar(
+                    select(ChannelRow.id).where(ChannelRow.key == channel_key)
+                )
+                if channel_id is None:
+                    return []
+                self._channel_ids[channel_key] = channel_id
             # A reply sorts right after the turn it answers.
             anchor = func.coalesce(MessageRow.in_reply_to_id, MessageRow.id)
             query = select(MessageRow).where(MessageRow.channel_id == channel_id)
@@ -283,6 +290,10 @@ class SqlHistoryStore:
             return int(total or 0)
 
     async def channel_state(self, channel_key: str) -> ChannelState:
+        state = await self._states.read(channel_key, lambda: self._read_state(channel_key))
+        return state or ChannelState()
+
+    async def _read_state(self, channel_key: str) -> ChannelState | None:
         async with self._db.session() as session:
             result = await session.execute(
                 select(ChannelRow, SummaryRow)
@@ -291,7 +302,7 @@ class SqlHistoryStore:
             )
             found = result.first()
             if found is None:
-                return ChannelState()
+                return None
             channel, summary = found
             latest = await session.scalar(
                 select(SummaryRow)
@@ -314,76 +325,83 @@ class SqlHistoryStore:
         values: dict[str, int] = {"window_start_id": start_id}
         if summary_id is not None:
             values["summary_id"] = summary_id
-        async with self._db.session() as session, session.begin():
-            result = await session.execute(
-                update(ChannelRow)
-                .where(ChannelRow.key == channel_key, ChannelRow.epoch == epoch)
-                .where(
-                    or_(
-                        ChannelRow.window_start_id.is_(None),
-                        ChannelRow.window_start_id <= start_id,
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                result = await session.execute(
+                    update(ChannelRow)
+                    .where(ChannelRow.key == channel_key, ChannelRow.epoch == epoch)
+                    .where(
+                        or_(
+                            ChannelRow.window_start_id.is_(None),
+                            ChannelRow.window_start_id <= start_id,
+                        )
                     )
+                    .values(**values)
                 )
-                .values(**values)
-            )
-            return bool(getattr(result, "rowcount", 0))
+                return bool(getattr(result, "rowcount", 0))
 
     async def add_summary(
         self, channel_key: str, text: str, first_id: int, last_id: int, *, epoch: int
     ) -> Summary | None:
-        async with self._db.session() as session, session.begin():
-            channel = await session.scalar(
-                select(ChannelRow).where(ChannelRow.key == channel_key).with_for_update()
-            )
-            if channel is None or channel.epoch != epoch:
-                return None
-            row = SummaryRow(
-                channel_id=channel.id,
-                text=_storable(text),
-                first_message_id=first_id,
-                last_message_id=last_id,
-                epoch=epoch,
-                created_at=utcnow(),
-            )
-            session.add(row)
-            await session.flush()
-            return _summary(row)
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                channel = await session.scalar(
+                    select(ChannelRow).where(ChannelRow.key == channel_key).with_for_update()
+                )
+                if channel is None or channel.epoch != epoch:
+                    return None
+                row = SummaryRow(
+                    channel_id=channel.id,
+                    text=_storable(text),
+                    first_message_id=first_id,
+                    last_message_id=last_id,
+                    epoch=epoch,
+                    created_at=utcnow(),
+                )
+                session.add(row)
+                await session.flush()
+                return _summary(row)
 
     async def reset(self, channel_key: str, after_id: int) -> None:
-        async with self._db.session() as session, session.begin():
-            channel_id = await self._channel_id(session, channel_key)
-            await session.execute(
-                update(ChannelRow)
-                .where(ChannelRow.id == channel_id)
-                .values(window_start_id=after_id + 1, summary_id=None, epoch=ChannelRow.epoch + 1)
-            )
-        self._channel_ids[channel_key] = channel_id
-
-    async def set_persona(self, channel_key: str, persona: str | None) -> None:
-        async with self._db.session() as session, session.begin():
-            channel_id = await self._channel_id(session, channel_key)
-            await session.execute(
-                update(ChannelRow).where(ChannelRow.id == channel_id).values(persona=persona)
-            )
-        self._channel_ids[channel_key] = channel_id
-
-    async def mark_greeted(self, channel_key: str, persona: str) -> bool:
-        async with self._db.session() as session, session.begin():
-            channel_id = await self._channel_id(session, channel_key)
-            # One statement: two workers (or processes) racing greet once.
-            result = await session.execute(
-                update(ChannelRow)
-                .where(ChannelRow.id == channel_id)
-                .where(
-                    or_(
-                        ChannelRow.greeted_persona.is_(None),
-                        ChannelRow.greeted_persona != persona,
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                await session.execute(
+                    update(ChannelRow)
+                    .where(ChannelRow.id == channel_id)
+                    .values(
+                        window_start_id=after_id + 1, summary_id=None, epoch=ChannelRow.epoch + 1
                     )
                 )
-                .values(greeted_persona=persona)
-            )
-        self._channel_ids[channel_key] = channel_id
-        return bool(getattr(result, "rowcount", 0))
+            self._channel_ids[channel_key] = channel_id
+
+    async def set_persona(self, channel_key: str, persona: str | None) -> None:
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                await session.execute(
+                    update(ChannelRow).where(ChannelRow.id == channel_id).values(persona=persona)
+                )
+            self._channel_ids[channel_key] = channel_id
+
+    async def mark_greeted(self, channel_key: str, persona: str) -> bool:
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                # One statement: two workers (or processes) racing greet once.
+                result = await session.execute(
+                    update(ChannelRow)
+                    .where(ChannelRow.id == channel_id)
+                    .where(
+                        or_(
+                            ChannelRow.greeted_persona.is_(None),
+                            ChannelRow.greeted_persona != persona,
+                        )
+                    )
+                    .values(greeted_persona=persona)
+                )
+            self._channel_ids[channel_key] = channel_id
+            return bool(getattr(result, "rowcount", 0))
 
     async def summaries(self, channel_key: str) -> list[Summary]:
         async with self._db.session() as session:
