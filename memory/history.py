@@ -15,8 +15,12 @@ from sqlalchemy.orm import aliased
 from memory.db import Database
 from memory.models import ChannelRow, MessageRow, SummaryRow, utcnow
 from memory.state_cache import StateCache
+from memory.turn_cache import TurnCache, tail_floor
 
 NAME_CHARS = 255  # MessageRow.author_name
+# A read of the newest N turns loads N + TAIL_SLACK into the cache, so that reads leaving out
+# the newest few (the window's ``before_id``) are answered from it as well.
+TAIL_SLACK = 20
 
 
 class Status(StrEnum):
@@ -172,6 +176,9 @@ class SqlHistoryStore:
         self._channel_ids: dict[str, int] = {}
         # Read twice per message, written rarely; every state write below drops its entry.
         self._states: StateCache[ChannelState] = StateCache()
+        # Recent turns per channel (see memory/turn_cache.py): append and update keep it
+        # exact, interrupt_streaming (many rows at once) clears it.
+        self._turns = TurnCache()
 
     async def _channel_id(self, session: AsyncSession, key: str) -> int:
         if key in self._channel_ids:
@@ -202,41 +209,47 @@ class SqlHistoryStore:
         in_reply_to_id: int | None = None,
         created_at: datetime | None = None,
     ) -> StoredMessage:
-        async with self._db.session() as session, session.begin():
-            channel_id = await self._channel_id(session, channel_key)
-            now = created_at or utcnow()
-            row = MessageRow(
-                channel_id=channel_id,
-                role=role,
-                text=_storable(text),
-                status=str(status),
-                author_id=_storable(author_id),
-                # Display names are unbounded on some platforms; PostgreSQL enforces the
-                # column's length (SQLite does not), so cut it the same way everywhere.
-                author_name=_storable(author_name, NAME_CHARS),
-                platform_message_id=_storable(platform_message_id),
-                in_reply_to_id=in_reply_to_id,
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(row)
-            await session.flush()
-            stored = _stored(row, channel_key)
+        with self._turns.writing():
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                now = created_at or utcnow()
+                row = MessageRow(
+                    channel_id=channel_id,
+                    role=role,
+                    text=_storable(text),
+                    status=str(status),
+                    author_id=_storable(author_id),
+                    # Display names are unbounded on some platforms; PostgreSQL enforces the
+                    # column's length (SQLite does not), so cut it the same way everywhere.
+                    author_name=_storable(author_name, NAME_CHARS),
+                    platform_message_id=_storable(platform_message_id),
+                    in_reply_to_id=in_reply_to_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(row)
+                await session.flush()
+                stored = _stored(row, channel_key)
         # Cached only once committed, so a rolled-back channel row is never remembered.
         self._channel_ids[channel_key] = channel_id
+        self._turns.appended(channel_id, stored)
         return stored
 
     async def update(
         self, message_id: int, *, text: str | None = None, status: Status | None = None
     ) -> None:
-        async with self._db.session() as session, session.begin():
-            row = await session.get(MessageRow, message_id)
-            if row is None:
-                raise KeyError(message_id)
-            if text is not None:
-                row.text = _storable(text)
-            if status is not None:
-                row.status = str(status)
+        text = None if text is None else _storable(text)
+        with self._turns.writing():
+            async with self._db.session() as session, session.begin():
+                row = await session.get(MessageRow, message_id)
+                if row is None:
+                    raise KeyError(message_id)
+                if text is not None:
+                    row.text = text
+                if status is not None:
+                    row.status = str(status)
+                channel_id = row.channel_id
+        self._turns.updated(channel_id, message_id, text, status)
 
     async def get(self, message_id: int) -> StoredMessage | None:
         async with self._db.session() as session:
@@ -258,25 +271,60 @@ class SqlHistoryStore:
     ) -> list[StoredMessage]:
         if limit is not None and limit <= 0:
             return []
-        async with self._db.session() as session:
-            channel_id = self._channel_ids.get(channel_key)
-            if channel_id is None:
-                channel_id = await session.scalar(
+        channel_id = await self._known_channel_id(channel_key)
+        if channel_id is None:
+            return []
+        turns = self._turns.serve(channel_id, before_id=before_id, since_id=since_id, limit=limit)
+        if turns is not None:
+            return turns
+        # The two reads every message makes (the window since its start; the newest turns)
+        # are loaded into the cache whole, without ``before_id``, and answered from it.
+        writes = self._turns.writes(channel_id)
+        if since_id is not None and limit is None:
+            read = await self._read(channel_key, channel_id, since_id=since_id)
+            loaded = self._turns.load(channel_id, read, since_id, writes)
+        elif since_id is None and limit is not None:
+            tail = limit + TAIL_SLACK
+            read, floor = tail_floor(await self._read(channel_key, channel_id, limit=tail), tail)
+            loaded = self._turns.load(channel_id, read, floor, writes)
+        else:
+            return await self._read(channel_key, channel_id, before_id, since_id, limit)
+        turns = loaded.answer(before_id=before_id, since_id=since_id, limit=limit)
+        if turns is None:  # ``before_id`` left fewer than ``limit`` of the tail read
+            turns = await self._read(channel_key, channel_id, before_id, since_id, limit)
+        return turns
+
+    async def _known_channel_id(self, channel_key: str) -> int | None:
+        if channel_key not in self._channel_ids:
+            async with self._db.session() as session:
+                found = await session.scalar(
                     select(ChannelRow.id).where(ChannelRow.key == channel_key)
                 )
-                if channel_id is None:
-                    return []
-                self._channel_ids[channel_key] = channel_id
-            # A reply sorts right after the turn it answers.
-            anchor = func.coalesce(MessageRow.in_reply_to_id, MessageRow.id)
-            query = select(MessageRow).where(MessageRow.channel_id == channel_id)
-            if before_id is not None:
-                query = query.where(
-                    or_(MessageRow.id < before_id, MessageRow.in_reply_to_id < before_id)
-                )
-            if since_id is not None:
-                query = query.where(anchor >= since_id)
-            query = query.order_by(anchor.desc(), MessageRow.id.desc()).limit(limit)
+            if found is None:
+                return None
+            self._channel_ids[channel_key] = found
+        return self._channel_ids[channel_key]
+
+    async def _read(
+        self,
+        channel_key: str,
+        channel_id: int,
+        before_id: int | None = None,
+        since_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredMessage]:
+        """``conversation()`` from the database."""
+        # A reply sorts right after the turn it answers.
+        anchor = func.coalesce(MessageRow.in_reply_to_id, MessageRow.id)
+        query = select(MessageRow).where(MessageRow.channel_id == channel_id)
+        if before_id is not None:
+            query = query.where(
+                or_(MessageRow.id < before_id, MessageRow.in_reply_to_id < before_id)
+            )
+        if since_id is not None:
+            query = query.where(anchor >= since_id)
+        query = query.order_by(anchor.desc(), MessageRow.id.desc()).limit(limit)
+        async with self._db.session() as session:
             rows = (await session.scalars(query)).all()
             return [_stored(row, channel_key) for row in reversed(rows)]
 
@@ -425,9 +473,12 @@ class SqlHistoryStore:
         )
         if before_id is not None:
             query = query.where(MessageRow.id < before_id)
-        async with self._db.session() as session, session.begin():
-            result = await session.execute(query.values(status=str(Status.INTERRUPTED)))
-            return int(getattr(result, "rowcount", 0) or 0)
+        try:
+            async with self._db.session() as session, session.begin():
+                result = await session.execute(query.values(status=str(Status.INTERRUPTED)))
+                return int(getattr(result, "rowcount", 0) or 0)
+        finally:
+            self._turns.clear()
 
     async def unanswered(
         self, *, since: datetime | None = None, before: datetime | None = None
