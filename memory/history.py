@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol, overload
+from typing import Any, Protocol, overload
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -239,16 +239,22 @@ class SqlHistoryStore:
         self, message_id: int, *, text: str | None = None, status: Status | None = None
     ) -> None:
         text = None if text is None else _storable(text)
+        values: dict[str, object] = {"updated_at": utcnow()}
+        if text is not None:
+            values["text"] = text
+        if status is not None:
+            values["status"] = str(status)
         with self._turns.writing():
             async with self._db.session() as session, session.begin():
-                row = await session.get(MessageRow, message_id)
-                if row is None:
-                    raise KeyError(message_id)
-                if text is not None:
-                    row.text = text
-                if status is not None:
-                    row.status = str(status)
-                channel_id = row.channel_id
+                # One statement (every reply is updated at least once).
+                channel_id = await session.scalar(
+                    update(MessageRow)
+                    .where(MessageRow.id == message_id)
+                    .values(**values)
+                    .returning(MessageRow.channel_id)
+                )
+        if channel_id is None:
+            raise KeyError(message_id)
         self._turns.updated(channel_id, message_id, text, status)
 
     async def get(self, message_id: int) -> StoredMessage | None:
@@ -316,7 +322,8 @@ class SqlHistoryStore:
         """``conversation()`` from the database."""
         # A reply sorts right after the turn it answers.
         anchor = func.coalesce(MessageRow.in_reply_to_id, MessageRow.id)
-        query = select(MessageRow).where(MessageRow.channel_id == channel_id)
+        # Plain rows, not ORM objects: hundreds per read, and nothing is written back.
+        query = select(*MESSAGE_COLUMNS).where(MessageRow.channel_id == channel_id)
         if before_id is not None:
             query = query.where(
                 or_(MessageRow.id < before_id, MessageRow.in_reply_to_id < before_id)
@@ -325,7 +332,7 @@ class SqlHistoryStore:
             query = query.where(anchor >= since_id)
         query = query.order_by(anchor.desc(), MessageRow.id.desc()).limit(limit)
         async with self._db.session() as session:
-            rows = (await session.scalars(query)).all()
+            rows = (await session.execute(query)).all()
             return [_stored(row, channel_key) for row in reversed(rows)]
 
     async def count(self, channel_key: str) -> int:
@@ -519,7 +526,22 @@ def _storable(value: str | None, limit: int | None = None) -> str | None:
     return value if limit is None else value[:limit]
 
 
-def _stored(row: MessageRow, channel_key: str) -> StoredMessage:
+# What a StoredMessage holds of a MessageRow.
+MESSAGE_COLUMNS = (
+    MessageRow.id,
+    MessageRow.role,
+    MessageRow.text,
+    MessageRow.status,
+    MessageRow.author_id,
+    MessageRow.author_name,
+    MessageRow.platform_message_id,
+    MessageRow.in_reply_to_id,
+    MessageRow.created_at,
+)
+
+
+def _stored(row: Any, channel_key: str) -> StoredMessage:
+    """``row``: a MessageRow, or a result row of MESSAGE_COLUMNS (same attribute names)."""
     return StoredMessage(
         id=row.id,
         channel_key=channel_key,

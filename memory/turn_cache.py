@@ -61,7 +61,10 @@ class CachedTurns:
         """Drop the oldest turns, in whole exchanges, until at most ``keep`` are left."""
         if len(self.order) <= keep:
             return
-        self.floor = self.order[len(self.order) - keep][0] + 1
+        first = len(self.order) - keep
+        oldest = self.order[first][0]
+        # A floor inside an exchange would keep half of it: move above that exchange.
+        self.floor = oldest + 1 if self.order[first - 1][0] == oldest else oldest
         cut = bisect_left(self.order, (self.floor,))
         for _anchor, message_id in self.order[:cut]:
             del self.turns[message_id]
