@@ -12,9 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from memory.channel_cache import ChannelCache
 from memory.db import Database
 from memory.models import ChannelRow, MessageRow, SummaryRow, utcnow
-from memory.state_cache import StateCache
 from memory.turn_cache import TurnCache, tail_floor
 
 NAME_CHARS = 255  # MessageRow.author_name
@@ -175,7 +175,7 @@ class SqlHistoryStore:
         # Channel rows are never deleted, so a key's id, once committed, never changes.
         self._channel_ids: dict[str, int] = {}
         # Read twice per message, written rarely; every state write below drops its entry.
-        self._states: StateCache[ChannelState] = StateCache()
+        self._states: ChannelCache[ChannelState] = ChannelCache()
         # Recent turns per channel (see memory/turn_cache.py): append and update keep it
         # exact, interrupt_streaming (many rows at once) clears it.
         self._turns = TurnCache()

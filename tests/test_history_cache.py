@@ -19,10 +19,10 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects import sqlite
 
 from memory import history as history_module
+from memory.channel_cache import ChannelCache
 from memory.db import Database
 from memory.history import SqlHistoryStore, Status, StoredMessage
 from memory.models import MessageRow
-from memory.state_cache import StateCache
 from memory.turn_cache import TurnCache, anchor_of
 
 
@@ -166,7 +166,7 @@ def test_a_full_channel_raises_its_floor_in_whole_exchanges() -> None:
 
 
 async def test_a_state_read_that_raced_a_write_is_not_kept() -> None:
-    cache: StateCache[str] = StateCache()
+    cache: ChannelCache[str] = ChannelCache()
 
     async def load() -> str:
         cache.written("c:1")  # a write commits while this read is in flight

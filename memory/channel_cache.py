@@ -1,4 +1,5 @@
-"""A per-channel cache of ChannelState for the history store.
+"""A per-channel cache of ChannelState for the history store (not the model-state cache
+of agent/generators/state_cache.py).
 
 Every message reads its channel's state twice (the history window, the persona choice) and
 it changes only when a window moves, a summary is stored, the channel is reset or a persona
@@ -23,7 +24,7 @@ T = TypeVar("T")
 MAX_CHANNELS = 10_000
 
 
-class StateCache(Generic[T]):
+class ChannelCache(Generic[T]):
     def __init__(self, max_channels: int = MAX_CHANNELS) -> None:
         self._max = max_channels
         self._values: dict[str, T] = {}
