@@ -78,7 +78,7 @@ class Retriever:
         # The chunks put in each channel's latest prompt, for the sources line of its answer
         # (a channel's turns are prepared and answered one at a time, in order).
         self._shown: dict[str, list[Passage]] = {}
-        # Collections seen holding items (see _filled).
+        # Collections seen holding items (see _has_items).
         self._filled: set[ChromaStore] = set()
 
     async def scopes(self, channel_key: str | None) -> list[str]:

@@ -440,7 +440,7 @@ class SqlHistoryStore:
             self._channel_ids[channel_key] = channel_id
 
     async def mark_greeted(self, channel_key: str, persona: str) -> bool:
-        with self._states.writing(channel_key):
+        try:
             async with self._db.session() as session, session.begin():
                 channel_id = await self._channel_id(session, channel_key)
                 # One statement: two workers (or processes) racing greet once.
@@ -455,8 +455,14 @@ class SqlHistoryStore:
                     )
                     .values(greeted_persona=persona)
                 )
-            self._channel_ids[channel_key] = channel_id
-            return bool(getattr(result, "rowcount", 0))
+        except BaseException:
+            self._states.written(channel_key)
+            raise
+        self._channel_ids[channel_key] = channel_id
+        changed = bool(getattr(result, "rowcount", 0))
+        if changed:  # asked before every greeting-enabled answer; mostly it changes nothing
+            self._states.written(channel_key)
+        return changed
 
     async def summaries(self, channel_key: str) -> list[Summary]:
         async with self._db.session() as session:

@@ -9,8 +9,9 @@ least the channel's ``floor``:
 
 The store keeps it true: it adds each turn it appends (when the turn's anchor is at or above
 the floor), replaces each turn it updates, and forgets everything when it changes many rows
-at once. A read is answered from the cache only when the invariant makes the answer exact
-(see :meth:`TurnCache.serve`); otherwise the store reads the database as before.
+at once or a write fails or is cancelled (it may have committed). A read is answered from
+the cache only when the invariant makes the answer exact (see :meth:`CachedTurns.answer`);
+otherwise the store reads the database as before.
 
 A load that was in flight while a write to its channel committed may miss that write: it
 is not cached (a per-channel write counter tells). Like the store's other caches, this

@@ -93,6 +93,10 @@ async def test_channel_state_follows_every_state_write(history: SqlHistoryStore)
     assert (await history.channel_state("c:1")).persona == "pirate"
     assert await history.mark_greeted("c:1", "pirate")
     assert (await history.channel_state("c:1")).greeted_persona == "pirate"
+    assert not await history.mark_greeted("c:1", "pirate")  # no change, entry kept
+    assert (await history.channel_state("c:1")).greeted_persona == "pirate"
+    assert await history.mark_greeted("c:1", "robot")
+    assert (await history.channel_state("c:1")).greeted_persona == "robot"
     await history.reset("c:1", after_id=stored.id)
     state = await history.channel_state("c:1")
     assert (state.window_start_id, state.epoch, state.summary) == (stored.id + 1, 1, None)
