@@ -37,6 +37,9 @@ if TYPE_CHECKING:  # memory.history imports this module
 MAX_CHANNELS = 256
 MAX_TURNS = 1000
 KEEP_TURNS = 750
+# Characters of text kept over all channels (a turn may hold 20,000): least recently used
+# channels are dropped past it, so hostile long messages cannot make the cache huge.
+MAX_CHARS = 10_000_000
 
 
 def anchor_of(turn: StoredMessage) -> int:
@@ -52,11 +55,18 @@ class CachedTurns:
     turns: dict[int, StoredMessage] = field(default_factory=dict)
     # (anchor, id) of every cached turn, in conversation order.
     order: list[tuple[int, int]] = field(default_factory=list)
+    # Characters of text held.
+    chars: int = 0
 
     def add(self, turn: StoredMessage) -> None:
-        if turn.id not in self.turns:
+        """Add ``turn``, or replace the cached turn with its id."""
+        old = self.turns.get(turn.id)
+        if old is None:
             insort(self.order, (anchor_of(turn), turn.id))
+        else:
+            self.chars -= len(old.text)
         self.turns[turn.id] = turn
+        self.chars += len(turn.text)
 
     def raise_floor(self, keep: int) -> None:
         """Drop the oldest turns, in whole exchanges, until at most ``keep`` are left."""
@@ -68,7 +78,7 @@ class CachedTurns:
         self.floor = oldest + 1 if self.order[first - 1][0] == oldest else oldest
         cut = bisect_left(self.order, (self.floor,))
         for _anchor, message_id in self.order[:cut]:
-            del self.turns[message_id]
+            self.chars -= len(self.turns.pop(message_id).text)
         del self.order[:cut]
 
     def answer(
@@ -98,10 +108,12 @@ class TurnCache:
         max_channels: int = MAX_CHANNELS,
         max_turns: int = MAX_TURNS,
         keep_turns: int = KEEP_TURNS,
+        max_chars: int = MAX_CHARS,
     ) -> None:
         self._max_channels = max_channels
         self._max_turns = max_turns
         self._keep_turns = keep_turns
+        self._max_chars = max_chars
         self._channels: OrderedDict[int, CachedTurns] = OrderedDict()
         # Writes applied per channel id, and clears, for loads racing them (never trimmed:
         # an int per channel).
@@ -143,8 +155,7 @@ class TurnCache:
             return entry  # a write raced the read, or too many turns to keep
         self._channels[channel_id] = entry
         self._channels.move_to_end(channel_id)
-        while len(self._channels) > self._max_channels:
-            self._channels.popitem(last=False)
+        self._bound()
         return entry
 
     def appended(self, channel_id: int, turn: StoredMessage) -> None:
@@ -156,6 +167,7 @@ class TurnCache:
         entry.add(turn)
         if len(entry.order) > self._max_turns:
             entry.raise_floor(self._keep_turns)
+        self._bound()
 
     def updated(
         self, channel_id: int, message_id: int, text: str | None, status: Status | None
@@ -166,11 +178,23 @@ class TurnCache:
         if entry is None or message_id not in entry.turns:
             return  # not cached (its anchor is below the floor)
         old = entry.turns[message_id]
-        entry.turns[message_id] = replace(
-            old,
-            text=old.text if text is None else text,
-            status=old.status if status is None else status,
+        entry.add(
+            replace(
+                old,
+                text=old.text if text is None else text,
+                status=old.status if status is None else status,
+            )
         )
+        self._bound()
+
+    def _bound(self) -> None:
+        """Drop the least recently used channels past the channel and character limits."""
+        chars = sum(entry.chars for entry in self._channels.values())
+        while self._channels and (
+            len(self._channels) > self._max_channels or chars > self._max_chars
+        ):
+            _channel_id, dropped = self._channels.popitem(last=False)
+            chars -= dropped.chars
 
     @contextmanager
     def writing(self) -> Iterator[None]:

@@ -169,6 +169,17 @@ def test_a_full_channel_raises_its_floor_in_whole_exchanges() -> None:
     assert split.serve(7, before_id=None, since_id=3, limit=None) is None
 
 
+def test_the_cache_keeps_within_its_channel_and_character_limits() -> None:
+    cache = TurnCache(max_channels=2, max_chars=10)
+    for channel_id in (1, 2, 3):
+        cache.load(channel_id, [turn(channel_id)], 0, cache.writes(channel_id))
+    assert cache.serve(1, before_id=None, since_id=0, limit=None) is None  # least recent
+    assert cache.serve(3, before_id=None, since_id=0, limit=None) == [turn(3)]
+    cache.updated(3, 3, "a much longer text", None)  # 18 characters: over the limit
+    assert cache.serve(2, before_id=None, since_id=0, limit=None) is None
+    assert cache.serve(3, before_id=None, since_id=0, limit=None) is None
+
+
 async def test_a_state_read_that_raced_a_write_is_not_kept() -> None:
     cache: ChannelCache[str] = ChannelCache()
 
