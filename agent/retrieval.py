@@ -78,6 +78,8 @@ class Retriever:
         # The chunks put in each channel's latest prompt, for the sources line of its answer
         # (a channel's turns are prepared and answered one at a time, in order).
         self._shown: dict[str, list[Passage]] = {}
+        # Collections seen holding items (see _has_items).
+        self._filled: set[ChromaStore] = set()
 
     async def scopes(self, channel_key: str | None) -> list[str]:
         """What a channel may see: global items, its own, and the people taking part in it."""
@@ -114,12 +116,12 @@ class Retriever:
         if not text.strip():
             return None
         try:
-            documents = (
-                self._documents if self._documents and await self._documents.count() else None
+            has_documents, has_memories = await asyncio.gather(
+                self._has_items(self._documents),
+                self._has_items(self.memories.store if self.memories else None),
             )
-            memories = (
-                self.memories if self.memories and await self.memories.store.count() else None
-            )
+            documents = self._documents if has_documents else None
+            memories = self.memories if has_memories else None
             store = documents or (memories.store if memories else None)
             if store is None:
                 return None
@@ -133,6 +135,18 @@ class Retriever:
             return None
         return format_block(passages, recalled) or None
 
+    async def _has_items(self, store: ChromaStore | None) -> bool:
+        """Whether ``store`` holds anything, asked once it did: a collection emptied since
+        only costs a query that finds nothing, and counting cost a call per message."""
+        if store is None:
+            return False
+        if store in self._filled:
+            return True
+        if await store.count():
+            self._filled.add(store)
+            return True
+        return False
+
     def annotate(self, channel_key: str, question: str, answer: str) -> str:
         """``answer`` with a line naming the documents it drew on (see agent/citations.py)."""
         passages = self._shown.pop(channel_key, [])
@@ -142,9 +156,8 @@ class Retriever:
         self, scopes: Sequence[str], vector: Sequence[float], k: int
     ) -> list[Passage]:
         assert self._documents is not None
-        hits = await self._documents.query_vector(
-            vector, k, scope_filter(scopes, {"kind": "document"})
-        )
+        # No "kind" clause: the collection holds only document chunks (see memory/vectors.py).
+        hits = await self._documents.query_vector(vector, k, scope_filter(scopes))
         return [
             Passage(
                 str(h.metadata.get("source", "")),

@@ -5,17 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol, overload
+from typing import Any, Protocol, overload
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from memory.channel_cache import ChannelCache
 from memory.db import Database
 from memory.models import ChannelRow, MessageRow, SummaryRow, utcnow
+from memory.turn_cache import TurnCache, tail_floor
 
 NAME_CHARS = 255  # MessageRow.author_name
+# A read of the newest N turns loads N + TAIL_SLACK into the cache, so that reads leaving out
+# the newest few (the window's ``before_id``) are answered from it as well.
+TAIL_SLACK = 20
 
 
 class Status(StrEnum):
@@ -167,7 +172,13 @@ class SqlHistoryStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Channel rows are never deleted, so a key's id, once committed, never changes.
         self._channel_ids: dict[str, int] = {}
+        # Read twice per message, written rarely; every state write below drops its entry.
+        self._states: ChannelCache[ChannelState] = ChannelCache()
+        # Recent turns per channel (see memory/turn_cache.py): append and update keep it
+        # exact, interrupt_streaming (many rows at once) clears it.
+        self._turns = TurnCache()
 
     async def _channel_id(self, session: AsyncSession, key: str) -> int:
         if key in self._channel_ids:
@@ -198,41 +209,53 @@ class SqlHistoryStore:
         in_reply_to_id: int | None = None,
         created_at: datetime | None = None,
     ) -> StoredMessage:
-        async with self._db.session() as session, session.begin():
-            channel_id = await self._channel_id(session, channel_key)
-            now = created_at or utcnow()
-            row = MessageRow(
-                channel_id=channel_id,
-                role=role,
-                text=_storable(text),
-                status=str(status),
-                author_id=_storable(author_id),
-                # Display names are unbounded on some platforms; PostgreSQL enforces the
-                # column's length (SQLite does not), so cut it the same way everywhere.
-                author_name=_storable(author_name, NAME_CHARS),
-                platform_message_id=_storable(platform_message_id),
-                in_reply_to_id=in_reply_to_id,
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(row)
-            await session.flush()
-            stored = _stored(row, channel_key)
+        with self._turns.writing():
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                now = created_at or utcnow()
+                row = MessageRow(
+                    channel_id=channel_id,
+                    role=role,
+                    text=_storable(text),
+                    status=str(status),
+                    author_id=_storable(author_id),
+                    # Display names are unbounded on some platforms; PostgreSQL enforces the
+                    # column's length (SQLite does not), so cut it the same way everywhere.
+                    author_name=_storable(author_name, NAME_CHARS),
+                    platform_message_id=_storable(platform_message_id),
+                    in_reply_to_id=in_reply_to_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(row)
+                await session.flush()
+                stored = _stored(row, channel_key)
         # Cached only once committed, so a rolled-back channel row is never remembered.
         self._channel_ids[channel_key] = channel_id
+        self._turns.appended(channel_id, stored)
         return stored
 
     async def update(
         self, message_id: int, *, text: str | None = None, status: Status | None = None
     ) -> None:
-        async with self._db.session() as session, session.begin():
-            row = await session.get(MessageRow, message_id)
-            if row is None:
-                raise KeyError(message_id)
-            if text is not None:
-                row.text = _storable(text)
-            if status is not None:
-                row.status = str(status)
+        text = None if text is None else _storable(text)
+        values: dict[str, object] = {"updated_at": utcnow()}
+        if text is not None:
+            values["text"] = text
+        if status is not None:
+            values["status"] = str(status)
+        with self._turns.writing():
+            async with self._db.session() as session, session.begin():
+                # One statement (every reply is updated at least once).
+                channel_id = await session.scalar(
+                    update(MessageRow)
+                    .where(MessageRow.id == message_id)
+                    .values(**values)
+                    .returning(MessageRow.channel_id)
+                )
+        if channel_id is None:
+            raise KeyError(message_id)
+        self._turns.updated(channel_id, message_id, text, status)
 
     async def get(self, message_id: int) -> StoredMessage | None:
         async with self._db.session() as session:
@@ -254,23 +277,62 @@ class SqlHistoryStore:
     ) -> list[StoredMessage]:
         if limit is not None and limit <= 0:
             return []
-        async with self._db.session() as session:
-            channel_id = await session.scalar(
-                select(ChannelRow.id).where(ChannelRow.key == channel_key)
-            )
-            if channel_id is None:
-                return []
-            # A reply sorts right after the turn it answers.
-            anchor = func.coalesce(MessageRow.in_reply_to_id, MessageRow.id)
-            query = select(MessageRow).where(MessageRow.channel_id == channel_id)
-            if before_id is not None:
-                query = query.where(
-                    or_(MessageRow.id < before_id, MessageRow.in_reply_to_id < before_id)
+        channel_id = await self._known_channel_id(channel_key)
+        if channel_id is None:
+            return []
+        turns = self._turns.serve(channel_id, before_id=before_id, since_id=since_id, limit=limit)
+        if turns is not None:
+            return turns
+        # The two reads every message makes (the window since its start; the newest turns)
+        # are loaded into the cache whole, without ``before_id``, and answered from it.
+        writes = self._turns.writes(channel_id)
+        if since_id is not None and limit is None:
+            read = await self._read(channel_key, channel_id, since_id=since_id)
+            loaded = self._turns.load(channel_id, read, since_id, writes)
+        elif since_id is None and limit is not None:
+            tail = limit + TAIL_SLACK
+            read, floor = tail_floor(await self._read(channel_key, channel_id, limit=tail), tail)
+            loaded = self._turns.load(channel_id, read, floor, writes)
+        else:
+            return await self._read(channel_key, channel_id, before_id, since_id, limit)
+        turns = loaded.answer(before_id=before_id, since_id=since_id, limit=limit)
+        if turns is None:  # ``before_id`` left fewer than ``limit`` of the tail read
+            turns = await self._read(channel_key, channel_id, before_id, since_id, limit)
+        return turns
+
+    async def _known_channel_id(self, channel_key: str) -> int | None:
+        if channel_key not in self._channel_ids:
+            async with self._db.session() as session:
+                found = await session.scalar(
+                    select(ChannelRow.id).where(ChannelRow.key == channel_key)
                 )
-            if since_id is not None:
-                query = query.where(anchor >= since_id)
-            query = query.order_by(anchor.desc(), MessageRow.id.desc()).limit(limit)
-            rows = (await session.scalars(query)).all()
+            if found is None:
+                return None
+            self._channel_ids[channel_key] = found
+        return self._channel_ids[channel_key]
+
+    async def _read(
+        self,
+        channel_key: str,
+        channel_id: int,
+        before_id: int | None = None,
+        since_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredMessage]:
+        """``conversation()`` from the database."""
+        # A reply sorts right after the turn it answers.
+        anchor = func.coalesce(MessageRow.in_reply_to_id, MessageRow.id)
+        # Plain rows, not ORM objects: hundreds per read, and nothing is written back.
+        query = select(*MESSAGE_COLUMNS).where(MessageRow.channel_id == channel_id)
+        if before_id is not None:
+            query = query.where(
+                or_(MessageRow.id < before_id, MessageRow.in_reply_to_id < before_id)
+            )
+        if since_id is not None:
+            query = query.where(anchor >= since_id)
+        query = query.order_by(anchor.desc(), MessageRow.id.desc()).limit(limit)
+        async with self._db.session() as session:
+            rows = (await session.execute(query)).all()
             return [_stored(row, channel_key) for row in reversed(rows)]
 
     async def count(self, channel_key: str) -> int:
@@ -283,6 +345,10 @@ class SqlHistoryStore:
             return int(total or 0)
 
     async def channel_state(self, channel_key: str) -> ChannelState:
+        state = await self._states.read(channel_key, lambda: self._read_state(channel_key))
+        return state or ChannelState()
+
+    async def _read_state(self, channel_key: str) -> ChannelState | None:
         async with self._db.session() as session:
             result = await session.execute(
                 select(ChannelRow, SummaryRow)
@@ -291,7 +357,7 @@ class SqlHistoryStore:
             )
             found = result.first()
             if found is None:
-                return ChannelState()
+                return None
             channel, summary = found
             latest = await session.scalar(
                 select(SummaryRow)
@@ -314,76 +380,89 @@ class SqlHistoryStore:
         values: dict[str, int] = {"window_start_id": start_id}
         if summary_id is not None:
             values["summary_id"] = summary_id
-        async with self._db.session() as session, session.begin():
-            result = await session.execute(
-                update(ChannelRow)
-                .where(ChannelRow.key == channel_key, ChannelRow.epoch == epoch)
-                .where(
-                    or_(
-                        ChannelRow.window_start_id.is_(None),
-                        ChannelRow.window_start_id <= start_id,
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                result = await session.execute(
+                    update(ChannelRow)
+                    .where(ChannelRow.key == channel_key, ChannelRow.epoch == epoch)
+                    .where(
+                        or_(
+                            ChannelRow.window_start_id.is_(None),
+                            ChannelRow.window_start_id <= start_id,
+                        )
                     )
+                    .values(**values)
                 )
-                .values(**values)
-            )
-            return bool(getattr(result, "rowcount", 0))
+                return bool(getattr(result, "rowcount", 0))
 
     async def add_summary(
         self, channel_key: str, text: str, first_id: int, last_id: int, *, epoch: int
     ) -> Summary | None:
-        async with self._db.session() as session, session.begin():
-            channel = await session.scalar(
-                select(ChannelRow).where(ChannelRow.key == channel_key).with_for_update()
-            )
-            if channel is None or channel.epoch != epoch:
-                return None
-            row = SummaryRow(
-                channel_id=channel.id,
-                text=_storable(text),
-                first_message_id=first_id,
-                last_message_id=last_id,
-                epoch=epoch,
-                created_at=utcnow(),
-            )
-            session.add(row)
-            await session.flush()
-            return _summary(row)
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                channel = await session.scalar(
+                    select(ChannelRow).where(ChannelRow.key == channel_key).with_for_update()
+                )
+                if channel is None or channel.epoch != epoch:
+                    return None
+                row = SummaryRow(
+                    channel_id=channel.id,
+                    text=_storable(text),
+                    first_message_id=first_id,
+                    last_message_id=last_id,
+                    epoch=epoch,
+                    created_at=utcnow(),
+                )
+                session.add(row)
+                await session.flush()
+                return _summary(row)
 
     async def reset(self, channel_key: str, after_id: int) -> None:
-        async with self._db.session() as session, session.begin():
-            channel_id = await self._channel_id(session, channel_key)
-            await session.execute(
-                update(ChannelRow)
-                .where(ChannelRow.id == channel_id)
-                .values(window_start_id=after_id + 1, summary_id=None, epoch=ChannelRow.epoch + 1)
-            )
-        self._channel_ids[channel_key] = channel_id
-
-    async def set_persona(self, channel_key: str, persona: str | None) -> None:
-        async with self._db.session() as session, session.begin():
-            channel_id = await self._channel_id(session, channel_key)
-            await session.execute(
-                update(ChannelRow).where(ChannelRow.id == channel_id).values(persona=persona)
-            )
-        self._channel_ids[channel_key] = channel_id
-
-    async def mark_greeted(self, channel_key: str, persona: str) -> bool:
-        async with self._db.session() as session, session.begin():
-            channel_id = await self._channel_id(session, channel_key)
-            # One statement: two workers (or processes) racing greet once.
-            result = await session.execute(
-                update(ChannelRow)
-                .where(ChannelRow.id == channel_id)
-                .where(
-                    or_(
-                        ChannelRow.greeted_persona.is_(None),
-                        ChannelRow.greeted_persona != persona,
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                await session.execute(
+                    update(ChannelRow)
+                    .where(ChannelRow.id == channel_id)
+                    .values(
+                        window_start_id=after_id + 1, summary_id=None, epoch=ChannelRow.epoch + 1
                     )
                 )
-                .values(greeted_persona=persona)
-            )
+            self._channel_ids[channel_key] = channel_id
+
+    async def set_persona(self, channel_key: str, persona: str | None) -> None:
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                await session.execute(
+                    update(ChannelRow).where(ChannelRow.id == channel_id).values(persona=persona)
+                )
+            self._channel_ids[channel_key] = channel_id
+
+    async def mark_greeted(self, channel_key: str, persona: str) -> bool:
+        try:
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                # One statement: two workers (or processes) racing greet once.
+                result = await session.execute(
+                    update(ChannelRow)
+                    .where(ChannelRow.id == channel_id)
+                    .where(
+                        or_(
+                            ChannelRow.greeted_persona.is_(None),
+                            ChannelRow.greeted_persona != persona,
+                        )
+                    )
+                    .values(greeted_persona=persona)
+                )
+        except BaseException:
+            self._states.written(channel_key)
+            raise
         self._channel_ids[channel_key] = channel_id
-        return bool(getattr(result, "rowcount", 0))
+        changed = bool(getattr(result, "rowcount", 0))
+        if changed:  # asked before every greeting-enabled answer; mostly it changes nothing
+            self._states.written(channel_key)
+        return changed
 
     async def summaries(self, channel_key: str) -> list[Summary]:
         async with self._db.session() as session:
@@ -407,9 +486,12 @@ class SqlHistoryStore:
         )
         if before_id is not None:
             query = query.where(MessageRow.id < before_id)
-        async with self._db.session() as session, session.begin():
-            result = await session.execute(query.values(status=str(Status.INTERRUPTED)))
-            return int(getattr(result, "rowcount", 0) or 0)
+        try:
+            async with self._db.session() as session, session.begin():
+                result = await session.execute(query.values(status=str(Status.INTERRUPTED)))
+                return int(getattr(result, "rowcount", 0) or 0)
+        finally:
+            self._turns.clear()
 
     async def unanswered(
         self, *, since: datetime | None = None, before: datetime | None = None
@@ -450,7 +532,22 @@ def _storable(value: str | None, limit: int | None = None) -> str | None:
     return value if limit is None else value[:limit]
 
 
-def _stored(row: MessageRow, channel_key: str) -> StoredMessage:
+# What a StoredMessage holds of a MessageRow.
+MESSAGE_COLUMNS = (
+    MessageRow.id,
+    MessageRow.role,
+    MessageRow.text,
+    MessageRow.status,
+    MessageRow.author_id,
+    MessageRow.author_name,
+    MessageRow.platform_message_id,
+    MessageRow.in_reply_to_id,
+    MessageRow.created_at,
+)
+
+
+def _stored(row: Any, channel_key: str) -> StoredMessage:
+    """``row``: a MessageRow, or a result row of MESSAGE_COLUMNS (same attribute names)."""
     return StoredMessage(
         id=row.id,
         channel_key=channel_key,

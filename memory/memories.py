@@ -2,7 +2,8 @@
 
 A memory's scope decides who may see it: a channel key (told in that channel, a direct
 conversation included) or ``user:<platform>:<id>`` (about a person, shown where that person
-takes part). Queries filter by scope inside the vector store, never afterwards.
+takes part). Queries filter by scope inside the vector store, never afterwards. The
+collection holds memories only (the "kind" metadata is kept for listing and for tools).
 """
 
 from __future__ import annotations
@@ -46,14 +47,14 @@ class MemoryStore:
         return memory
 
     async def recall(self, scopes: Sequence[str], text: str, k: int) -> list[tuple[Memory, float]]:
-        hits = await self.store.query(text, k, scope_filter(scopes, {"kind": "memory"}))
+        hits = await self.store.query(text, k, scope_filter(scopes))
         return [(_memory(h), h.score) for h in hits]
 
     async def recall_vector(
         self, scopes: Sequence[str], vector: Sequence[float], k: int
     ) -> list[tuple[Memory, float]]:
         """As :meth:`recall`, for a query already embedded (with this store's embedder)."""
-        hits = await self.store.query_vector(vector, k, scope_filter(scopes, {"kind": "memory"}))
+        hits = await self.store.query_vector(vector, k, scope_filter(scopes))
         return [(_memory(h), h.score) for h in hits]
 
     async def forget(self, scopes: Sequence[str], text: str, min_score: float) -> list[Memory]:

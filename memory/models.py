@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -77,7 +77,17 @@ class SummaryRow(Base):
 
 class MessageRow(Base):
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_channel_id_id", "channel_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_channel_id_id", "channel_id", "id"),
+        # Conversation order (see in_reply_to_id): every message's history reads sort and
+        # range over it (migration 0004).
+        Index(
+            "ix_messages_channel_anchor",
+            "channel_id",
+            text("coalesce(in_reply_to_id, id)"),
+            "id",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))

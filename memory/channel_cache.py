@@ -1,0 +1,62 @@
+"""A per-channel cache of ChannelState for the history store (not the model-state cache
+of agent/generators/state_cache.py).
+
+Every message reads its channel's state twice (the history window, the persona choice) and
+it changes only when a window moves, a summary is stored, the channel is reset or a persona
+is chosen or greets: rarely. The store drops a channel's entry after each of those writes
+commits, so a read never returns a state older than the last write made through it.
+
+A read that was in flight while a write committed may have read the old state: it is not
+cached (a per-channel write counter tells). Like the channel-id cache next to it, this
+assumes the store is the only writer of its channels' rows, as one Beseda process per
+database is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+# Channels remembered at most; past that the cache starts afresh (a cheap bound).
+MAX_CHANNELS = 10_000
+
+
+class ChannelCache(Generic[T]):
+    def __init__(self, max_channels: int = MAX_CHANNELS) -> None:
+        self._max = max_channels
+        self._values: dict[str, T] = {}
+        # Writes committed per channel; a read caches only if none committed meanwhile.
+        # Never trimmed (an int per channel, like the store's channel ids): forgetting a
+        # count could let a racing read cache what it read before the write.
+        self._writes: dict[str, int] = {}
+
+    async def read(self, key: str, load: Callable[[], Awaitable[T | None]]) -> T | None:
+        """The cached value, else ``load()`` (cached unless it is None or a write raced)."""
+        if key in self._values:
+            return self._values[key]
+        writes = self._writes.get(key, 0)
+        value = await load()
+        if value is not None and self._writes.get(key, 0) == writes:
+            if len(self._values) >= self._max:
+                self._values.clear()
+            self._values[key] = value
+        return value
+
+    def written(self, key: str) -> None:
+        """Call after a write to ``key``'s state has committed (or failed)."""
+        self._values.pop(key, None)
+        self._writes[key] = self._writes.get(key, 0) + 1
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    @contextmanager
+    def writing(self, key: str) -> Iterator[None]:
+        """Wrap a write to ``key``'s state (its transaction inside): drops the entry after."""
+        try:
+            yield
+        finally:
+            self.written(key)
