@@ -39,6 +39,8 @@ GGUF_MAGIC = b"GGUF"
 _DONE = object()
 # Below this many tokens, re-evaluating is cheaper than keeping a state around.
 MIN_STATE_TOKENS = 64
+# A cached state is loaded only when it saves evaluating at least this many tokens.
+MIN_STATE_GAIN = 16
 
 
 def bundled_model_path() -> Path:
@@ -268,7 +270,9 @@ class LlamaCppGenerator:
         if llama.n_tokens >= MIN_STATE_TOKENS and prefix < llama.n_tokens // 2:
             state, size = self._save_state()
             self.states.put(held.copy(), state, size)
-        found = self.states.take(tokens, better_than=prefix)
+        # Only a state that saves real work: one sharing just the system prompt plus a token
+        # or two (another channel's conversation) is not worth a load.
+        found = self.states.best(tokens, better_than=prefix + MIN_STATE_GAIN)
         if found is not None:
             entry, prefix = found
             llama.load_state(entry.state)

@@ -59,9 +59,10 @@ class StateCache:
             self._drop(next(iter(self._entries)))
         return True
 
-    def take(self, tokens: Sequence[int], better_than: int) -> tuple[CachedState, int] | None:
-        """Remove and return the state sharing the longest prefix with ``tokens``, if that
-        prefix is longer than ``better_than`` tokens."""
+    def best(self, tokens: Sequence[int], better_than: int) -> tuple[CachedState, int] | None:
+        """The state sharing the longest prefix with ``tokens``, if that prefix is longer than
+        ``better_than`` tokens. It stays cached (marked recently used): loading a state into
+        the context does not use it up, and another channel may share this prefix later."""
         array = np.asarray(tokens, dtype=np.intc)
         best_key, best_prefix = None, better_than
         for key, entry in self._entries.items():
@@ -70,9 +71,8 @@ class StateCache:
                 best_key, best_prefix = key, prefix
         if best_key is None:
             return None
-        entry = self._entries[best_key]
-        self._drop(best_key)
-        return entry, best_prefix
+        self._entries.move_to_end(best_key)
+        return self._entries[best_key], best_prefix
 
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)
