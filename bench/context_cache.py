@@ -36,7 +36,7 @@ from agent.config import Config, ContextConfig, ModelConfig
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, SamplingParams, TokenStream
 from agent.generators.llama_cpp import LlamaCppGenerator, bundled_model_path
-from bench.sink import Sink
+from bench.sink import Sink, Wrapped
 from memory.db import Database
 from memory.history import SqlHistoryStore, Status
 
@@ -77,26 +77,13 @@ class Tally:
         return self.cached / self.prompt if self.prompt else 0.0
 
 
-class CountingGenerator:
+class CountingGenerator(Wrapped):
     """Passes everything to the real generator and tallies every prompt it evaluates."""
 
     def __init__(self, inner: LlamaCppGenerator) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.replies = Tally()
         self.summaries = Tally()
-
-    name = property(lambda self: self.inner.name)
-    n_ctx = property(lambda self: self.inner.n_ctx)
-    concurrency = property(lambda self: self.inner.concurrency)
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
-
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return self.inner.count_prompt_tokens(messages)
-
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
-        return self.inner.render_prompt(messages)
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
         stream = self.inner.stream(messages, params)
@@ -109,9 +96,6 @@ class CountingGenerator:
             tally.add(stream)
 
         return TokenStream(pieces(), stream.stats)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def script(turns: int, channels: int) -> list[tuple[int, str]]:

@@ -63,7 +63,7 @@ from agent.generators.base import (  # noqa: E402
     TokenStream,
 )
 from agent.retrieval import Retriever  # noqa: E402
-from bench.sink import Sink  # noqa: E402
+from bench.sink import Sink, Wrapped  # noqa: E402
 from memory.db import Database  # noqa: E402
 from memory.history import SqlHistoryStore, Status  # noqa: E402
 from memory.memories import Memory, MemoryStore, _item  # noqa: E402
@@ -119,25 +119,12 @@ class ZeroCostGenerator:
         return None
 
 
-class Timed:
+class Timed(Wrapped):
     """Wraps a generator and adds up the wall time spent inside its streams."""
 
     def __init__(self, inner: Generator) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.seconds = 0.0
-
-    concurrency = property(lambda self: self.inner.concurrency)
-    name = property(lambda self: self.inner.name)
-    n_ctx = property(lambda self: self.inner.n_ctx)
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
-
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return self.inner.count_prompt_tokens(messages)
-
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
-        return self.inner.render_prompt(messages)
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
         stream = self.inner.stream(messages, params)
@@ -151,9 +138,6 @@ class Timed:
                 self.seconds += time.perf_counter() - started
 
         return TokenStream(pieces(), stream.stats)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def rss_mb() -> float:

@@ -123,3 +123,15 @@ def inbound(text: str, channel: str = "test:1", author: str = "alice") -> Inboun
         author_name=author,
         text=text,
     )
+
+
+class SteppingClock:
+    """Each reading advances by ``step`` seconds: throttling without wall-clock time."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now

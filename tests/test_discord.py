@@ -39,24 +39,12 @@ from memory.history import SqlHistoryStore
 from memory.vectors import ChromaStore, open_client
 from tests import discord_fake as fk
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator
+from tests.fakes import FakeGenerator, SteppingClock
 from tests.retrieval_helpers import WordHashEmbedder
 
 ALICE = fk.user(111, "alice")
 BOB = fk.user(222, "bob")
 MENTION = f"<@{fk.BOT_ID}>"
-
-
-class SteppingClock:
-    """Each reading advances by ``step`` seconds: throttling without wall-clock time."""
-
-    def __init__(self, step: float) -> None:
-        self.now = 0.0
-        self.step = step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 class RecordedSleeps:

@@ -16,8 +16,8 @@ from agent.config import ChatConfig, Config, ContextConfig, MatrixConfig, ModelC
 from agent.generators.base import ChatMessage
 from memory.db import Database
 from memory.history import SqlHistoryStore
-from tests.fakes import FakeGenerator
-from tests.matrix.peers import PASSWORD, WAIT, Bot, Human, StartBot, SteppingClock, new_user
+from tests.fakes import FakeGenerator, SteppingClock
+from tests.matrix.peers import PASSWORD, WAIT, Bot, Human, StartBot, new_user
 from tests.matrix.synapse import Synapse
 
 

@@ -39,18 +39,6 @@ def new_user(server: Synapse, name: str) -> str:
     return str(server.register(localpart, PASSWORD)["user_id"])
 
 
-class SteppingClock:
-    """Each reading advances by ``step`` seconds: throttling without wall-clock time."""
-
-    def __init__(self, step: float) -> None:
-        self.now = 0.0
-        self.step = step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
-
-
 async def eventually(check: Callable[[], Any], what: str, seconds: float = WAIT) -> Any:
     for _ in range(int(seconds / 0.05)):
         if result := check():

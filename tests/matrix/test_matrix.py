@@ -17,11 +17,11 @@ from adapters.matrix_session import Secrets, device_summary, load_credentials, m
 from adapters.registry import configured_adapters
 from agent.config import Config, ConfigError, MatrixConfig, StorageConfig, load_config
 from agent.events import Inbound
+from tests.fakes import SteppingClock
 from tests.matrix.peers import (
     PASSWORD,
     WAIT,
     StartBot,
-    SteppingClock,
     eventually,
     human_room_with_others,
     new_user,
