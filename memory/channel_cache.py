@@ -45,10 +45,18 @@ class ChannelCache(Generic[T]):
             self._values[key] = value
         return value
 
-    def written(self, key: str) -> None:
-        """Call after a write to ``key``'s state has committed (or failed)."""
-        self._values.pop(key, None)
+    def written(self, key: str, change: Callable[[T], T | None] | None = None) -> None:
+        """Call after a write to ``key``'s state has committed (or failed).
+
+        The cached value is dropped, unless ``change`` (given only for a write known to have
+        committed) says what the write made of it: then the changed value is kept, and the
+        next read needs no query. ``change`` returns None when it cannot tell.
+        """
+        old = self._values.pop(key, None)
         self._writes[key] = self._writes.get(key, 0) + 1
+        new = change(old) if change is not None and old is not None else None
+        if new is not None:
+            self._values[key] = new
 
     def clear(self) -> None:
         self._values.clear()

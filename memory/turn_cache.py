@@ -13,16 +13,19 @@ at once or a write fails or is cancelled (it may have committed). A read is answ
 the cache only when the invariant makes the answer exact (see :meth:`CachedTurns.answer`);
 otherwise the store reads the database as before.
 
-A load that was in flight while a write to its channel committed may miss that write: it
-is not cached (a per-channel write counter tells). Like the store's other caches, this
-assumes the store is the only writer of its channels' rows, as one Beseda process per
-database is. Turns are never deleted, so nothing else can break the invariant.
+A load that was in flight while a write to its channel committed may miss that write. If
+every such write was an append, the load is kept with the appended turns added (an append
+adds one turn and changes nothing else; Core writes a reply's row while its prompt reads
+the history). After any other write the load is not cached (a per-channel write counter
+tells). Like the store's other caches, this assumes the store is the only writer of its
+channels' rows, as one Beseda process per database is. Turns are never deleted, so nothing
+else can break the invariant.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -37,6 +40,9 @@ if TYPE_CHECKING:  # memory.history imports this module
 MAX_CHANNELS = 256
 MAX_TURNS = 1000
 KEEP_TURNS = 750
+# Appends remembered (all channels) for loads they raced; an older one makes a load that
+# raced it uncacheable, as any other write does.
+APPEND_LOG = 64
 # Characters of text kept over all channels (a turn may hold 20,000): least recently used
 # channels are dropped past it, so hostile long messages cannot make the cache huge.
 MAX_CHARS = 10_000_000
@@ -95,8 +101,8 @@ class CachedTurns:
                 if len(found) == limit:
                     break
         found.reverse()
-        if since_id is not None and since_id >= self.floor:
-            return found  # every turn the query can match is here
+        if (since_id or 0) >= self.floor:
+            return found  # every turn the query can match is here (floor 0: all of them)
         if limit is not None and len(found) == limit:
             return found  # the turns below the floor sort before every one here
         return None
@@ -119,6 +125,8 @@ class TurnCache:
         # an int per channel).
         self._writes: dict[int, int] = {}
         self._clears = 0
+        # (channel id, its write count after the append, the turn) of the latest appends.
+        self._appends: deque[tuple[int, int, StoredMessage]] = deque(maxlen=APPEND_LOG)
 
     def serve(
         self,
@@ -151,16 +159,35 @@ class TurnCache:
         entry = CachedTurns(floor)
         for turn in turns:
             entry.add(turn)
-        if self.writes(channel_id) != writes or len(turns) > self._max_turns:
-            return entry  # a write raced the read, or too many turns to keep
+        raced = self._raced_appends(channel_id, writes)
+        if raced is None or len(turns) > self._max_turns:
+            return entry  # another write raced the read, or too many turns to keep
+        for turn in raced:  # the read may or may not have seen them: add them (by id)
+            if anchor_of(turn) >= floor:
+                entry.add(turn)
+        if len(entry.order) > self._max_turns:
+            entry.raise_floor(self._keep_turns)
         self._channels[channel_id] = entry
         self._channels.move_to_end(channel_id)
         self._bound()
         return entry
 
+    def _raced_appends(
+        self, channel_id: int, writes: tuple[int, int]
+    ) -> list[StoredMessage] | None:
+        """The turns appended to the channel since ``writes`` was taken, or None if some
+        other write happened meanwhile (or an append no longer remembered)."""
+        clears, count = writes
+        if clears != self._clears:
+            return None
+        since = self._writes.get(channel_id, 0) - count
+        turns = [t for c, n, t in self._appends if c == channel_id and n > count]
+        return turns if len(turns) == since else None
+
     def appended(self, channel_id: int, turn: StoredMessage) -> None:
         """After ``turn`` was stored (committed)."""
         self._writes[channel_id] = self._writes.get(channel_id, 0) + 1
+        self._appends.append((channel_id, self._writes[channel_id], turn))
         entry = self._channels.get(channel_id)
         if entry is None or anchor_of(turn) < entry.floor:
             return  # below the floor: the cache never claimed those turns

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -19,9 +20,10 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects import sqlite
 
 from memory import history as history_module
+from memory import turn_cache as turn_cache_module
 from memory.channel_cache import ChannelCache
 from memory.db import Database
-from memory.history import SqlHistoryStore, Status, StoredMessage
+from memory.history import ChannelState, SqlHistoryStore, Status, StoredMessage
 from memory.models import MessageRow
 from memory.turn_cache import TurnCache, anchor_of
 
@@ -103,6 +105,35 @@ async def test_channel_state_follows_every_state_write(history: SqlHistoryStore)
     assert state == await SqlHistoryStore(history._db).channel_state("c:1")
 
 
+async def test_a_window_moved_without_a_summary_stays_cached(history: SqlHistoryStore) -> None:
+    first = await history.append("c:1", "user", "one")
+    second = await history.append("c:1", "user", "two")
+    await history.channel_state("c:1")  # cached now
+    reads = 0
+    read_state = history._read_state
+
+    async def counted(key: str) -> ChannelState | None:
+        nonlocal reads
+        reads += 1
+        return await read_state(key)
+
+    history._read_state = counted  # type: ignore[method-assign]
+    fresh = SqlHistoryStore(history._db)
+    assert await history.move_window("c:1", second.id, epoch=0)
+    assert await history.channel_state("c:1") == await fresh.channel_state("c:1")
+    assert not await history.move_window("c:1", first.id, epoch=0)  # never backwards
+    assert not await history.move_window("c:1", second.id + 1, epoch=5)  # another epoch
+    assert await history.channel_state("c:1") == await SqlHistoryStore(history._db).channel_state(
+        "c:1"
+    )
+    assert reads == 0
+    summary = await history.add_summary("c:1", "s", first.id, first.id, epoch=0)
+    assert summary is not None
+    assert await history.move_window("c:1", second.id, epoch=0, summary_id=summary.id)
+    assert (await history.channel_state("c:1")).summary == summary  # read again
+    assert reads == 1
+
+
 async def test_updating_an_unknown_message_is_a_key_error(history: SqlHistoryStore) -> None:
     with pytest.raises(KeyError):
         await history.update(12345, text="nobody")
@@ -131,13 +162,68 @@ def turn(message_id: int, reply_to: int | None = None) -> StoredMessage:
     )  # fmt: skip
 
 
-def test_a_load_that_raced_a_write_is_not_kept() -> None:
+def test_a_load_that_raced_an_update_is_not_kept() -> None:
     cache = TurnCache()
     token = cache.writes(7)
-    cache.appended(7, turn(3))  # committed while the load below was reading
+    cache.appended(7, turn(3))
+    cache.updated(7, 2, "changed", None)  # committed while the load below was reading
     loaded = cache.load(7, [turn(1), turn(2)], 0, token)
     assert loaded.answer(before_id=None, since_id=None, limit=2) == [turn(1), turn(2)]
     assert cache.serve(7, before_id=None, since_id=0, limit=None) is None
+
+
+def test_a_load_that_raced_appends_is_kept_with_them() -> None:
+    cache = TurnCache()
+    token = cache.writes(7)
+    cache.appended(8, turn(3))  # another channel: irrelevant
+    cache.appended(7, turn(4, reply_to=2))  # committed while the load below was reading...
+    cache.appended(7, turn(5))
+    cache.load(7, [turn(1), turn(2), turn(4, reply_to=2)], 0, token)  # ...seen by it or not
+    assert cache.serve(7, before_id=None, since_id=0, limit=None) == [
+        turn(1), turn(2), turn(4, reply_to=2), turn(5)
+    ]  # fmt: skip
+
+
+def test_a_load_is_not_kept_once_the_appends_it_raced_are_forgotten() -> None:
+    cache = TurnCache()
+    token = cache.writes(7)
+    for message_id in range(3, 3 + turn_cache_module.APPEND_LOG + 1):
+        cache.appended(7, turn(message_id))
+    cache.load(7, [turn(1)], 0, token)
+    assert cache.serve(7, before_id=None, since_id=0, limit=None) is None
+
+
+@pytest.mark.parametrize("seen", [True, False], ids=["read-sees-it", "read-misses-it"])
+async def test_a_reply_row_written_during_a_cold_read_is_cached(
+    history: SqlHistoryStore, seen: bool
+) -> None:
+    """Core writes a reply's row while its prompt reads the history (both at once)."""
+    asked = await history.append("c:1", "user", "hi", status=Status.RECEIVED)
+    cold = SqlHistoryStore(history._db)  # empty caches, same database
+    read = cold._read
+    replies: list[StoredMessage] = []
+
+    async def racing_read(*args: Any, **kwargs: Any) -> list[StoredMessage]:
+        """The read, with the reply row committed just before or just after it."""
+        append = cold.append(
+            "c:1", "assistant", "", status=Status.STREAMING, in_reply_to_id=asked.id
+        )
+        if seen:
+            replies.append(await append)
+        turns = await read(*args, **kwargs)
+        if not seen:
+            replies.append(await append)
+        return turns
+
+    cold._read = racing_read  # type: ignore[method-assign]
+    assert await cold.conversation("c:1", before_id=asked.id, limit=50) == []
+
+    async def no_database(*_args: Any, **_kwargs: Any) -> list[StoredMessage]:
+        raise AssertionError("read from the database, not from the cache")
+
+    cold._read = no_database  # type: ignore[method-assign]
+    assert await cold.conversation("c:1", limit=50) == [asked, *replies]
+    assert await cold.conversation("c:1", limit=50) == await oracle(history._db, "c:1")
 
 
 def test_a_failed_write_forgets_every_channel() -> None:
