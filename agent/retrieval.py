@@ -78,8 +78,6 @@ class Retriever:
         # The chunks put in each channel's latest prompt, for the sources line of its answer
         # (a channel's turns are prepared and answered one at a time, in order).
         self._shown: dict[str, list[Passage]] = {}
-        # Collections seen holding items (see _has_items).
-        self._filled: set[ChromaStore] = set()
 
     async def scopes(self, channel_key: str | None) -> list[str]:
         """What a channel may see: global items, its own, and the people taking part in it."""
@@ -96,13 +94,13 @@ class Retriever:
         """Document chunks for ``query`` visible in the channel, best first, above the
         score threshold."""
         # An empty collection needs no query embedding (and no embedder model load).
-        if self._documents is None or not query.strip() or not await self._documents.count():
+        if self._documents is None or not query.strip() or not await self._documents.has_items():
             return []
         vector = await asyncio.to_thread(self._documents.embedder.embed_query, query)
         return await self._passages(await self.scopes(channel_key), vector, k or self._top_k)
 
     async def recall(self, channel_key: str, query: str) -> list[Memory]:
-        if self.memories is None or not query.strip() or not await self.memories.store.count():
+        if self.memories is None or not query.strip() or not await self.memories.store.has_items():
             return []
         vector = await asyncio.to_thread(self.memories.store.embedder.embed_query, query)
         return await self._recall(await self.scopes(channel_key), vector)
@@ -136,16 +134,7 @@ class Retriever:
         return format_block(passages, recalled) or None
 
     async def _has_items(self, store: ChromaStore | None) -> bool:
-        """Whether ``store`` holds anything, asked once it did: a collection emptied since
-        only costs a query that finds nothing, and counting cost a call per message."""
-        if store is None:
-            return False
-        if store in self._filled:
-            return True
-        if await store.count():
-            self._filled.add(store)
-            return True
-        return False
+        return store is not None and await store.has_items()
 
     def annotate(self, channel_key: str, question: str, answer: str) -> str:
         """``answer`` with a line naming the documents it drew on (see agent/citations.py)."""

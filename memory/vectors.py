@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,12 +90,28 @@ def open_client(data_dir: Path, url: str = "") -> Any:
         raise VectorStoreError(f"cannot open the Chroma vector store at {where}: {exc}") from exc
 
 
+# An empty collection is counted again at most this often when asked whether it holds
+# anything (every message asks; another process, `beseda ingest`, may fill it). Adds through
+# the store itself are seen at once.
+EMPTY_RECHECK_SECONDS = 5.0
+
+
 class ChromaStore:
     """One Chroma collection filled by one embedder."""
 
-    def __init__(self, client: Any, name: str, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        client: Any,
+        name: str,
+        embedder: Embedder,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._embedder = embedder
         self.name = name
+        self._clock = clock
+        self._filled = False
+        self._found_empty_at: float | None = None
         expected = {"embedder": embedder.name, "dimension": embedder.dimension}
         self._collection = client.get_or_create_collection(
             name, metadata={"hnsw:space": "cosine", **expected}
@@ -126,6 +143,26 @@ class ChromaStore:
             documents=[i.text for i in items],
             metadatas=[dict(i.metadata) or None for i in items],
         )
+        self._filled = True
+
+    async def has_items(self) -> bool:
+        """Whether the collection holds anything, without counting on every call.
+
+        Once it did, that is assumed: a collection emptied since only costs a query that
+        finds nothing. While it is empty, it is counted again at most every
+        EMPTY_RECHECK_SECONDS (a count costs about a millisecond).
+        """
+        if self._filled:
+            return True
+        now = self._clock()
+        found = self._found_empty_at
+        if found is not None and now - found < EMPTY_RECHECK_SECONDS:
+            return False
+        if await self.count():
+            self._filled = True
+            return True
+        self._found_empty_at = now
+        return False
 
     async def query(self, text: str, k: int, where: Where | None = None) -> list[Hit]:
         if k <= 0:

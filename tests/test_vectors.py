@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from memory.vectors import ChromaStore, EmbedderMismatchError, Item, open_client, scope_filter
+from memory.vectors import (
+    EMPTY_RECHECK_SECONDS,
+    ChromaStore,
+    EmbedderMismatchError,
+    Item,
+    open_client,
+    scope_filter,
+)
 from tests.retrieval_helpers import WordHashEmbedder, chroma_server
 
 CHROMA = Path(sys.executable).parent / "chroma"
@@ -85,3 +92,21 @@ async def test_embedded_store_persists_across_clients(tmp_path: Path) -> None:
     await ChromaStore(open_client(tmp_path), "docs", WordHashEmbedder()).add(ITEMS)
     reopened = ChromaStore(open_client(tmp_path), "docs", WordHashEmbedder())
     assert await reopened.count() == 3
+
+
+async def test_has_items_counts_an_empty_collection_again_only_after_a_while(
+    client: Any,
+) -> None:
+    now = [100.0]
+    store = ChromaStore(client, "docs", WordHashEmbedder(), clock=lambda: now[0])
+    other = ChromaStore(client, "docs", WordHashEmbedder())  # e.g. `beseda ingest`
+    assert not await store.has_items()
+    await other.add(ITEMS[:1])
+    now[0] += EMPTY_RECHECK_SECONDS / 2
+    assert not await store.has_items()  # not counted again yet
+    now[0] += EMPTY_RECHECK_SECONDS / 2
+    assert await store.has_items()
+    own = ChromaStore(client, "notes", WordHashEmbedder(), clock=lambda: now[0])
+    assert not await own.has_items()
+    await own.add(ITEMS[1:2])
+    assert await own.has_items()  # its own add is seen at once
