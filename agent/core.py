@@ -34,7 +34,7 @@ from agent.generators.base import GenerationStats, Generator, SamplingParams
 from agent.limits import Buckets, Clock, Verdict
 from agent.scheduler import Scheduler
 from agent.window import WindowKeeper
-from memory.history import HistoryStore, Status
+from memory.history import HistoryStore, Status, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -365,9 +365,14 @@ class Core:
         earlier = [turn.message_id for turn in job.turns[:-1]]
         for message_id in earlier:
             await self._history.update(message_id, status=Status.MERGED)
-        assistant = await self._history.append(
-            inbound.channel_key, "assistant", "", status=Status.STREAMING,
-            in_reply_to_id=job.user_message_id,
+        # The reply's row is written while the prompt is assembled (retrieval mostly waits
+        # on the vector store meanwhile); generation starts only once both are done.
+        row = asyncio.create_task(
+            self._history.append(
+                inbound.channel_key, "assistant", "", status=Status.STREAMING,
+                in_reply_to_id=job.user_message_id,
+            ),
+            name=f"reply-row:{job.user_message_id}",
         )  # fmt: skip
         parts: list[str] = []
         stats: GenerationStats | None = None
@@ -377,6 +382,7 @@ class Core:
             # The prompt's history ends before the first of the merged turns.
             first = job.turns[0].message_id
             prompt = await self.window.prepare(inbound.channel_key, first, job.text, inbound)
+            assistant = await asyncio.shield(row)  # !stop must not cancel the write
             tokens = self._generator.stream(prompt.messages, prompt.params or self._params)
             stats = tokens.stats
             async for piece in tokens:
@@ -384,25 +390,31 @@ class Core:
                 await stream.push(piece)
         except asyncio.CancelledError:
             partial = "".join(parts).strip()
-            await _shielded(
-                self._history.update(assistant.id, text=partial, status=Status.CANCELLED)
-            )
+            stored = await _stored_row(row)
+            if stored is not None:
+                await _shielded(
+                    self._history.update(stored.id, text=partial, status=Status.CANCELLED)
+                )
             if not job.stop_requested:
                 if stream is not None:
                     await _shielded(stream.fail(SHUTDOWN_NOTICE))
                 raise
             log.info("stopped the reply to %d in %s", job.user_message_id, inbound.channel_key)
             await _show_stopped(stream, partial)
-            return Reply(partial, Status.CANCELLED, job.user_message_id, assistant.id, stats)
+            stored_id = stored.id if stored is not None else None
+            return Reply(partial, Status.CANCELLED, job.user_message_id, stored_id, stats)
         except Exception as exc:
             log.exception("reply failed in %s", inbound.channel_key)
             reason = str(exc) or type(exc).__name__
             partial = "".join(parts).strip()
-            await self._history.update(assistant.id, text=partial, status=Status.FAILED)
+            stored = await _stored_row(row)
+            if stored is not None:
+                await self._history.update(stored.id, text=partial, status=Status.FAILED)
             if stream is not None:
                 with contextlib.suppress(Exception):
                     await stream.fail(FAILED_NOTICE.format(reason=reason))
-            return Reply(partial, Status.FAILED, job.user_message_id, assistant.id, stats, reason)
+            stored_id = stored.id if stored is not None else None
+            return Reply(partial, Status.FAILED, job.user_message_id, stored_id, stats, reason)
 
         return await self._complete(job, assistant.id, stream, "".join(parts).strip(), stats)
 
@@ -533,6 +545,14 @@ def _settled(reply: Reply) -> asyncio.Future[Reply]:
 def _settle(job: _Job, reply: Reply) -> None:
     if not job.done.done():
         job.done.set_result(reply)
+
+
+async def _stored_row(row: asyncio.Task[StoredMessage]) -> StoredMessage | None:
+    """The reply's row once its write has finished, or None if the write failed (even
+    when the task running this is being cancelled)."""
+    with contextlib.suppress(Exception):
+        return await asyncio.shield(row)
+    return None
 
 
 async def _shielded(awaitable: object) -> None:

@@ -100,6 +100,10 @@ async def test_a_server_with_two_slots_answers_two_channels_at_once(
     c = await core.submit(inbound("c", channel="c:1"), adapter)
     await generator.wait_for_calls(2)
     assert sorted(asked(generator)) == ["a", "b"]
+    for _ in range(100):  # c's worker may not have run yet: let it reach the scheduler
+        if core.scheduler.waiting():
+            break
+        await asyncio.sleep(0)
     assert core.scheduler.waiting() == ["c:1"]
     hold["b"].set()
     assert (await c).text == "echo: c"  # c took b's slot while a still generates
