@@ -12,7 +12,7 @@ from typing import Any
 from adapters.base import platform_failures
 from adapters.console import ConsoleAdapter
 from adapters.registry import configured_adapters
-from agent.app import BACKGROUND_GRACE_SECONDS, App
+from agent.app import BACKGROUND_GRACE_SECONDS, App, settle_heap
 from agent.config import Config, ConfigError, config_path_from, load_config
 from agent.core import Reply
 from agent.doctor import run_doctor
@@ -177,6 +177,7 @@ def _console(config: Config, channel: str | None, *, interactive: bool) -> Conso
 
 async def _run(config: Config) -> int:
     app = await App.start(config)
+    settle_heap()
     try:
         console = lambda: _console(config, None, interactive=sys.stdin.isatty())  # noqa: E731
         adapters = configured_adapters(config, console)
