@@ -39,6 +39,8 @@ CITE_INSTRUCTION = (
 MEMORY_HEADER = "What you remember here:"
 # How far back the history is read to see who takes part in a conversation.
 PRESENCE_TURNS = 50
+# What a query searches with: the text (embedded on the way), or a vector already embedded.
+Query = str | Sequence[float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +98,12 @@ class Retriever:
         # An empty collection needs no query embedding (and no embedder model load).
         if self._documents is None or not query.strip() or not await self._documents.has_items():
             return []
-        vector = await asyncio.to_thread(self._documents.embedder.embed_query, query)
-        return await self._passages(await self.scopes(channel_key), vector, k or self._top_k)
+        return await self._passages(await self.scopes(channel_key), query, k or self._top_k)
 
     async def recall(self, channel_key: str, query: str) -> list[Memory]:
         if self.memories is None or not query.strip() or not await self.memories.store.has_items():
             return []
-        vector = await asyncio.to_thread(self.memories.store.embedder.embed_query, query)
-        return await self._recall(await self.scopes(channel_key), vector)
+        return await self._recall(await self.scopes(channel_key), query)
 
     async def volatile(self, channel_key: str, text: str) -> str | None:
         """The volatile block for a new message in ``channel_key`` (a VolatileSource).
@@ -124,9 +124,18 @@ class Retriever:
             if store is None:
                 return None
             scopes = await self.scopes(channel_key)
-            vector = await asyncio.to_thread(store.embedder.embed_query, text)
-            passages = await self._passages(scopes, vector, self._top_k) if documents else []
-            recalled = await self._recall(scopes, vector) if memories else []
+            passages: list[Passage] = []
+            recalled: list[Memory] = []
+            if documents and memories:
+                # Embedded once, then both queries at once (Chroma releases the GIL).
+                vector = await asyncio.to_thread(store.embedder.embed_query, text)
+                passages, recalled = await asyncio.gather(
+                    self._passages(scopes, vector, self._top_k), self._recall(scopes, vector)
+                )
+            elif documents:  # embedding and query in one hand-off to a thread
+                passages = await self._passages(scopes, text, self._top_k)
+            else:
+                recalled = await self._recall(scopes, text)
             self._shown[channel_key] = passages
         except Exception:  # a broken vector store must not stop the conversation
             log.exception("retrieval failed in %s; answering without it", channel_key)
@@ -141,12 +150,14 @@ class Retriever:
         passages = self._shown.pop(channel_key, [])
         return with_sources(answer, question, passages) if self._show_sources else answer
 
-    async def _passages(
-        self, scopes: Sequence[str], vector: Sequence[float], k: int
-    ) -> list[Passage]:
+    async def _passages(self, scopes: Sequence[str], query: Query, k: int) -> list[Passage]:
         assert self._documents is not None
         # No "kind" clause: the collection holds only document chunks (see memory/vectors.py).
-        hits = await self._documents.query_vector(vector, k, scope_filter(scopes))
+        where = scope_filter(scopes)
+        if isinstance(query, str):
+            hits = await self._documents.query(query, k, where)
+        else:
+            hits = await self._documents.query_vector(query, k, where)
         return [
             Passage(
                 str(h.metadata.get("source", "")),
@@ -159,9 +170,12 @@ class Retriever:
             if h.score >= self._min_score
         ]
 
-    async def _recall(self, scopes: Sequence[str], vector: Sequence[float]) -> list[Memory]:
+    async def _recall(self, scopes: Sequence[str], query: Query) -> list[Memory]:
         assert self.memories is not None
-        found = await self.memories.recall_vector(scopes, vector, self._memory_k)
+        if isinstance(query, str):
+            found = await self.memories.recall(scopes, query, self._memory_k)
+        else:
+            found = await self.memories.recall_vector(scopes, query, self._memory_k)
         return [m for m, score in found if score >= self._memory_min_score]
 
 

@@ -165,16 +165,22 @@ class ChromaStore:
         return False
 
     async def query(self, text: str, k: int, where: Where | None = None) -> list[Hit]:
+        """Embed ``text`` and search, in one hand-off to a worker thread (each costs a few
+        tenths of a millisecond, and this runs for every message)."""
         if k <= 0:
             return []
-        vector = await asyncio.to_thread(self._embedder.embed_query, text)
-        return await self.query_vector(vector, k, where)
+        return await asyncio.to_thread(
+            lambda: self._search(self._embedder.embed_query(text), k, where)
+        )
 
     async def query_vector(self, vector: Sequence[float], k: int, where: Where | None) -> list[Hit]:
         if k <= 0:
             return []
-        result = await asyncio.to_thread(
-            self._collection.query,
+        return await asyncio.to_thread(self._search, vector, k, where)
+
+    def _search(self, vector: Sequence[float], k: int, where: Where | None) -> list[Hit]:
+        """The query itself (blocking; Chroma releases the GIL while it searches)."""
+        result = self._collection.query(
             query_embeddings=[list(vector)],
             n_results=k,
             where=where,
