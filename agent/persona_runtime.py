@@ -243,9 +243,11 @@ class Personas:
             texts.pop()  # the new message, already stored when a reply is prepared
         earlier = book.scan_depth - 1
         texts = [*(texts[-earlier:] if earlier else []), text]
-        entries = within_budget(
-            triggered(book, texts), book.token_budget, self._generator.count_tokens
-        )
+
+        def shown_tokens(content: str) -> int:  # counted as it will read, macros replaced
+            return self._generator.count_tokens(render_macros(content, char=card.name, user=user))
+
+        entries = within_budget(triggered(book, texts), book.token_budget, shown_tokens)
         return lore_text(entries, card, user) or None
 
     async def greeting(self, inbound: Inbound) -> str | None:

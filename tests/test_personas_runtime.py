@@ -261,6 +261,29 @@ async def test_lorebook_budget_in_the_prompt(history: SqlHistoryStore) -> None:
     assert "one two three" not in last  # over the budget
 
 
+async def test_lorebook_budget_counts_entries_as_shown(history: SqlHistoryStore) -> None:
+    """{{user}} is replaced before the entry is counted: a long name can push it out."""
+    tight = PIRATE.model_copy(
+        update={
+            "lorebook": Lorebook(
+                token_budget=6,
+                entries=(LoreEntry(keys=("sea",), content="{{user}} fears the sea"),),
+            )
+        }
+    )
+    config = make_config().model_copy(
+        update={"personas": PersonasConfig(default="tight", cards={"tight": tight})}
+    )
+    generator = FakeGenerator()
+    core = build_core(config, history, generator)
+    adapter = RecordingAdapter()
+    await ask(core, adapter, message("the sea", "console:x", author="Ann", server=None))
+    assert "Ann fears the sea" in generator.calls[-1][-1].content  # 4 words: fits
+    long_name = "Anna Maria Josephine van der Berg"
+    await ask(core, adapter, message("the sea", "console:y", author=long_name, server=None))
+    assert "fears the sea" not in generator.calls[-1][-1].content  # 9 words: over 6
+
+
 async def test_greeting_is_posted_once_per_persona(history: SqlHistoryStore) -> None:
     greeter = PIRATE.model_copy(update={"greeting": "Ahoy, {{user}}! {{char}} here."})
     config = make_config(greeting=True, default="greeter", cards={"greeter": greeter})
