@@ -21,9 +21,11 @@ with contextlib.suppress(ImportError):
 class ConsoleReply:
     """Streams tokens to a text stream as they arrive."""
 
-    def __init__(self, out: TextIO, err: TextIO, prefix: str) -> None:
+    def __init__(self, out: TextIO, err: TextIO, prefix: str | Callable[[], str]) -> None:
         self._out = out
         self._err = err
+        # A callable is asked when the first words are shown: by then the persona that
+        # answers has been chosen (after a `!persona`, it is another than the last one).
         self._prefix = prefix
         self._shown = False
         self._streamed: list[str] = []
@@ -33,7 +35,7 @@ class ConsoleReply:
             delta = delta.lstrip()
             if not delta:
                 return
-            self._out.write(self._prefix)
+            self._out.write(self._label())
             self._shown = True
         self._streamed.append(delta)
         self._out.write(delta)
@@ -41,13 +43,16 @@ class ConsoleReply:
 
     async def finish(self, text: str) -> None:
         if not self._shown:  # nothing was streamed (a non-streaming backend): show it whole
-            self._out.write(self._prefix + text)
+            self._out.write(self._label() + text)
         else:  # what the stream did not show: e.g. the sources line added after generation
             streamed = "".join(self._streamed).rstrip()
             rest = text[len(streamed) :] if text.startswith(streamed) else "\n" + text
             self._out.write(rest)
         self._out.write("\n")
         self._out.flush()
+
+    def _label(self) -> str:
+        return self._prefix() if callable(self._prefix) else self._prefix
 
     async def fail(self, notice: str) -> None:
         if self._shown:
@@ -70,10 +75,13 @@ class ConsoleAdapter:
         stdout: TextIO,
         stderr: TextIO,
         interactive: bool,
+        speaker: Callable[[str], str | None] | None = None,
     ) -> None:
         self.channel_key = channel_key("console", channel)
         self._user = user_name
         self._assistant = assistant_name
+        # The name of the persona answering in a channel (Core.speaker), if known.
+        self._speaker = speaker
         self._in = stdin
         self._out = stdout
         self._err = stderr
@@ -93,8 +101,16 @@ class ConsoleAdapter:
         return self._reading and not self._stopped.is_set()
 
     async def open_reply(self, inbound: Inbound) -> ConsoleReply:
-        prefix = f"{self._assistant}> " if self._interactive else ""
-        return ConsoleReply(self._out, self._err if not self._interactive else self._out, prefix)
+        err = self._err if not self._interactive else self._out
+        if not self._interactive:
+            return ConsoleReply(self._out, err, "")
+        speaker = self._speaker
+
+        def label() -> str:
+            name = speaker(inbound.channel_key) if speaker is not None else None
+            return f"{name or self._assistant}> "
+
+        return ConsoleReply(self._out, err, label)
 
     async def reopen(
         self, channel_key: str, platform_message_id: str | None

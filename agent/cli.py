@@ -163,7 +163,9 @@ async def _persona(config: Config, args: argparse.Namespace) -> int:
     )
 
 
-def _console(config: Config, channel: str | None, *, interactive: bool) -> ConsoleAdapter:
+def _console(
+    config: Config, channel: str | None, *, interactive: bool, app: App | None = None
+) -> ConsoleAdapter:
     return ConsoleAdapter(
         channel=channel or config.console.channel,
         user_name=config.console.user_name,
@@ -172,6 +174,7 @@ def _console(config: Config, channel: str | None, *, interactive: bool) -> Conso
         stdout=sys.stdout,
         stderr=sys.stderr,
         interactive=interactive,
+        speaker=app.core.window.speaker if app is not None else None,
     )
 
 
@@ -179,7 +182,7 @@ async def _run(config: Config) -> int:
     app = await App.start(config)
     settle_heap()
     try:
-        console = lambda: _console(config, None, interactive=sys.stdin.isatty())  # noqa: E731
+        console = lambda: _console(config, None, interactive=sys.stdin.isatty(), app=app)  # noqa: E731
         adapters = configured_adapters(config, console)
         await app.serve(adapters)
     finally:

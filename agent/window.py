@@ -81,6 +81,10 @@ class WindowKeeper:
         # The furthest anchor a queued or running summary job will cover, per channel.
         self._summarizing: dict[str, int] = {}
 
+    def speaker(self, channel_key: str) -> str | None:
+        """The name of the persona whose prompt was last prepared for the channel."""
+        return self._names.get(channel_key)
+
     def add_volatile(self, source: VolatileSource) -> None:
         """The hook for retrieved memories and documents (after the history, before the
         new message)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from adapters.console import ConsoleAdapter
 from agent.app import App, build_core
 from agent.cli import _prompt
 from agent.config import (
@@ -379,3 +381,19 @@ async def test_builtin_personas_appear_in_prompt_output(
     captured = capsys.readouterr()
     assert f"persona {persona}," in captured.err
     assert expected in captured.out
+
+
+async def test_the_console_labels_replies_with_the_persona_answering(
+    history: SqlHistoryStore,
+) -> None:
+    core = build_core(make_config(), history, FakeGenerator())
+    out = io.StringIO()
+    console = ConsoleAdapter(
+        channel="main", user_name="me", assistant_name="Beseda", stdin=io.StringIO(),
+        stdout=out, stderr=io.StringIO(), interactive=True, speaker=core.window.speaker,
+    )  # fmt: skip
+    await (await core.submit(console.inbound("hello"), console))
+    assert "Beseda> echo: hello" in out.getvalue()
+    await (await core.submit(console.inbound("!persona pirate"), console))
+    await (await core.submit(console.inbound("ahoy"), console))
+    assert "\nHook> echo: " in out.getvalue()  # not the configured [persona] name
