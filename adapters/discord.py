@@ -32,6 +32,7 @@ from adapters.discord_reply import (
     Sink,
     Sleep,
 )
+from adapters.quotes import REPLY_CHAIN_DEPTH, quote
 from agent import commands
 from agent.config import Config, DiscordConfig
 from agent.events import Attachment, Inbound
@@ -45,9 +46,6 @@ RATE_NOTICE = (
     "while. Please wait a moment before the next one."
 )
 NOT_ALLOWED = "Sorry, I am not allowed to answer you here."
-QUOTE_CHARS = 500
-# Messages of a reply chain quoted to the model at most (the nearest ones).
-REPLY_CHAIN_DEPTH = 3
 ORIGINS_KEPT = 1000
 
 
@@ -107,8 +105,7 @@ def _inbound(message: discord.Message, where: str, text: str, *, admin: bool) ->
 
 
 def _quote(message: discord.Message) -> str:
-    quoted = message.content[:QUOTE_CHARS].replace("\n", "\n> ")
-    return f"> {message.author.display_name} wrote: {quoted}"
+    return quote(message.author.display_name, message.content)
 
 
 def _parent_key(channel: object) -> str | None:

@@ -36,7 +36,7 @@ from nio import (
     RoomSendResponse,
     SyncResponse,
 )
-from nio.exceptions import LocalProtocolError, ProtocolError
+from nio.exceptions import EncryptionError, LocalProtocolError, ProtocolError
 
 from adapters.base import ReplyTarget
 from adapters.matrix_reply import (
@@ -48,6 +48,7 @@ from adapters.matrix_reply import (
     text_content,
 )
 from adapters.matrix_session import MatrixLoginError, Secrets, log_in, matrix_secrets
+from adapters.quotes import REPLY_CHAIN_DEPTH, quote
 from agent import commands
 from agent.config import Config, MatrixConfig
 from agent.events import Inbound
@@ -388,6 +389,10 @@ class MatrixAdapter:
             return
         if not admin and not await self._within_rate(room, event):
             return
+        if reply_to is not None and not await self._is_own(room, reply_to):
+            # What the question replies to, oldest first (the bot's own messages are in the
+            # history already): "what do you think of this?" needs "this".
+            text = "\n".join([*await self._reply_chain(room, reply_to), text])
         root = relation.get("event_id") if relation.get("rel_type") == "m.thread" else None
         root = root if isinstance(root, str) else None
         inbound = Inbound(
@@ -443,6 +448,41 @@ class MatrixAdapter:
         if own:
             self.own_events.remember(event_id)
         return own
+
+    async def _reply_chain(self, room: MatrixRoom, event_id: str) -> list[str]:
+        """Quotes of ``event_id`` and the messages it replies to, oldest first: at most
+        REPLY_CHAIN_DEPTH, stopping at the bot's own message or one that cannot be read
+        (redacted, not a text message, or a key the bot does not have)."""
+        quotes: list[str] = []
+        current: str | None = event_id
+        while current is not None and len(quotes) < REPLY_CHAIN_DEPTH:
+            event = await self._readable_event(room, current)
+            if event is None or event.sender == self.user_id:
+                break
+            content = event.source.get("content", {})
+            relation = content.get("m.relates_to") or {}
+            in_reply = relation.get("m.in_reply_to") if isinstance(relation, dict) else None
+            parent = in_reply.get("event_id") if isinstance(in_reply, dict) else None
+            body = str(event.body)
+            body = strip_reply_fallback(body) if parent else body
+            quotes.append(quote(room.user_name(event.sender) or event.sender, body))
+            current = parent if isinstance(parent, str) else None
+        return quotes[::-1]
+
+    async def _readable_event(self, room: MatrixRoom, event_id: str) -> RoomMessageText | None:
+        """A text message of the room, fetched (and decrypted) by id; None if it cannot be."""
+        reply = await self.client.room_get_event(room.room_id, event_id)
+        if not isinstance(reply, RoomGetEventResponse):
+            log.debug("matrix: reply chain stops at %s in %s", event_id, room.room_id)
+            return None
+        event = reply.event
+        if isinstance(event, MegolmEvent):
+            try:
+                event = self.client.decrypt_event(event)
+            except EncryptionError:
+                log.debug("matrix: cannot decrypt %s for a reply chain", event_id)
+                return None
+        return event if isinstance(event, RoomMessageText) else None
 
     async def _within_rate(self, room: MatrixRoom, event: RoomMessageText) -> bool:
         verdict = self._limiter.check(event.sender)

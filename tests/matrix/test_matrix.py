@@ -53,6 +53,42 @@ async def test_invite_join_mention_reply(start_bot: StartBot, humans: Any) -> No
     ]
 
 
+async def test_a_reply_to_others_quotes_the_chain_even_when_encrypted(
+    start_bot: StartBot, humans: Any
+) -> None:
+    alice, carol = await humans(), await humans("carol")
+    bot = await start_bot()
+    room = await alice.create_room([bot.user_id, carol.user_id], encrypted=True)
+    await alice.wait_joined(room, bot.user_id)
+    await carol.client.join(room)
+    await alice.wait_joined(room, carol.user_id)
+    await carol.client.sync()  # learn the room's members and devices before writing
+    first = await carol.say(room, "The launch code is 7731.")
+    second = await alice.say(
+        room, "> <@carol> The launch code is 7731.\n\nAnd the door code is 4242.",
+        **{"m.relates_to": {"m.in_reply_to": {"event_id": first}}},
+    )  # fmt: skip
+    name = bot.user_id[1:].split(":")[0]
+    await alice.say(
+        room, f"{name}: which codes did we get?",
+        **{
+            "m.mentions": {"user_ids": [bot.user_id]},
+            "m.relates_to": {"m.in_reply_to": {"event_id": second}},
+        },
+    )  # fmt: skip
+    await alice.answers(room, bot.user_id, 1)
+    await bot.idle()
+    asked = (await bot.core._history.conversation(f"matrix:{room}"))[0].text
+    # Oldest first, each as "> name wrote: text", the reply fallback stripped, then the question.
+    quoted = [line.partition(" wrote: ") for line in asked.split("\n")[:2]]
+    assert [(q[0][:2], q[2]) for q in quoted] == [
+        ("> ", "The launch code is 7731."),
+        ("> ", "And the door code is 4242."),
+    ]
+    assert asked.split("\n")[2:] == ["which codes did we get?"]
+    assert bot.adapter.undecryptable == 0
+
+
 async def test_a_pill_and_the_display_name_are_mentions_too(
     start_bot: StartBot, humans: Any
 ) -> None:
