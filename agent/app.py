@@ -103,6 +103,7 @@ class App:
         # Settle what a crash left behind before any adapter takes new messages.
         max_age = timedelta(minutes=self.config.recovery.max_age_minutes)
         pending = await find_pending(self.core.history, max_age)
+        await self._warm()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         health = Health(adapters, self.generator, self.db)
@@ -129,6 +130,15 @@ class App:
             self.ops = None
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+    async def _warm(self) -> None:
+        """Channel states read ahead: a channel's first reply after a start does not wait."""
+        try:
+            warmed = await self.core.history.warm()
+        except Exception:  # only an optimisation: each state is read when first needed
+            log.warning("could not read channel states ahead", exc_info=True)
+        else:
+            log.info("read ahead the state of %d channels", warmed)
 
     def _attach_documents(self, adapters: Sequence[PlatformAdapter]) -> None:
         """Adapters that accept attachments (Discord) index them into the channel's scope."""

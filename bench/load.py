@@ -15,8 +15,9 @@ Figures:
 - ``core_overhead_p50_ms``/``p90_ms``/``p99_ms``: the time the core adds to one message (submit to
   delivered reply, minus the generator's own time), one message at a time, after WARMUP
   untimed messages in a channel of their own. The timed messages go round the channels, so
-  two in three are the first their channel gets since the start (its state and recent
-  turns are read from the database, as after a restart);
+  two in three are the first their channel gets since the start (its recent turns are
+  read from the database, as after a restart; its state was read ahead at the start, as
+  ``beseda run`` reads the most recently active channels' before it takes messages);
 - ``core_overhead_first_p50_ms``/``p99_ms`` and ``core_overhead_warm_p50_ms``/``p99_ms``: the
   same timed messages, split into those first ones and the rest;
 - ``store_only_p50_ms`` and ``core_overhead_vs_store_ratio``: the baseline measured in the
@@ -316,6 +317,7 @@ async def run(
     )
     timed = Timed(generator)
     core = build_core(config(max_tokens), history, timed, retriever=retriever)
+    await history.warm()  # as App.serve does before it takes messages
     settle_heap()  # as `beseda run` does once started
     overheads = await one_at_a_time(core, timed, solo, channels)
     baseline = await store_only(history, solo, channels)

@@ -14,7 +14,7 @@ database is.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
@@ -44,6 +44,23 @@ class ChannelCache(Generic[T]):
                 self._values.clear()
             self._values[key] = value
         return value
+
+    def writes(self) -> dict[str, int]:
+        """A snapshot of the write counts, to take before a bulk read (see ``fill``)."""
+        return dict(self._writes)
+
+    def fill(self, values: Mapping[str, T], writes: Mapping[str, int]) -> int:
+        """Cache values read in bulk; ``writes``: the ``writes()`` snapshot taken before the
+        read. A key written since, or already cached, is skipped (it may be newer than what
+        was read). Stops when the cache is full. Returns how many were cached."""
+        cached = 0
+        for key, value in values.items():
+            if len(self._values) >= self._max:
+                break
+            if key not in self._values and self._writes.get(key, 0) == writes.get(key, 0):
+                self._values[key] = value
+                cached += 1
+        return cached
 
     def written(self, key: str, change: Callable[[T], T | None] | None = None) -> None:
         """Call after a write to ``key``'s state has committed (or failed).

@@ -23,6 +23,8 @@ NAME_CHARS = 255  # MessageRow.author_name
 # A read of the newest N turns loads N + TAIL_SLACK into the cache, so that reads leaving out
 # the newest few (the window's ``before_id``) are answered from it as well.
 TAIL_SLACK = 20
+# Channels whose state ``warm()`` reads ahead at start: the most recently active ones.
+WARM_CHANNELS = 1000
 
 
 class Status(StrEnum):
@@ -154,6 +156,11 @@ class HistoryStore(Protocol):
         ...
 
     async def count(self, channel_key: str) -> int: ...
+
+    async def warm(self, limit: int = WARM_CHANNELS) -> int:
+        """Read ahead what the first message of the ``limit`` most recently active channels
+        would read (a start-up optimisation, it changes nothing); how many were read."""
+        ...
 
     async def channels(self) -> list[str]: ...
 
@@ -372,14 +379,50 @@ class SqlHistoryStore:
                 .order_by(SummaryRow.id.desc())
                 .limit(1)
             )
-            return ChannelState(
-                channel.window_start_id,
-                None if summary is None else _summary(summary),
-                channel.epoch,
-                None if latest is None else _summary(latest),
-                channel.persona,
-                channel.greeted_persona,
+            return _state(channel, summary, latest)
+
+    async def warm(self, limit: int = WARM_CHANNELS) -> int:
+        """Read ahead the ids and states of the ``limit`` most recently active channels, in
+        three statements, so that each one's first message after a start does not wait for
+        them; returns how many were cached. Recent turns are not read ahead (memory)."""
+        writes = self._states.writes()
+        recent = (
+            select(MessageRow.channel_id)
+            .group_by(MessageRow.channel_id)
+            .order_by(func.max(MessageRow.id).desc())
+            .limit(limit)
+            .subquery()
+        )
+        async with self._db.session() as session:
+            found = (
+                await session.execute(
+                    select(ChannelRow, SummaryRow)
+                    .outerjoin(SummaryRow, SummaryRow.id == ChannelRow.summary_id)
+                    .where(ChannelRow.id.in_(select(recent.c.channel_id)))
+                )
+            ).all()
+            # Each channel's latest summary of its current epoch, as _read_state reads it.
+            newest = (
+                select(func.max(SummaryRow.id))
+                .join(ChannelRow, ChannelRow.id == SummaryRow.channel_id)
+                .where(
+                    SummaryRow.epoch == ChannelRow.epoch,
+                    ChannelRow.id.in_(select(recent.c.channel_id)),
+                )
+                .group_by(SummaryRow.channel_id)
             )
+            latest = {
+                row.channel_id: row
+                for row in await session.scalars(
+                    select(SummaryRow).where(SummaryRow.id.in_(newest))
+                )
+            }
+            states = {
+                channel.key: _state(channel, summary, latest.get(channel.id))
+                for channel, summary in found
+            }
+        self._channel_ids.update({channel.key: channel.id for channel, _shown in found})
+        return self._states.fill(states, writes)
 
     async def move_window(
         self, channel_key: str, start_id: int, *, epoch: int, summary_id: int | None = None
@@ -594,6 +637,19 @@ def _stored(row: Any, channel_key: str) -> StoredMessage:
         platform_message_id=row.platform_message_id,
         in_reply_to_id=row.in_reply_to_id,
         created_at=row.created_at,
+    )
+
+
+def _state(
+    channel: ChannelRow, shown: SummaryRow | None, latest: SummaryRow | None
+) -> ChannelState:
+    return ChannelState(
+        channel.window_start_id,
+        None if shown is None else _summary(shown),
+        channel.epoch,
+        None if latest is None else _summary(latest),
+        channel.persona,
+        channel.greeted_persona,
     )
 
 

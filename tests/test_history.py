@@ -143,6 +143,53 @@ async def test_reset_starts_a_new_epoch_and_keeps_history(history: SqlHistorySto
     assert (await history.channel_state("fresh:1")).epoch == 1
 
 
+async def test_warm_reads_ahead_the_states_of_the_most_active_channels(
+    history: SqlHistoryStore,
+) -> None:
+    await history.append("d:4", "user", "the least recently active channel")
+    one = await history.append("a:1", "user", "one")
+    two = await history.append("a:1", "user", "two")
+    shown = await history.add_summary("a:1", "shown", one.id, one.id, epoch=0)
+    assert shown is not None
+    assert await history.move_window("a:1", two.id, epoch=0, summary_id=shown.id)
+    await history.add_summary("a:1", "ready, not shown yet", one.id, two.id, epoch=0)
+    await history.set_persona("a:1", "pirate")
+    assert await history.mark_greeted("a:1", "pirate")
+    old = await history.append("b:2", "user", "before the reset")
+    await history.add_summary("b:2", "of epoch 0", old.id, old.id, epoch=0)
+    await history.reset("b:2", old.id)
+    new = await history.append("b:2", "user", "after the reset")
+    await history.add_summary("b:2", "of epoch 1", new.id, new.id, epoch=1)
+    await history.append("c:3", "user", "a channel with no state yet")
+
+    warmed = SqlHistoryStore(history._db)
+    assert await warmed.warm(limit=3) == 3
+    reads: list[str] = []
+    read_state = warmed._read_state
+
+    async def counted(key: str) -> ChannelState | None:
+        reads.append(key)
+        return await read_state(key)
+
+    warmed._read_state = counted  # type: ignore[method-assign]
+    for key in ("a:1", "b:2", "c:3", "d:4"):
+        assert await warmed.channel_state(key) == await SqlHistoryStore(history._db).channel_state(
+            key
+        )
+    assert reads == ["d:4"]  # read ahead: all but the least recently active one
+    state = await warmed.channel_state("a:1")
+    assert (state.summary, state.persona, state.greeted_persona) == (shown, "pirate", "pirate")
+    assert state.latest_summary is not None
+    assert state.latest_summary.text.startswith("ready")
+    latest = (await history.summaries("b:2"))[-1]
+    assert (latest.text, (await warmed.channel_state("b:2")).latest_summary) == (
+        "of epoch 1",
+        latest,
+    )
+    assert await SqlHistoryStore(history._db).warm() == 4
+    assert await warmed.warm() == 0  # cached already: nothing replaced
+
+
 async def test_text_survives_byte_for_byte(history: SqlHistoryStore) -> None:
     # Cyrillic, emoji, right-to-left and zero-width characters, quotes, a long text.
     tricky = "Привет 👋 \u202eabc\u200b 'quoted' \"double\" %s %% \\ " + "x" * 70_000

@@ -9,6 +9,7 @@ the same database (empty caches).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,28 @@ async def test_a_state_read_that_raced_a_write_is_not_kept() -> None:
         return "new"
 
     assert await cache.read("c:1", fresh) == "new"
+
+
+def test_a_bulk_fill_skips_what_was_written_during_its_read() -> None:
+    cache: ChannelCache[str] = ChannelCache(max_channels=3)
+    before = cache.writes()
+    cache.written("c:2")  # committed while the bulk read was in flight
+    assert cache.fill({"c:1": "read", "c:2": "maybe stale"}, before) == 1
+    assert cache.fill({"c:1": "again", "c:3": "read", "c:4": "r", "c:5": "r"}, cache.writes()) == 2
+    loads: list[str] = []
+
+    def loader(key: str) -> Callable[[], Awaitable[str]]:
+        async def load() -> str:
+            loads.append(key)
+            return "loaded"
+
+        return load
+
+    async def read_all() -> list[str | None]:
+        return [await cache.read(k, loader(k)) for k in ("c:1", "c:3", "c:2")]
+
+    assert asyncio.run(read_all()) == ["read", "read", "loaded"]
+    assert loads == ["c:2"]  # c:5 found the cache full
 
 
 # -- the property: any sequence of writes, any read shape ---------------------------------

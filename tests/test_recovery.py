@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -10,14 +11,17 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from adapters.base import ReplyTarget
-from agent.app import build_core
-from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
+from agent.app import App, build_core
+from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig, load_config
 from agent.core import Core
 from agent.recovery import find_pending, resume
 from memory.db import Database
-from memory.history import SqlHistoryStore, Status, StoredMessage
+from memory.history import ChannelState, SqlHistoryStore, Status, StoredMessage
 from tests import discord_fake as fk
+from tests.conftest import write_config
 from tests.fakes import FakeGenerator, RecordingAdapter
 from tests.test_discord import StartBot, fake, start_bot  # noqa: F401 (fixtures)
 
@@ -202,3 +206,73 @@ async def test_discord_reopens_a_stored_message_and_replies_to_it(
     rows = {m.text: m.status for m in await history.conversation(key)}
     assert rows["pending 123456789"] is Status.SKIPPED
     assert rows[f"pending interaction:{asked}"] is Status.SKIPPED
+
+
+class StateProbe(RecordingAdapter):
+    """Reads one channel's state as a platform's first message would, then ends."""
+
+    def __init__(self, history: SqlHistoryStore, channel: str) -> None:
+        super().__init__()
+        self._history = history
+        self._channel = channel
+        self.read: ChannelState | None = None
+
+    @property
+    def name(self) -> str:
+        return "probe"
+
+    async def run(self, submit: object) -> None:
+        self.read = await self._history.channel_state(self._channel)
+
+    async def stop(self) -> None:
+        pass
+
+
+async def restart_and_probe(
+    path: Path, monkeypatch: pytest.MonkeyPatch, *, warm_fails: bool
+) -> tuple[ChannelState | None, list[str]]:
+    """Serve a probe on a freshly started App; what it read and which states were queried."""
+    app = await App.start(load_config(path, environ={}), FakeGenerator())
+    history = app.core.history
+    assert isinstance(history, SqlHistoryStore)
+    queried: list[str] = []
+    read_state = history._read_state
+
+    async def counted(key: str) -> ChannelState | None:
+        queried.append(key)
+        return await read_state(key)
+
+    async def fail(limit: int = 0) -> int:
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(history, "_read_state", counted)
+    if warm_fails:
+        monkeypatch.setattr(history, "warm", fail)
+    probe = StateProbe(history, "chat:1")
+    try:
+        await app.serve([probe])
+    finally:
+        await app.aclose()
+    return probe.read, queried
+
+
+async def test_a_restart_reads_channel_states_ahead_and_serves_if_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_config(
+        tmp_path / "config.toml", retrieval={"enabled": False}, context={"date": "off"}
+    )
+    first = await App.start(load_config(path, environ={}), FakeGenerator())
+    stored = await first.core.history.append("chat:1", "user", "hello")
+    await first.core.history.move_window("chat:1", stored.id, epoch=0)
+    await first.aclose()
+    caplog.set_level(logging.INFO, logger="agent.app")
+
+    read, queried = await restart_and_probe(path, monkeypatch, warm_fails=False)
+    assert (read, queried) == (ChannelState(window_start_id=stored.id), [])
+    assert "read ahead the state of 1 channels" in caplog.text
+    caplog.clear()
+
+    read, queried = await restart_and_probe(path, monkeypatch, warm_fails=True)
+    assert (read, queried) == (ChannelState(window_start_id=stored.id), ["chat:1"])
+    assert "could not read channel states ahead" in caplog.text
