@@ -46,7 +46,9 @@ def split_parts(text: str, limit: int = DISCORD_LIMIT) -> list[Part]:
         cut, skip = _cut(rest, budget)
         piece, rest = rest[:cut], rest[cut + skip :]
         after = _fence_after(fence, piece)
-        parts.append(Part(fence, piece, closed=bool(after)))
+        part = Part(fence, piece, closed=bool(after))
+        if part.render().strip():  # a cut right after leading blank lines leaves nothing
+            parts.append(part)
         fence = after
     return parts
 

@@ -47,6 +47,12 @@ def test_chunks_fit_keep_the_text_and_balance_every_fence(text: str, limit: int)
             assert after.reopen == ""
 
 
+def test_leading_blank_lines_never_make_an_empty_chunk() -> None:
+    # Found by the property above: the first cut fell between the blank lines.
+    text = "\n\n\na a a a a\na a a a a a a aaa aaa aaaaaa"
+    assert split_message(text, 40) == ["a a a a a\na a a a a a a aaa aaa aaaaaa"]
+
+
 @given(st.integers(min_value=1, max_value=6000))
 def test_a_single_enormous_word_is_cut_at_the_limit(size: int) -> None:
     chunks = split_message("x" * size)
