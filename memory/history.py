@@ -158,8 +158,9 @@ class HistoryStore(Protocol):
     async def count(self, channel_key: str) -> int: ...
 
     async def warm(self, limit: int = WARM_CHANNELS) -> int:
-        """Read ahead what the first message of the ``limit`` most recently active channels
-        would read (a start-up optimisation, it changes nothing); how many were read."""
+        """Read ahead the states of the ``limit`` most recently active channels, which their
+        first messages would otherwise wait for (a start-up optimisation, it changes
+        nothing); how many were cached."""
         ...
 
     async def channels(self) -> list[str]: ...
@@ -383,7 +384,7 @@ class SqlHistoryStore:
 
     async def warm(self, limit: int = WARM_CHANNELS) -> int:
         """Read ahead the ids and states of the ``limit`` most recently active channels, in
-        three statements, so that each one's first message after a start does not wait for
+        two statements, so that each one's first message after a start does not wait for
         them; returns how many were cached. Recent turns are not read ahead (memory)."""
         writes = self._states.writes()
         recent = (
