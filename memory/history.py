@@ -9,7 +9,7 @@ from enum import StrEnum
 from types import SimpleNamespace
 from typing import Any, Protocol, overload
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -364,23 +364,7 @@ class SqlHistoryStore:
         return state or ChannelState()
 
     async def _read_state(self, channel_key: str) -> ChannelState | None:
-        async with self._db.session() as session:
-            result = await session.execute(
-                select(ChannelRow, SummaryRow)
-                .outerjoin(SummaryRow, SummaryRow.id == ChannelRow.summary_id)
-                .where(ChannelRow.key == channel_key)
-            )
-            found = result.first()
-            if found is None:
-                return None
-            channel, summary = found
-            latest = await session.scalar(
-                select(SummaryRow)
-                .where(SummaryRow.channel_id == channel.id, SummaryRow.epoch == channel.epoch)
-                .order_by(SummaryRow.id.desc())
-                .limit(1)
-            )
-            return _state(channel, summary, latest)
+        return (await self._read_states(ChannelRow.key == channel_key)).get(channel_key)
 
     async def warm(self, limit: int = WARM_CHANNELS) -> int:
         """Read ahead the ids and states of the ``limit`` most recently active channels, in
@@ -394,22 +378,27 @@ class SqlHistoryStore:
             .limit(limit)
             .subquery()
         )
+        states = await self._read_states(ChannelRow.id.in_(select(recent.c.channel_id)))
+        return self._states.fill(states, writes)
+
+    async def _read_states(self, channels: ColumnElement[bool]) -> dict[str, ChannelState]:
+        """The states of the channels matching ``channels`` (a condition on ChannelRow), by
+        key, in two statements; their ids are remembered on the way."""
         async with self._db.session() as session:
             found = (
                 await session.execute(
                     select(ChannelRow, SummaryRow)
                     .outerjoin(SummaryRow, SummaryRow.id == ChannelRow.summary_id)
-                    .where(ChannelRow.id.in_(select(recent.c.channel_id)))
+                    .where(channels)
                 )
             ).all()
-            # Each channel's latest summary of its current epoch, as _read_state reads it.
+            if not found:
+                return {}
+            # Each channel's latest summary of its current epoch.
             newest = (
                 select(func.max(SummaryRow.id))
                 .join(ChannelRow, ChannelRow.id == SummaryRow.channel_id)
-                .where(
-                    SummaryRow.epoch == ChannelRow.epoch,
-                    ChannelRow.id.in_(select(recent.c.channel_id)),
-                )
+                .where(SummaryRow.epoch == ChannelRow.epoch, channels)
                 .group_by(SummaryRow.channel_id)
             )
             latest = {
@@ -418,12 +407,10 @@ class SqlHistoryStore:
                     select(SummaryRow).where(SummaryRow.id.in_(newest))
                 )
             }
-            states = {
-                channel.key: _state(channel, summary, latest.get(channel.id))
-                for channel, summary in found
-            }
         self._channel_ids.update({channel.key: channel.id for channel, _shown in found})
-        return self._states.fill(states, writes)
+        return {
+            channel.key: _state(channel, shown, latest.get(channel.id)) for channel, shown in found
+        }
 
     async def move_window(
         self, channel_key: str, start_id: int, *, epoch: int, summary_id: int | None = None
