@@ -132,13 +132,16 @@ class App:
                 loop.remove_signal_handler(sig)
 
     async def _warm(self) -> None:
-        """Channel states read ahead: a channel's first reply after a start does not wait."""
+        """Channel states read ahead, memories read into memory: a channel's first reply
+        after a start does not wait for them."""
         try:
             warmed = await self.core.history.warm()
         except Exception:  # only an optimisation: each state is read when first needed
             log.warning("could not read channel states ahead", exc_info=True)
         else:
             log.info("read ahead the state of %d channels", warmed)
+        if self.knowledge is not None:
+            await self.knowledge.memories.store.warm()  # logs its own failure
 
     def _attach_documents(self, adapters: Sequence[PlatformAdapter]) -> None:
         """Adapters that accept attachments (Discord) index them into the channel's scope."""

@@ -25,7 +25,6 @@ from memory.vectors import (
     drop,
     open_client,
     reembed,
-    scope_filter,
 )
 
 log = logging.getLogger(__name__)
@@ -153,11 +152,7 @@ class Retriever:
     async def _passages(self, scopes: Sequence[str], query: Query, k: int) -> list[Passage]:
         assert self._documents is not None
         # No "kind" clause: the collection holds only document chunks (see memory/vectors.py).
-        where = scope_filter(scopes)
-        if isinstance(query, str):
-            hits = await self._documents.query(query, k, where)
-        else:
-            hits = await self._documents.query_vector(query, k, where)
+        hits = await self._documents.nearest(query, k, scopes)
         return [
             Passage(
                 str(h.metadata.get("source", "")),
@@ -172,10 +167,7 @@ class Retriever:
 
     async def _recall(self, scopes: Sequence[str], query: Query) -> list[Memory]:
         assert self.memories is not None
-        if isinstance(query, str):
-            found = await self.memories.recall(scopes, query, self._memory_k)
-        else:
-            found = await self.memories.recall_vector(scopes, query, self._memory_k)
+        found = await self.memories.recall(scopes, query, self._memory_k)
         return [m for m, score in found if score >= self._memory_min_score]
 
 
@@ -234,7 +226,9 @@ async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
         try:
             return (
                 ChromaStore(client, DOCUMENTS_COLLECTION, embedder),
-                ChromaStore(client, MEMORIES_COLLECTION, embedder),
+                # Embedded Chroma: this process alone writes memories, so an in-memory
+                # copy answers the per-message query exactly (see memory/mirror.py).
+                ChromaStore(client, MEMORIES_COLLECTION, embedder, mirror=not vectors.url),
             )
         except VectorStoreError:
             raise

@@ -2,8 +2,9 @@
 
 A memory's scope decides who may see it: a channel key (told in that channel, a direct
 conversation included) or ``user:<platform>:<id>`` (about a person, shown where that person
-takes part). Queries filter by scope inside the vector store, never afterwards. The
-collection holds memories only (the "kind" metadata is kept for listing and for tools).
+takes part). Queries filter by scope inside the vector store, never afterwards (in Chroma,
+or in the store's exact in-memory copy: memory/mirror.py). The collection holds memories
+only (the "kind" metadata is kept for listing and for tools).
 """
 
 from __future__ import annotations
@@ -46,15 +47,12 @@ class MemoryStore:
         await self.store.add([_item(memory)])
         return memory
 
-    async def recall(self, scopes: Sequence[str], text: str, k: int) -> list[tuple[Memory, float]]:
-        hits = await self.store.query(text, k, scope_filter(scopes))
-        return [(_memory(h), h.score) for h in hits]
-
-    async def recall_vector(
-        self, scopes: Sequence[str], vector: Sequence[float], k: int
+    async def recall(
+        self, scopes: Sequence[str], query: str | Sequence[float], k: int
     ) -> list[tuple[Memory, float]]:
-        """As :meth:`recall`, for a query already embedded (with this store's embedder)."""
-        hits = await self.store.query_vector(vector, k, scope_filter(scopes))
+        """The ``k`` memories of ``scopes`` closest to ``query`` (a text, or a vector from this
+        store's embedder), best first, with their scores."""
+        hits = await self.store.nearest(query, k, scopes)
         return [(_memory(h), h.score) for h in hits]
 
     async def forget(self, scopes: Sequence[str], text: str, min_score: float) -> list[Memory]:

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from memory.embeddings import Embedder
+from memory.mirror import Rows, ScopeMirror, nearest
+
+log = logging.getLogger(__name__)
 
 # Chroma reads this at import time; Settings(anonymized_telemetry=False) covers the rest.
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -94,10 +98,22 @@ def open_client(data_dir: Path, url: str = "") -> Any:
 # anything (every message asks; another process, `beseda ingest`, may fill it). Adds through
 # the store itself are seen at once.
 EMPTY_RECHECK_SECONDS = 5.0
+# The in-memory copy of a mirrored collection (memory/mirror.py) holds at most this many
+# bytes of vectors (128 MiB: about 87k items of the default 384-dimension embedder); a
+# larger collection is queried in Chroma. A failed load is tried again after the delay.
+MIRROR_MAX_BYTES = 128 * 2**20
+MIRROR_RETRY_SECONDS = 60.0
+# A mirrored search over more items than this runs on a worker thread, not the event loop.
+INLINE_ROWS = 2000
 
 
 class ChromaStore:
-    """One Chroma collection filled by one embedder."""
+    """One Chroma collection filled by one embedder.
+
+    With ``mirror``, scope-filtered searches (:meth:`nearest`) rank an exact in-memory copy
+    of the collection instead (memory/mirror.py); only for a collection that this store
+    alone writes.
+    """
 
     def __init__(
         self,
@@ -105,6 +121,7 @@ class ChromaStore:
         name: str,
         embedder: Embedder,
         *,
+        mirror: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._embedder = embedder
@@ -112,6 +129,9 @@ class ChromaStore:
         self._clock = clock
         self._filled = False
         self._found_empty_at: float | None = None
+        self._mirror = ScopeMirror(embedder.dimension) if mirror else None
+        self._loading: asyncio.Future[None] | None = None
+        self._retry_at = 0.0
         expected = {"embedder": embedder.name, "dimension": embedder.dimension}
         self._collection = client.get_or_create_collection(
             name, metadata={"hnsw:space": "cosine", **expected}
@@ -132,18 +152,30 @@ class ChromaStore:
     def embedder(self) -> Embedder:
         return self._embedder
 
+    @property
+    def mirrored(self) -> bool:
+        """Whether scoped searches rank an in-memory copy (loaded or not yet)."""
+        return self._mirror is not None
+
     async def add(self, items: Sequence[Item]) -> None:
         if not items:
             return
         vectors = await asyncio.to_thread(self._embedder.embed_passages, [i.text for i in items])
-        await asyncio.to_thread(
-            self._collection.upsert,
-            ids=[i.id for i in items],
-            embeddings=vectors,
-            documents=[i.text for i in items],
-            metadatas=[dict(i.metadata) or None for i in items],
-        )
+        ids, texts = [i.id for i in items], [i.text for i in items]
+        metadata = [i.metadata for i in items]
+        with self._dropping_mirror_on_failure():
+            await asyncio.to_thread(
+                self._collection.upsert,
+                ids=ids,
+                embeddings=vectors,
+                documents=texts,
+                metadatas=[dict(m) or None for m in metadata],
+            )
         self._filled = True
+        if self._mirror is not None:
+            self._mirror.upsert(ids, texts, metadata, vectors)
+            if self._mirror.size * self._embedder.dimension * 4 > MIRROR_MAX_BYTES:
+                self._stop_mirroring()
 
     async def has_items(self) -> bool:
         """Whether the collection holds anything, without counting on every call.
@@ -178,6 +210,96 @@ class ChromaStore:
             return []
         return await asyncio.to_thread(self._search, vector, k, where)
 
+    async def nearest(
+        self, query: str | Sequence[float], k: int, scopes: Sequence[str]
+    ) -> list[Hit]:
+        """The ``k`` items closest to ``query`` (a text, or a vector from this store's
+        embedder) among those whose scope is one of ``scopes``, best first."""
+        if k <= 0:
+            return []
+        rows = await self._mirrored(scopes)
+        if rows is None:
+            if isinstance(query, str):
+                return await self.query(query, k, scope_filter(scopes))
+            return await self.query_vector(query, k, scope_filter(scopes))
+        if isinstance(query, str):
+            query = await asyncio.to_thread(self._embedder.embed_query, query)
+        if sum(len(r.ids) for r in rows) > INLINE_ROWS:
+            found = await asyncio.to_thread(nearest, rows, query, k)
+        else:
+            found = nearest(rows, query, k)
+        return [Hit(*f) for f in found]
+
+    async def warm(self) -> None:
+        """Read the collection into the mirror, if this store keeps one and it is not loaded
+        (the first :meth:`nearest` does it otherwise). Never raises: Chroma answers instead."""
+        if self._mirror is None or self._mirror.ready:
+            return
+        if self._loading is None:
+            if self._clock() < self._retry_at:
+                return
+            self._loading = asyncio.ensure_future(self._load(self._mirror))
+        await asyncio.shield(self._loading)
+
+    async def _mirrored(self, scopes: Sequence[str]) -> list[Rows] | None:
+        if self._mirror is None:
+            return None
+        if not self._mirror.ready:
+            await self.warm()
+        return self._mirror.rows(scopes) if self._mirror is not None else None
+
+    async def _load(self, mirror: ScopeMirror) -> None:
+        token = mirror.begin_load()
+        try:
+            size = await self.count()
+            if size * self._embedder.dimension * 4 > MIRROR_MAX_BYTES:
+                self._stop_mirroring()
+                return
+            got = await asyncio.to_thread(
+                self._collection.get, include=["embeddings", "documents", "metadatas"]
+            )
+            ids = got["ids"]
+            embeddings = got.get("embeddings")
+            installed = mirror.finish_load(
+                token,
+                ids,
+                got.get("documents") or [None] * len(ids),
+                got.get("metadatas") or [None] * len(ids),
+                embeddings if embeddings is not None else [],
+            )
+            if installed:
+                log.info("%s: %d items kept in memory for scoped searches", self.name, len(ids))
+        except Exception:
+            self._retry_at = self._clock() + MIRROR_RETRY_SECONDS
+            mirror.drop()
+            log.warning(
+                "%s: could not read the collection into memory; searching in Chroma, "
+                "trying again in %.0f s", self.name, MIRROR_RETRY_SECONDS, exc_info=True,
+            )  # fmt: skip
+        finally:
+            self._loading = None
+
+    def _stop_mirroring(self) -> None:
+        if self._mirror is None:
+            return
+        log.info(
+            "%s: more items than %d MiB of vectors; scoped searches go to Chroma",
+            self.name, MIRROR_MAX_BYTES // 2**20,
+        )  # fmt: skip
+        self._mirror.drop()
+        self._mirror = None
+
+    @contextlib.contextmanager
+    def _dropping_mirror_on_failure(self) -> Iterator[None]:
+        """Around a write: if it fails (or is cancelled), it may still have committed, so the
+        mirror is dropped (the next search reads it again)."""
+        try:
+            yield
+        except BaseException:
+            if self._mirror is not None:
+                self._mirror.drop()
+            raise
+
     def _search(self, vector: Sequence[float], k: int, where: Where | None) -> list[Hit]:
         """The query itself (blocking; Chroma releases the GIL while it searches)."""
         result = self._collection.query(
@@ -207,8 +329,12 @@ class ChromaStore:
         ]
 
     async def delete(self, ids: Sequence[str]) -> None:
-        if ids:
+        if not ids:
+            return
+        with self._dropping_mirror_on_failure():
             await asyncio.to_thread(self._collection.delete, ids=list(ids))
+        if self._mirror is not None:
+            self._mirror.delete(ids)
 
     async def count(self) -> int:
         return int(await asyncio.to_thread(self._collection.count))

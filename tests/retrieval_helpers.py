@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -85,3 +86,25 @@ def chroma_server(chroma: Path, data: Path) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+class CountingCollection:
+    """A Chroma collection that counts queries and whole reads (a mirrored search makes none
+    of either once the mirror is loaded)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.queries = 0
+        self.loads = 0
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        self.queries += 1
+        return self._inner.query(*args, **kwargs)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        if "embeddings" in kwargs.get("include", ()):
+            self.loads += 1
+        return self._inner.get(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

@@ -35,7 +35,9 @@ def extracting(facts: dict[str, list[str]] | None = None, broken: bool = False) 
 def make(
     history: SqlHistoryStore, tmp_path: Path, generator: FakeGenerator
 ) -> tuple[Core, MemoryStore]:
-    memories = MemoryStore(ChromaStore(open_client(tmp_path), "memories", WordHashEmbedder()))
+    # Mirrored, as `beseda run` opens an embedded store: what is stored is recalled at once.
+    store = ChromaStore(open_client(tmp_path), "memories", WordHashEmbedder(), mirror=True)
+    memories = MemoryStore(store)
     retriever = Retriever(history, None, memories, memory_min_score=0.3)
     config = Config(
         model=ModelConfig(max_tokens=20, temperature=0),

@@ -34,7 +34,7 @@ def make(
     retriever = Retriever(
         history,
         documents,
-        MemoryStore(ChromaStore(client, "memories", embedder)),
+        MemoryStore(ChromaStore(client, "memories", embedder, mirror=True)),  # as embedded
         top_k=settings.top_k,
         min_score=settings.min_score,
         memory_k=settings.memory_k,

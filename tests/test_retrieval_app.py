@@ -8,8 +8,8 @@ from agent.app import App
 from agent.config import load_config
 from memory.vectors import ChromaStore, reembed
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator
-from tests.retrieval_helpers import WordHashEmbedder
+from tests.fakes import FakeGenerator, RecordingAdapter
+from tests.retrieval_helpers import CountingCollection, WordHashEmbedder
 
 
 async def test_ingest_on_start_puts_documents_into_the_prompt(tmp_path: Path) -> None:
@@ -59,3 +59,51 @@ async def test_reembed_carries_memories_to_a_new_embedder(tmp_path: Path) -> Non
     new = MemoryStore(ChromaStore(client, "memories", new_embedder))
     [(memory, _score)] = await new.recall(["discord:1"], "vault code", 1)
     assert (memory.text, memory.scope) == ("the vault code is 4711", "discord:1")
+
+
+class MemoryProbe(RecordingAdapter):
+    """The first message after a start: its prompt, and what Chroma had been asked by then."""
+
+    def __init__(self, app: App, chroma: CountingCollection) -> None:
+        super().__init__()
+        self._app = app
+        self._chroma = chroma
+        self.before: tuple[int, int] | None = None
+        self.prompt = ""
+
+    @property
+    def name(self) -> str:
+        return "probe"
+
+    async def run(self, submit: object) -> None:
+        self.before = (self._chroma.loads, self._chroma.queries)
+        prompt = await self._app.core.prompt_for("chat:1", "what is the vault code?")
+        self.prompt = prompt.messages[-1].content
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_memories_are_read_into_memory_at_start_and_searched_there(
+    tmp_path: Path,
+) -> None:
+    path = write_config(tmp_path / "beseda.toml", context={"date": "off"})
+    first = await App.start(load_config(path, environ={}), generator=FakeGenerator())
+    assert first.knowledge is not None
+    await first.knowledge.memories.remember("chat:1", "the vault code is 4711")
+    await first.aclose()
+
+    app = await App.start(load_config(path, environ={}), generator=FakeGenerator())
+    try:
+        assert app.knowledge is not None
+        store = app.knowledge.memories.store
+        assert store.mirrored  # embedded Chroma: only this process writes memories
+        chroma = CountingCollection(store._collection)
+        store._collection = chroma
+        probe = MemoryProbe(app, chroma)
+        await app.serve([probe])
+    finally:
+        await app.aclose()
+    assert probe.before == (1, 0)  # read before the first message; no Chroma query
+    assert "- the vault code is 4711" in probe.prompt
+    assert chroma.queries == 0

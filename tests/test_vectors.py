@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from agent.app import App
+from agent.config import load_config
+from memory.memories import MemoryStore
 from memory.vectors import (
     EMPTY_RECHECK_SECONDS,
     ChromaStore,
@@ -17,6 +20,8 @@ from memory.vectors import (
     open_client,
     scope_filter,
 )
+from tests.conftest import write_config
+from tests.fakes import FakeGenerator
 from tests.retrieval_helpers import WordHashEmbedder, chroma_server
 
 CHROMA = Path(sys.executable).parent / "chroma"
@@ -110,3 +115,28 @@ async def test_has_items_counts_an_empty_collection_again_only_after_a_while(
     assert not await own.has_items()
     await own.add(ITEMS[1:2])
     assert await own.has_items()  # its own add is seen at once
+
+
+@pytest.mark.slow
+async def test_memories_on_a_chroma_server_are_not_mirrored(
+    tmp_path: Path, chroma_url: str
+) -> None:
+    # Other Beseda processes (one per bot account) may share the server and write memories
+    # this one would never see in a copy of its own: every search asks the server.
+    path = write_config(
+        tmp_path / "beseda.toml", vectors={"url": chroma_url}, context={"date": "off"}
+    )
+    app = await App.start(load_config(path, environ={}), generator=FakeGenerator())
+    try:
+        assert app.knowledge is not None
+        memories = app.knowledge.memories
+        assert not memories.store.mirrored
+        other = MemoryStore(
+            ChromaStore(open_client(tmp_path, chroma_url), "memories", memories.store.embedder)
+        )
+        assert await memories.recall(["chat:1"], "what is the vault code", 1) == []
+        await other.remember("chat:1", "the vault code is 4711")
+        [(memory, _score)] = await memories.recall(["chat:1"], "what is the vault code", 1)
+        assert memory.text == "the vault code is 4711"
+    finally:
+        await app.aclose()
