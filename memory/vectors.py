@@ -99,7 +99,7 @@ def open_client(data_dir: Path, url: str = "") -> Any:
 # the store itself are seen at once.
 EMPTY_RECHECK_SECONDS = 5.0
 # The in-memory copy of a mirrored collection (memory/mirror.py) holds at most this many
-# bytes of vectors (128 MiB: about 87k items of the default 384-dimension embedder); a
+# bytes of vectors (128 MiB: about 65k items of the default embedder's 512 dimensions); a
 # larger collection is queried in Chroma. A failed load is tried again after the delay.
 MIRROR_MAX_BYTES = 128 * 2**20
 MIRROR_RETRY_SECONDS = 60.0
