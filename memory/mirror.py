@@ -158,7 +158,7 @@ class ScopeMirror:
                 tuple(write.ids[n] for n in picked),
                 tuple(write.texts[n] for n in picked),
                 tuple(write.metadata[n] for n in picked),
-                write.vectors[picked],
+                _unit(write.vectors[picked]),  # a fresh array (indexed by a list)
             )
             if old is not None:
                 new = Rows(
@@ -195,7 +195,7 @@ def nearest(rows: Sequence[Rows], vector: Sequence[float], k: int) -> list[Found
     """The ``k`` items of ``rows`` closest to ``vector`` by cosine similarity, best first."""
     if k <= 0 or not rows:
         return []
-    query = _unit(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+    query = _unit(np.array(vector, dtype=np.float32).reshape(1, -1))[0]
     scores = np.concatenate([r.vectors @ query for r in rows])
     if len(scores) > k:
         top = np.argpartition(-scores, k - 1)[:k]
@@ -221,9 +221,11 @@ def _upsert(
     matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), dimension)
     # Read-only: a search hands these out in its hits.
     frozen = [MappingProxyType(dict(m or {})) for m in metadata]
-    return _Upsert(list(ids), [t or "" for t in texts], frozen, _unit(matrix))
+    return _Upsert(list(ids), [t or "" for t in texts], frozen, matrix)
 
 
 def _unit(matrix: Vectors) -> Vectors:
+    """``matrix``'s rows scaled to unit length, in place (pass an array of your own)."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.where(norms > 0, norms, 1)).astype(np.float32, copy=False)
+    matrix /= np.where(norms > 0, norms, 1)
+    return matrix
