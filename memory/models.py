@@ -40,8 +40,9 @@ class ChannelRow(Base):
     __tablename__ = "channels"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # Platform-qualified key: "console:local", "discord:123", "matrix:!room:server".
-    key: Mapped[str] = mapped_column(String(255), unique=True)
+    # Platform-qualified key: "console:local", "discord:123", "matrix:!room:server", and for
+    # a Matrix thread "matrix:!room:server/$root" (each id up to 255 bytes: migration 0005).
+    key: Mapped[str] = mapped_column(String(600), unique=True)
     platform: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # The history window holds the turns whose anchor (see MessageRow) is >= this id.
