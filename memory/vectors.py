@@ -110,9 +110,9 @@ INLINE_ROWS = 2000
 class ChromaStore:
     """One Chroma collection filled by one embedder.
 
-    With ``mirror``, scope-filtered searches (:meth:`nearest`) rank an exact in-memory copy
-    of the collection instead (memory/mirror.py); only for a collection that this store
-    alone writes.
+    With ``mirror``, once :meth:`warm` has read it, scope-filtered searches (:meth:`nearest`)
+    rank an exact in-memory copy of the collection instead (memory/mirror.py); only for a
+    collection that this store alone writes.
     """
 
     def __init__(
@@ -130,6 +130,7 @@ class ChromaStore:
         self._filled = False
         self._found_empty_at: float | None = None
         self._mirror = ScopeMirror(embedder.dimension) if mirror else None
+        self._mirror_wanted = False  # set by warm()
         self._loading: asyncio.Future[None] | None = None
         self._retry_at = 0.0
         expected = {"embedder": embedder.name, "dimension": embedder.dimension}
@@ -231,9 +232,16 @@ class ChromaStore:
         return [Hit(*f) for f in found]
 
     async def warm(self) -> None:
-        """Read the collection into the mirror, if this store keeps one and it is not loaded
-        (the first :meth:`nearest` does it otherwise). Never raises: Chroma answers instead."""
-        if self._mirror is None or self._mirror.ready:
+        """Read the collection into the mirror, if this store keeps one, and use it from now
+        on (read again after a failed write). Never raises: Chroma answers instead.
+
+        Until this is called, Chroma answers: a one-shot command (``chat``, ``search``)
+        would spend more reading the collection than on its one query.
+        """
+        if self._mirror is None:
+            return
+        self._mirror_wanted = True
+        if self._mirror.ready:
             return
         if self._loading is None:
             if self._clock() < self._retry_at:
@@ -242,7 +250,7 @@ class ChromaStore:
         await asyncio.shield(self._loading)
 
     async def _mirrored(self, scopes: Sequence[str]) -> list[Rows] | None:
-        if self._mirror is None:
+        if self._mirror is None or not self._mirror_wanted:
             return None
         if not self._mirror.ready:
             await self.warm()

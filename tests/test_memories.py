@@ -32,11 +32,12 @@ def extracting(facts: dict[str, list[str]] | None = None, broken: bool = False) 
     return FakeGenerator(answer)
 
 
-def make(
+async def make(
     history: SqlHistoryStore, tmp_path: Path, generator: FakeGenerator
 ) -> tuple[Core, MemoryStore]:
-    # Mirrored, as `beseda run` opens an embedded store: what is stored is recalled at once.
+    # Mirrored, as `beseda run` has an embedded store: what is stored is recalled at once.
     store = ChromaStore(open_client(tmp_path), "memories", WordHashEmbedder(), mirror=True)
+    await store.warm()
     memories = MemoryStore(store)
     retriever = Retriever(history, None, memories, memory_min_score=0.3)
     config = Config(
@@ -53,7 +54,7 @@ async def test_facts_are_extracted_after_the_reply_into_the_channel(
 ) -> None:
     said = "my daughter Vera turns seven on march 3"
     generator = extracting({said: ["Vera turns seven on March 3"]})
-    core, memories = make(history, tmp_path, generator)
+    core, memories = await make(history, tmp_path, generator)
     reply = await (await core.submit(inbound(said, channel="discord:1"), RecordingAdapter()))
     assert reply.status is Status.DONE
     await core.background.wait_quiet()
@@ -68,7 +69,7 @@ async def test_facts_are_extracted_after_the_reply_into_the_channel(
 async def test_unusable_output_writes_nothing(
     history: SqlHistoryStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    core, memories = make(history, tmp_path, extracting(broken=True))
+    core, memories = await make(history, tmp_path, extracting(broken=True))
     await (await core.submit(inbound("I really love green tea a lot"), RecordingAdapter()))
     await core.background.wait_quiet()
     assert await memories.list(["test:1"]) == []

@@ -85,6 +85,7 @@ async def test_the_mirror_ranks_by_cosine_on_chromas_scale(tmp_path: Path) -> No
     client = open_client(tmp_path)
     mirrored = ChromaStore(client, "memories", UnnormalisedEmbedder(), mirror=True)
     await mirrored.add(items)
+    await mirrored.warm()
     plain = ChromaStore(client, "memories", UnnormalisedEmbedder())
     chroma = counting(mirrored)
     for query in QUERIES:
@@ -195,6 +196,7 @@ async def test_a_failed_load_searches_chroma_and_tries_again_later(
 
     chroma.get = broken_get  # type: ignore[attr-defined]
     with caplog.at_level(logging.WARNING, logger="memory.vectors"):
+        await store.warm()
         hits = await store.nearest("cat river night", 3, SCOPES)
     assert_ranked(hits, oracle(items, "cat river night", SCOPES), 3)
     assert chroma.queries == 1
@@ -220,6 +222,7 @@ async def test_a_collection_too_big_to_mirror_is_searched_in_chroma(
     monkeypatch.setattr(vectors, "MIRROR_MAX_BYTES", 30 * 64 * 4)
     store = ChromaStore(open_client(tmp_path), "memories", WordHashEmbedder(), mirror=True)
     await store.add(items[:20])
+    await store.warm()
     chroma = counting(store)
     assert_ranked(
         await store.nearest("кошка ночь", 3, SCOPES), oracle(items[:20], "кошка ночь", SCOPES), 3
@@ -234,6 +237,7 @@ async def test_a_collection_too_big_to_mirror_is_searched_in_chroma(
     # And a store opened on a collection already too big never loads it.
     reopened = ChromaStore(open_client(tmp_path), "memories", WordHashEmbedder(), mirror=True)
     counted = counting(reopened)
+    await reopened.warm()
     await reopened.nearest("кошка ночь", 3, SCOPES)
     assert counted.queries == 1
     assert not reopened.mirrored
@@ -242,7 +246,24 @@ async def test_a_collection_too_big_to_mirror_is_searched_in_chroma(
 async def test_items_without_a_scope_are_never_searched(tmp_path: Path) -> None:
     store = ChromaStore(open_client(tmp_path), "memories", WordHashEmbedder(), mirror=True)
     await store.add([Item("bare", "the vault code", {}), Item("g", "a cat", {"scope": "global"})])
+    await store.warm()
     assert [h.id for h in await store.nearest("vault code", 5, SCOPES)] == ["g"]
     # As in Chroma: a scope filter admits only items that have one of the scopes.
     found = await store.query("vault code", 5, scope_filter(SCOPES))
     assert [h.id for h in found] == ["g"]
+
+
+async def test_until_warmed_chroma_answers(tmp_path: Path) -> None:
+    # A one-shot command (`chat`, `search`) asks once: reading every memory would cost more.
+    items = corpus(30)
+    store = ChromaStore(open_client(tmp_path), "memories", WordHashEmbedder(), mirror=True)
+    await store.add(items)
+    chroma = counting(store)
+    hits = await store.nearest("vault code", 3, SCOPES)
+    assert_ranked(hits, oracle(items, "vault code", SCOPES), 3)
+    assert (chroma.loads, chroma.queries) == (0, 1)
+    await store.warm()
+    assert_ranked(
+        await store.nearest("vault code", 3, SCOPES), oracle(items, "vault code", SCOPES), 3
+    )
+    assert (chroma.loads, chroma.queries) == (1, 1)

@@ -20,7 +20,7 @@ from tests.fakes import FakeGenerator, RecordingAdapter, inbound
 PERSONA = "You are a test."
 
 
-def make(
+async def make(
     history: SqlHistoryStore, tmp_path: Path, **retrieval: object
 ) -> tuple[Core, FakeGenerator, Retriever, DocumentIndex]:
     from tests.retrieval_helpers import WordHashEmbedder  # noqa: PLC0415
@@ -31,10 +31,12 @@ def make(
     settings = RetrievalConfig.model_validate(
         {"min_score": 0.3, "memory_min_score": 0.3, "forget_min_score": 0.5, **retrieval}
     )
+    memories = ChromaStore(client, "memories", embedder, mirror=True)
+    await memories.warm()  # as `beseda run` has an embedded store's memories
     retriever = Retriever(
         history,
         documents,
-        MemoryStore(ChromaStore(client, "memories", embedder, mirror=True)),  # as embedded
+        MemoryStore(memories),
         top_k=settings.top_k,
         min_score=settings.min_score,
         memory_k=settings.memory_k,
@@ -72,7 +74,7 @@ async def ask(core: Core, message: Inbound, adapter: RecordingAdapter | None = N
 async def test_document_chunks_are_cited_in_the_volatile_block(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
-    core, generator, _, index = make(history, tmp_path)
+    core, generator, _, index = await make(history, tmp_path)
     await ingest(index, tmp_path, {"goats.md": "Goats eat hay and climb rocks."})
     await ask(core, inbound("who founded the zorbel station"))
     await ask(core, inbound("thanks, and where is it"))
@@ -92,7 +94,7 @@ async def test_document_chunks_are_cited_in_the_volatile_block(
 
 
 async def test_remember_list_and_forget(history: SqlHistoryStore, tmp_path: Path) -> None:
-    core, _, _, _ = make(history, tmp_path)
+    core, _, _, _ = await make(history, tmp_path)
     adapter = RecordingAdapter()
     assert "I will remember" in await ask(core, inbound("!remember the wifi password is hunter2"))
     await ask(core, inbound("!remember Alice likes green tea"))
@@ -110,7 +112,7 @@ async def test_remember_list_and_forget(history: SqlHistoryStore, tmp_path: Path
 async def test_remembered_fact_reaches_this_channels_prompt(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
-    core, generator, _, _ = make(history, tmp_path)
+    core, generator, _, _ = await make(history, tmp_path)
     await ask(core, inbound("!remember the deploy window is friday evening", channel="a:1"))
     await ask(core, inbound("when is the deploy window", channel="a:1"))
     assert "- the deploy window is friday evening" in generator.calls[-1][-1].content
@@ -119,7 +121,7 @@ async def test_remembered_fact_reaches_this_channels_prompt(
 async def test_channel_memory_never_reaches_another_channel(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
-    core, generator, _, _ = make(history, tmp_path)
+    core, generator, _, _ = await make(history, tmp_path)
     await ask(core, inbound("!remember the vault code is 4711", channel="discord:A"))
     # The same person talks in channel B: still nothing from A.
     await ask(core, inbound("what is the vault code", channel="discord:B"))
@@ -132,7 +134,7 @@ async def test_channel_memory_never_reaches_another_channel(
 async def test_direct_message_memory_never_reaches_a_public_channel(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
-    core, generator, _, _ = make(history, tmp_path)
+    core, generator, _, _ = await make(history, tmp_path)
     dm = Inbound(
         platform="discord",
         channel_key="discord:dm-alice",
@@ -151,7 +153,7 @@ async def test_direct_message_memory_never_reaches_a_public_channel(
 async def test_user_memories_follow_the_people_present(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
-    core, generator, retriever, _ = make(history, tmp_path)
+    core, generator, retriever, _ = await make(history, tmp_path)
     assert retriever.memories is not None
     await retriever.memories.remember(user_scope("discord", "bob"), "bob is allergic to nuts")
     await ask(core, inbound("is anyone allergic to nuts", channel="discord:1", author="bob"))
@@ -166,7 +168,7 @@ async def test_user_memories_follow_the_people_present(
 async def test_aboutme_follows_its_author_to_other_channels_and_can_be_forgotten(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
-    core, generator, _, _ = make(history, tmp_path)
+    core, generator, _, _ = await make(history, tmp_path)
     told = await ask(
         core, inbound("!aboutme I am vegetarian", channel="discord:dm-bob", author="bob")
     )
@@ -187,7 +189,7 @@ async def test_aboutme_follows_its_author_to_other_channels_and_can_be_forgotten
 async def test_scope_filter_holds_inside_the_store(
     history: SqlHistoryStore, tmp_path: Path, scopes: list[str]
 ) -> None:
-    _, _, retriever, _ = make(history, tmp_path)
+    _, _, retriever, _ = await make(history, tmp_path)
     assert retriever.memories is not None
     await retriever.memories.remember("discord:A", "alpha secret")
     found = await retriever.memories.recall(scopes, "alpha secret", 5)
@@ -197,7 +199,7 @@ async def test_scope_filter_holds_inside_the_store(
 async def test_channel_documents_are_searchable_only_in_their_channel(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
-    _, _, retriever, index = make(history, tmp_path)
+    _, _, retriever, index = await make(history, tmp_path)
     upload = tmp_path / "upload"
     upload.mkdir()
     (upload / "plan.txt").write_text("The launch codename is Bluebird.")
@@ -213,7 +215,7 @@ async def test_one_message_is_embedded_once_for_documents_and_memories(
 ) -> None:
     from tests.retrieval_helpers import WordHashEmbedder  # noqa: PLC0415
 
-    core, generator, _, index = make(history, tmp_path)
+    core, generator, _, index = await make(history, tmp_path)
     await ingest(index, tmp_path)
     await ask(core, inbound("!remember the zorbel station has a red roof"))
     queries: list[str] = []
@@ -242,7 +244,7 @@ async def test_one_message_is_embedded_once_for_documents_and_memories(
 async def test_an_answer_from_a_document_names_its_source(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:
-    core, generator, _, index = make(history, tmp_path)
+    core, generator, _, index = await make(history, tmp_path)
     await ingest(index, tmp_path)
     generator._answer = lambda _messages: "It was founded by Miriam Okafor."
     adapter = RecordingAdapter()
