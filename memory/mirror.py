@@ -4,12 +4,13 @@ Chroma (1.5, embedded) answers a scope-filtered query by reading the admitted id
 metadata tables and then searching its HNSW graph with them as an allow-list; both steps
 grow with the whole collection, not with what the filter admits. Measured on a 2-core VM,
 a filter admitting one item in 200, at 1k, 10k, 30k items: 1.7, 4.7, 12 ms, on every
-message (Chroma's unfiltered query stays at 1.4 ms). A memory
-query admits only global memories, the channel's and those of the people in it (tens, a few
-hundred), so ranking exactly those by a dot product takes microseconds, and it is exact where
-HNSW with a tight allow-list is approximate.
+message (Chroma's unfiltered query stays at 1.4 ms). A memory query admits only the
+channel's memories and those of the people in it (tens, a few hundred), so ranking exactly
+those by a dot product takes microseconds, and it is exact where HNSW with a tight
+allow-list is approximate.
 
-Chroma stays the store of record: the mirror is read from it once, then follows the writes
+Chroma stays the store of record: the mirror is read from it once the store is warmed
+(``beseda run`` does it at start; a one-shot command asks Chroma), then follows the writes
 made through the same :class:`~memory.vectors.ChromaStore` (each applied after Chroma took
 it, so a write that fails is never mirrored; the store drops the mirror then, because the
 write may have committed). That is exact only while that store is the collection's only
