@@ -134,6 +134,7 @@ async def test_memories_on_a_chroma_server_are_not_mirrored(
         other = MemoryStore(
             ChromaStore(open_client(tmp_path, chroma_url), "memories", memories.store.embedder)
         )
+        await memories.store.warm()  # as `beseda run` does at start
         assert await memories.recall(["chat:1"], "what is the vault code", 1) == []
         await other.remember("chat:1", "the vault code is 4711")
         [(memory, _score)] = await memories.recall(["chat:1"], "what is the vault code", 1)
