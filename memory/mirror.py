@@ -30,20 +30,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 Metadata = Mapping[str, Any]
 Vectors = npt.NDArray[np.float32]
-
-
-class Found(NamedTuple):
-    id: str
-    text: str
-    metadata: Metadata
-    score: float  # cosine similarity
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +186,9 @@ class ScopeMirror:
             )
 
 
-def nearest(rows: Sequence[Rows], vector: Sequence[float], k: int) -> list[Found]:
-    """The ``k`` items of ``rows`` closest to ``vector`` by cosine similarity, best first."""
+def nearest(rows: Sequence[Rows], vector: Sequence[float], k: int) -> list[tuple[Rows, int, float]]:
+    """The ``k`` items of ``rows`` closest to ``vector``, best first: each as its scope's
+    rows, its index there and its cosine similarity."""
     if k <= 0 or not rows:
         return []
     query = _unit(np.array(vector, dtype=np.float32).reshape(1, -1))[0]
@@ -208,8 +202,7 @@ def nearest(rows: Sequence[Rows], vector: Sequence[float], k: int) -> list[Found
     found = []
     for index in best.tolist():
         at = bisect_right(starts, index) - 1
-        r, n = rows[at], index - starts[at]
-        found.append(Found(r.ids[n], r.texts[n], r.metadata[n], float(scores[index])))
+        found.append((rows[at], index - starts[at], float(scores[index])))
     return found
 
 

@@ -175,7 +175,7 @@ class ChromaStore:
         self._filled = True
         if self._mirror is not None:
             self._mirror.upsert(ids, texts, metadata, vectors)
-            if self._mirror.size * self._embedder.dimension * 4 > MIRROR_MAX_BYTES:
+            if not self._fits_mirror(self._mirror.size):
                 self._stop_mirroring()
 
     async def has_items(self) -> bool:
@@ -229,7 +229,7 @@ class ChromaStore:
             found = await asyncio.to_thread(nearest, rows, query, k)
         else:
             found = nearest(rows, query, k)
-        return [Hit(*f) for f in found]
+        return [Hit(r.ids[n], r.texts[n], r.metadata[n], score) for r, n, score in found]
 
     async def warm(self) -> None:
         """Read the collection into the mirror, if this store keeps one, and use it from now
@@ -259,8 +259,7 @@ class ChromaStore:
     async def _load(self, mirror: ScopeMirror) -> None:
         token = mirror.begin_load()
         try:
-            size = await self.count()
-            if size * self._embedder.dimension * 4 > MIRROR_MAX_BYTES:
+            if not self._fits_mirror(await self.count()):
                 self._stop_mirroring()
                 return
             got = await asyncio.to_thread(
@@ -286,6 +285,9 @@ class ChromaStore:
             )  # fmt: skip
         finally:
             self._loading = None
+
+    def _fits_mirror(self, items: int) -> bool:
+        return items * self._embedder.dimension * 4 <= MIRROR_MAX_BYTES  # float32
 
     def _stop_mirroring(self) -> None:
         if self._mirror is None:
