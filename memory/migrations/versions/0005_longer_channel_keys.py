@@ -25,16 +25,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "sqlite":
-        op.alter_column(
-            "channels", "key", type_=sa.String(600), existing_type=sa.String(255),
-            existing_nullable=False,
-        )  # fmt: skip
+    _resize_key(255, 600)
 
 
 def downgrade() -> None:
+    _resize_key(600, 255)
+
+
+def _resize_key(old: int, new: int) -> None:
     if op.get_bind().dialect.name != "sqlite":
         op.alter_column(
-            "channels", "key", type_=sa.String(255), existing_type=sa.String(600),
+            "channels", "key", type_=sa.String(new), existing_type=sa.String(old),
             existing_nullable=False,
         )  # fmt: skip
