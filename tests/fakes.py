@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.events import Inbound
@@ -113,6 +113,25 @@ class RecordingAdapter:
         reply = RecordedReply(inbound)
         self.replies.append(reply)
         return reply
+
+
+class Probe(RecordingAdapter):
+    """An adapter that, once the App serves it, runs ``act`` (what a platform's first
+    message would do) and ends, so ``App.serve`` returns."""
+
+    def __init__(self, act: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self._act = act
+
+    @property
+    def name(self) -> str:
+        return "probe"
+
+    async def run(self, submit: object) -> None:
+        await self._act()
+
+    async def stop(self) -> None:
+        pass
 
 
 def inbound(text: str, channel: str = "test:1", author: str = "alice") -> Inbound:

@@ -22,7 +22,7 @@ from memory.db import Database
 from memory.history import ChannelState, SqlHistoryStore, Status, StoredMessage
 from tests import discord_fake as fk
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator, RecordingAdapter
+from tests.fakes import FakeGenerator, Probe, RecordingAdapter
 from tests.test_discord import StartBot, fake, start_bot  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,29 +208,9 @@ async def test_discord_reopens_a_stored_message_and_replies_to_it(
     assert rows[f"pending interaction:{asked}"] is Status.SKIPPED
 
 
-class StateProbe(RecordingAdapter):
-    """Reads one channel's state as a platform's first message would, then ends."""
-
-    def __init__(self, history: SqlHistoryStore, channel: str) -> None:
-        super().__init__()
-        self._history = history
-        self._channel = channel
-        self.read: ChannelState | None = None
-
-    @property
-    def name(self) -> str:
-        return "probe"
-
-    async def run(self, submit: object) -> None:
-        self.read = await self._history.channel_state(self._channel)
-
-    async def stop(self) -> None:
-        pass
-
-
 async def restart_and_probe(
     path: Path, monkeypatch: pytest.MonkeyPatch, *, warm_fails: bool
-) -> tuple[ChannelState | None, list[str]]:
+) -> tuple[ChannelState, list[str]]:
     """Serve a probe on a freshly started App; what it read and which states were queried."""
     app = await App.start(load_config(path, environ={}), FakeGenerator())
     history = app.core.history
@@ -248,12 +228,16 @@ async def restart_and_probe(
     monkeypatch.setattr(history, "_read_state", counted)
     if warm_fails:
         monkeypatch.setattr(history, "warm", fail)
-    probe = StateProbe(history, "chat:1")
+    read: list[ChannelState] = []
+
+    async def first_message() -> None:
+        read.append(await history.channel_state("chat:1"))
+
     try:
-        await app.serve([probe])
+        await app.serve([Probe(first_message)])
     finally:
         await app.aclose()
-    return probe.read, queried
+    return read[0], queried
 
 
 async def test_a_restart_reads_channel_states_ahead_and_serves_if_it_cannot(

@@ -8,7 +8,7 @@ from agent.app import App
 from agent.config import load_config
 from memory.vectors import ChromaStore, reembed
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator, RecordingAdapter
+from tests.fakes import FakeGenerator, Probe
 from tests.retrieval_helpers import CountingCollection, WordHashEmbedder
 
 
@@ -61,29 +61,6 @@ async def test_reembed_carries_memories_to_a_new_embedder(tmp_path: Path) -> Non
     assert (memory.text, memory.scope) == ("the vault code is 4711", "discord:1")
 
 
-class MemoryProbe(RecordingAdapter):
-    """The first message after a start: its prompt, and what Chroma had been asked by then."""
-
-    def __init__(self, app: App, chroma: CountingCollection) -> None:
-        super().__init__()
-        self._app = app
-        self._chroma = chroma
-        self.before: tuple[int, int] | None = None
-        self.prompt = ""
-
-    @property
-    def name(self) -> str:
-        return "probe"
-
-    async def run(self, submit: object) -> None:
-        self.before = (self._chroma.loads, self._chroma.queries)
-        prompt = await self._app.core.prompt_for("chat:1", "what is the vault code?")
-        self.prompt = prompt.messages[-1].content
-
-    async def stop(self) -> None:
-        pass
-
-
 async def test_memories_are_read_into_memory_at_start_and_searched_there(
     tmp_path: Path,
 ) -> None:
@@ -100,10 +77,17 @@ async def test_memories_are_read_into_memory_at_start_and_searched_there(
         assert store.mirrored  # embedded Chroma: only this process writes memories
         chroma = CountingCollection(store._collection)
         store._collection = chroma
-        probe = MemoryProbe(app, chroma)
-        await app.serve([probe])
+        before: list[tuple[int, int]] = []
+        prompts: list[str] = []
+
+        async def first_message() -> None:
+            before.append((chroma.loads, chroma.queries))
+            prompt = await app.core.prompt_for("chat:1", "what is the vault code?")
+            prompts.append(prompt.messages[-1].content)
+
+        await app.serve([Probe(first_message)])
     finally:
         await app.aclose()
-    assert probe.before == (1, 0)  # read before the first message; no Chroma query
-    assert "- the vault code is 4711" in probe.prompt
+    assert before == [(1, 0)]  # read before the first message; no Chroma query
+    assert "- the vault code is 4711" in prompts[0]
     assert chroma.queries == 0
