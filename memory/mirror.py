@@ -114,8 +114,7 @@ class ScopeMirror:
         metadata: Sequence[Metadata],
         vectors: Any,
     ) -> None:
-        if self._scopes is not None or self._pending is not None:
-            self._write(_upsert(ids, texts, metadata, vectors, self._dimension))
+        self._write(_upsert(ids, texts, metadata, vectors, self._dimension))
 
     def delete(self, ids: Sequence[str]) -> None:
         self._write(tuple(ids))

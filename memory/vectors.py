@@ -129,8 +129,8 @@ class ChromaStore:
         self._clock = clock
         self._filled = False
         self._found_empty_at: float | None = None
-        self._mirror = ScopeMirror(embedder.dimension) if mirror else None
-        self._mirror_wanted = False  # set by warm()
+        self._mirrorable = mirror
+        self._mirror: ScopeMirror | None = None  # made by warm()
         self._loading: asyncio.Future[None] | None = None
         self._retry_at = 0.0
         expected = {"embedder": embedder.name, "dimension": embedder.dimension}
@@ -156,7 +156,7 @@ class ChromaStore:
     @property
     def mirrored(self) -> bool:
         """Whether scoped searches rank an in-memory copy (loaded or not yet)."""
-        return self._mirror is not None
+        return self._mirrorable
 
     async def add(self, items: Sequence[Item]) -> None:
         if not items:
@@ -238,9 +238,10 @@ class ChromaStore:
         Until this is called, Chroma answers: a one-shot command (``chat``, ``search``)
         would spend more reading the collection than on its one query.
         """
-        if self._mirror is None:
+        if not self._mirrorable:
             return
-        self._mirror_wanted = True
+        if self._mirror is None:
+            self._mirror = ScopeMirror(self._embedder.dimension)
         if self._mirror.ready:
             return
         if self._loading is None:
@@ -250,7 +251,7 @@ class ChromaStore:
         await asyncio.shield(self._loading)
 
     async def _mirrored(self, scopes: Sequence[str]) -> list[Rows] | None:
-        if self._mirror is None or not self._mirror_wanted:
+        if self._mirror is None:
             return None
         if not self._mirror.ready:
             await self.warm()
@@ -292,6 +293,7 @@ class ChromaStore:
     def _stop_mirroring(self) -> None:
         if self._mirror is None:
             return
+        self._mirrorable = False
         log.info(
             "%s: more items than %d MiB of vectors; scoped searches go to Chroma",
             self.name, MIRROR_MAX_BYTES // 2**20,
