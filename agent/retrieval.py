@@ -15,6 +15,7 @@ from typing import Any
 
 from agent.citations import with_sources
 from agent.config import Config
+from memory.docsearch import DocumentSearch
 from memory.documents import GLOBAL_SCOPE, NO_PAGE, DocumentIndex
 from memory.embeddings import load_embedder
 from memory.history import HistoryStore
@@ -40,6 +41,7 @@ MEMORY_HEADER = "What you remember here:"
 PRESENCE_TURNS = 50
 # What a query searches with: the text (embedded on the way), or a vector already embedded.
 Query = str | Sequence[float]
+Vector = Sequence[float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +69,12 @@ class Retriever:
         memory_k: int = 5,
         memory_min_score: float = 0.0,
         show_sources: bool = True,
+        hybrid: bool = True,
     ) -> None:
         self._history = history
         self._documents = documents
+        # Hybrid search (memory/docsearch.py); without it, Chroma's similarity alone.
+        self._search = DocumentSearch(documents) if documents is not None and hybrid else None
         self.memories = memories
         self._top_k = top_k
         self._min_score = min_score
@@ -129,7 +134,8 @@ class Retriever:
                 # Embedded once, then both queries at once (Chroma releases the GIL).
                 vector = await asyncio.to_thread(store.embedder.embed_query, text)
                 passages, recalled = await asyncio.gather(
-                    self._passages(scopes, vector, self._top_k), self._recall(scopes, vector)
+                    self._passages(scopes, text, self._top_k, vector),
+                    self._recall(scopes, vector),
                 )
             elif documents:  # embedding and query in one hand-off to a thread
                 passages = await self._passages(scopes, text, self._top_k)
@@ -149,10 +155,20 @@ class Retriever:
         passages = self._shown.pop(channel_key, [])
         return with_sources(answer, question, passages) if self._show_sources else answer
 
-    async def _passages(self, scopes: Sequence[str], query: Query, k: int) -> list[Passage]:
+    async def warm(self) -> None:
+        """Read the documents into memory for hybrid search now (``run`` does it at start)."""
+        if self._search is not None:
+            await self._search.warm()
+
+    async def _passages(
+        self, scopes: Sequence[str], text: str, k: int, vector: Vector | None = None
+    ) -> list[Passage]:
         assert self._documents is not None
-        # No "kind" clause: the collection holds only document chunks (see memory/vectors.py).
-        hits = await self._documents.nearest(query, k, scopes)
+        if self._search is not None:
+            hits = await self._search.nearest(text, k, scopes, self._min_score, vector)
+        else:
+            # No "kind" clause: the collection holds only document chunks (memory/vectors.py).
+            hits = await self._documents.nearest(text if vector is None else vector, k, scopes)
         return [
             Passage(
                 str(h.metadata.get("source", "")),
@@ -249,6 +265,7 @@ async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
         memory_k=r.memory_k,
         memory_min_score=memory_min_score,
         show_sources=r.show_sources,
+        hybrid=r.hybrid,
     )
     index = DocumentIndex(
         documents,
