@@ -50,6 +50,7 @@ RRF_K = 10
 DENSE_LENGTH_PENALTY = 0.3
 LEXICAL_LENGTH_PENALTY = 0.1
 CONFIDENCE = 0.02
+POPULATION = 5
 # Vocabulary words are embedded this many at a time when a copy is built.
 WORD_BATCH = 512
 # A copy holds at most this many bytes of vectors; past it, searches go to Chroma alone.
@@ -161,7 +162,10 @@ def rank(  # noqa: PLR0917 - called in one place, on a worker thread
             if not len(members):
                 continue
             values = best[members]
-            z = (values - values.mean()) / (values.std() or 1.0)
+            # A z-score needs a population: a language with only a few documents is
+            # measured against all the visible ones.
+            population = values if len(members) >= POPULATION else best[docs]
+            z = (values - population.mean()) / (population.std() or 1.0)
             z -= penalty * snapshot.log_length[members]
             ranks = np.empty(len(members))
             ranks[np.argsort(-z, kind="stable")] = np.arange(1, len(members) + 1)
