@@ -1,4 +1,4 @@
-"""The Prometheus metrics of one running Beseda (served on /metrics, see agent/ops_server.py).
+"""The Prometheus metrics of one running Beseda (served on /metrics, see agent/ops/server.py).
 
 Every :class:`Metrics` has its own ``CollectorRegistry`` rather than prometheus-client's
 global one, so several apps in one process (tests, benchmarks) never collide.

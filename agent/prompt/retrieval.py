@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.citations import with_sources
 from agent.config import Config
+from agent.prompt.citations import with_sources
 from memory.documents import GLOBAL_SCOPE, NO_PAGE, DocumentIndex
 from memory.embeddings import load_embedder
 from memory.history import HistoryStore
@@ -145,7 +145,7 @@ class Retriever:
         return store is not None and await store.has_items()
 
     def annotate(self, channel_key: str, question: str, answer: str) -> str:
-        """``answer`` with a line naming the documents it drew on (see agent/citations.py)."""
+        """``answer`` with a line naming the documents it drew on (agent/prompt/citations.py)."""
         passages = self._shown.pop(channel_key, [])
         return with_sources(answer, question, passages) if self._show_sources else answer
 

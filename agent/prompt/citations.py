@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from agent.summarizer import dominant_language
+from agent.prompt.summarizer import dominant_language
 
 HEADERS = {"en": "Sources:", "ru": "Источники:"}
 # Words an answer must share with a chunk (beyond the question's) for the chunk to be listed.

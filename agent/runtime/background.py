@@ -13,13 +13,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+
+from agent.prompt.jobs import Job
 
 log = logging.getLogger(__name__)
-
-Job = Callable[[], Coroutine[Any, Any, None]]
 
 
 class PreemptedError(Exception):

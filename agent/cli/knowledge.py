@@ -10,7 +10,7 @@ from typing import TextIO
 
 from agent.config import Config
 from agent.events import channel_key
-from agent.retrieval import Knowledge, open_knowledge, reindex
+from agent.prompt.retrieval import Knowledge, open_knowledge, reindex
 from memory.db import Database
 from memory.history import SqlHistoryStore
 

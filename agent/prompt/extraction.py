@@ -11,10 +11,10 @@ import json
 import logging
 from collections.abc import Sequence
 
-from agent.background import Background
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, Generator, SamplingParams
-from agent.summarizer import dominant_language
+from agent.prompt.jobs import BackgroundJobs
+from agent.prompt.summarizer import dominant_language
 from memory.memories import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class MemoryExtractor:
         self,
         generator: Generator,
         memories: MemoryStore,
-        background: Background,
+        background: BackgroundJobs,
         *,
         duplicate_score: float,
     ) -> None:

@@ -14,12 +14,13 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from agent.background import Background
-from agent.context import ContextBuilder, Prompt, PromptPersona, anchor
 from agent.events import Inbound
 from agent.generators.base import Generator
-from agent.summarizer import summarize
-from memory.history import ChannelState, HistoryStore, StoredMessage, Summary
+from agent.prompt.context import ContextBuilder, Prompt, PromptPersona, anchor
+from agent.prompt.jobs import BackgroundJobs
+from agent.prompt.summarizer import summarize
+from memory.history import HistoryStore
+from memory.records import ChannelState, StoredMessage, Summary
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class WindowKeeper:
         history: HistoryStore,
         builder: ContextBuilder,
         generator: Generator,
-        background: Background,
+        background: BackgroundJobs,
         *,
         history_limit: int,
         summaries: bool,

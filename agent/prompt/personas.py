@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.config import Config, PersonaConfig
-from agent.context import PromptPersona
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, Generator, SamplingParams
+from agent.prompt.context import PromptPersona
 from memory.history import HistoryStore
 from personas.card import PersonaCard, render_macros
 from personas.prompt import field_sizes, lore_text, system_text, triggered, within_budget

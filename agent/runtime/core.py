@@ -25,16 +25,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from adapters.base import ReplyStream, ReplyTarget
-from agent import commands
-from agent.background import Background
-from agent.context import Prompt
 from agent.events import Inbound
 from agent.generators.base import GenerationStats, Generator, SamplingParams
-from agent.limits import Buckets, Clock, Verdict
-from agent.scheduler import Scheduler
-from agent.window import WindowKeeper
-from memory.history import HistoryStore, Status, StoredMessage
+from agent.ports import ReplyStream, ReplyTarget
+from agent.prompt.context import Prompt
+from agent.prompt.window import WindowKeeper
+from agent.runtime import chat_commands
+from agent.runtime.background import Background
+from agent.runtime.limits import Buckets, Clock, Verdict
+from agent.runtime.scheduler import Scheduler
+from memory.history import HistoryStore
+from memory.records import Status, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,14 @@ class Core:
         background: Background,
         *,
         max_message_chars: int = 20_000,
-        tools: commands.Tools | None = None,
+        deps: chat_commands.CommandDeps | None = None,
         after_reply: Callable[[Inbound, str], None] | None = None,
         greeting: Callable[[Inbound], Awaitable[str | None]] | None = None,
         limits: Limits | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._history = history
-        self._tools = tools or commands.Tools(history)
+        self._deps = deps or chat_commands.CommandDeps(history)
         # Called with each answered message (e.g. to queue memory extraction).
         self._after_reply = after_reply
         # The persona's greeting, posted before the first answer it gives in a channel.
@@ -173,8 +174,8 @@ class Core:
         if self._closed:
             raise CoreClosedError("Beseda is shutting down")
         text = self.clean_text(inbound.text)
-        command = commands.parse(text)
-        if command is not None and command[0] == commands.STOP:
+        command = chat_commands.parse(text)
+        if command is not None and command[0] == chat_commands.STOP:
             return await self._stop(inbound, text, target)
         skip = self._refusal(inbound, command)
         stored = await self._history.append(
@@ -428,8 +429,8 @@ class Core:
     ) -> Reply:
         """Store the generated reply as done, then deliver it whole."""
         inbound = job.inbound
-        if text and self._tools.retriever is not None:  # name the documents it drew on
-            text = self._tools.retriever.annotate(inbound.channel_key, job.text, text)
+        if text and self._deps.retriever is not None:  # name the documents it drew on
+            text = self._deps.retriever.annotate(inbound.channel_key, job.text, text)
         if not text:
             await self._history.update(assistant_id, status=Status.FAILED)
             with contextlib.suppress(Exception):
@@ -467,13 +468,13 @@ class Core:
 
     async def _command(self, job: _Job, name: str, args: str) -> Reply:
         inbound = job.inbound
-        invocation = commands.Invocation(
+        invocation = chat_commands.Invocation(
             name, args, inbound.channel_key, job.user_message_id,
             author_id=inbound.author_id, author_name=inbound.author_name,
             is_admin=inbound.is_admin, server_id=inbound.server_id,
             parent_key=inbound.parent_key,
         )  # fmt: skip
-        text = await commands.run(invocation, self._tools)
+        text = await chat_commands.run(invocation, self._deps)
         notice = await self._history.append(
             job.inbound.channel_key, "notice", text, in_reply_to_id=job.user_message_id
         )
@@ -481,7 +482,7 @@ class Core:
         await stream.finish(text)
         return Reply(text, Status.DONE, job.user_message_id, notice.id)
 
-    # -- recovery (see agent/recovery.py) ----------------------------------------------------
+    # -- recovery (see agent/runtime/recovery.py) ------------------------------------------
 
     def resume(
         self, inbound: Inbound, message_id: int, target: ReplyTarget

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from agent.generators.base import ChatMessage, Generator, SamplingParams
-from memory.history import StoredMessage
+from memory.records import StoredMessage
 
 # (system instruction, heading of the previous summary, heading of the new turns, request)
 _INSTRUCTIONS = {

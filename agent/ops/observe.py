@@ -3,7 +3,7 @@
 The app hands every adapter an observed ``submit``: it wraps the core's submit, the
 ``ReplyTarget`` the adapter passes in and the ``ReplyStream`` that target opens, so it sees
 a message arrive, its first token shown, its reply finished, and the core's final
-:class:`~agent.core.Reply` (status and :class:`GenerationStats`). Log events carry channel
+:class:`~agent.runtime.core.Reply` (status and :class:`GenerationStats`). Log events carry channel
 keys, ids, sizes and timings — never the message text.
 """
 
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from adapters.base import ReplyStream, ReplyTarget
-from agent import metrics as m
-from agent.core import Reply
 from agent.events import Inbound
-from memory.history import Status
+from agent.ops import metrics as m
+from agent.ports import ReplyStream, ReplyTarget
+from agent.runtime.core import Reply
+from memory.records import Status
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from adapters.base import PlatformAdapter, is_connected
 from agent.config import MetricsConfig
 from agent.generators.base import Generator
-from agent.metrics import Metrics
+from agent.ops.metrics import Metrics
+from agent.ports import PlatformAdapter, is_connected
 from memory.db import Database
 
 log = logging.getLogger(__name__)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from adapters.matrix_session import device_summary
 from adapters.registry import configured_adapters
 from agent.config import Config, select_backend
 from agent.generators.base import GeneratorError
-from agent.generators.llama_cpp import check_gguf_file, resolve_model_path
+from agent.generators.gguf import check_gguf_file, read_metadata
+from agent.generators.hub import resolve_model_path
 from agent.generators.openai_compat import check_server
 from memory.db import Database, DatabaseError, head_revision
 
@@ -102,7 +100,7 @@ def _check_model(config: Config) -> Check:
     )
     size_mb = path.stat().st_size / 1e6
     try:
-        metadata = _gguf_metadata(path)
+        metadata = read_metadata(path)
     except (ValueError, RuntimeError) as exc:
         return Check("model", False, f"{path}: llama.cpp cannot read it: {exc}")
     has_template = bool(config.model.chat_template or metadata.get("tokenizer.chat_template"))
@@ -118,32 +116,6 @@ def _check_model(config: Config) -> Check:
         f"n_ctx {config.model.n_ctx}, chat template {template})"
     )
     return Check("model", has_template, detail)
-
-
-def _gguf_metadata(path: Path) -> dict[str, Any]:
-    from llama_cpp import Llama  # noqa: PLC0415 - heavy import
-
-    # A vocabulary-only load makes llama.cpp warn about a context it never uses, straight
-    # to file descriptor 2 from C: silence it for this call only.
-    with _quiet_stderr():
-        llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
-    try:
-        return dict(llama.metadata)
-    finally:
-        llama.close()
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def check_platforms(config: Config) -> Check:

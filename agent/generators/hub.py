@@ -15,11 +15,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent.config import Config, load_dotenv_into_environ
 from agent.generators.base import GeneratorError
-from agent.generators.llama_cpp import check_gguf_file
+from agent.generators.gguf import bundled_model_path, check_gguf_file
 
 COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 DEFAULT_REVISION = "main"
@@ -283,34 +282,12 @@ def downloaded_models(cache_dirs: Iterable[Path]) -> list[tuple[str, Path]]:
     return list(found.values())
 
 
-def gguf_summary(path: Path) -> dict[str, Any]:
-    """Size, quantisation, trained context and chat-template presence from GGUF metadata."""
-    from llama_cpp import Llama  # noqa: PLC0415 - heavy import
-    from llama_cpp import llama_cpp as lib  # noqa: PLC0415
-
-    from agent.doctor import _quiet_stderr  # noqa: PLC0415 - avoids an import cycle
-
-    with _quiet_stderr():
-        llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
-    try:
-        metadata = dict(llama.metadata)
-    finally:
-        llama.close()
-    file_types = {
-        int(value): name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_")
-        for name, value in vars(lib).items()
-        if name.startswith("LLAMA_FTYPE_") and isinstance(value, int)
-    }
-    arch = metadata.get("general.architecture", "")
-    file_type = metadata.get("general.file_type", "")
-    quant = file_types.get(int(file_type), file_type) if file_type.isdigit() else ""
-    if not quant:
-        found = re.search(r"(I?Q\d_[A-Z0-9_]+|Q\d_\d|F16|BF16|F32)", path.name, re.IGNORECASE)
-        quant = found.group(1).upper() if found else "?"
-    return {
-        "size": path.stat().st_size,
-        "architecture": arch or "?",
-        "quantisation": quant,
-        "context_length": metadata.get(f"{arch}.context_length", "?"),
-        "chat_template": bool(metadata.get("tokenizer.chat_template")),
-    }
+def resolve_model_path(config: Config, *, download: bool = True) -> Path:
+    """The GGUF to load; a ``[model] hf_repo`` file is downloaded on first use (blocking)."""
+    if config.model.hf_repo:
+        return ensure_model(config, download=download)
+    if not config.model.path:
+        return bundled_model_path()
+    path = config.resolve_path(config.model.path)
+    check_gguf_file(path)
+    return path

@@ -9,24 +9,24 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from adapters.base import platform_failures
 from adapters.console import ConsoleAdapter
 from adapters.registry import configured_adapters
 from agent.app import BACKGROUND_GRACE_SECONDS, App, settle_heap
+from agent.cli.doctor import run_doctor
+from agent.cli.knowledge import run_ingest, run_search
+from agent.cli.models import run_models
+from agent.cli.personas import run_persona
 from agent.config import Config, ConfigError, config_path_from, load_config
-from agent.core import Reply
-from agent.doctor import run_doctor
 from agent.events import Inbound, channel_key
 from agent.generators.base import Generator, GeneratorError
-from agent.knowledge_cli import run_ingest, run_search
-from agent.logs import setup_logging
-from agent.models_cli import run_models
-from agent.ops_server import OpsServerError
-from agent.persona_cli import run_persona
-from agent.persona_runtime import PersonaError
+from agent.ops.logs import setup_logging
+from agent.ops.server import OpsServerError
+from agent.ports import platform_failures
+from agent.prompt.personas import PersonaError
+from agent.runtime.core import Reply
 from memory.db import DatabaseError
 from memory.embeddings import EmbedderError
-from memory.history import Status
+from memory.records import Status
 from memory.vectors import VectorStoreError
 from personas.card import CardError
 
@@ -179,14 +179,11 @@ def _console(
 
 
 async def _run(config: Config) -> int:
-    app = await App.start(config)
-    settle_heap()
-    try:
+    async with App.open(config) as app:
+        settle_heap()
         console = lambda: _console(config, None, interactive=sys.stdin.isatty(), app=app)  # noqa: E731
         adapters = configured_adapters(config, console)
         await app.serve(adapters)
-    finally:
-        await app.aclose()
     failures = platform_failures(adapters)
     if failures and len(failures) == len(adapters):  # nothing was served: say so, fail
         for failure in failures:
@@ -196,14 +193,11 @@ async def _run(config: Config) -> int:
 
 
 async def _chat(config: Config, channel: str | None, message: str, *, stats: bool) -> int:
-    app = await App.start(config)
-    try:
+    async with App.open(config) as app:
         console = _console(config, channel, interactive=False)
         reply: Reply = await (await app.core.submit(console.inbound(message), console))
         sys.stdout.flush()  # the answer is out; a summary it triggered may still be written
         await app.finish_background(BACKGROUND_GRACE_SECONDS)
-    finally:
-        await app.aclose()
     if stats and reply.stats is not None:
         s = reply.stats
         print(
@@ -222,8 +216,7 @@ async def _prompt(
     as_json: bool,
     generator: Generator | None = None,
 ) -> int:
-    app = await App.start(config, generator)
-    try:
+    async with App.open(config, generator) as app:
         key = channel_key("console", channel or config.console.channel)
         asker = Inbound(
             platform=key.split(":", 1)[0],
@@ -235,8 +228,6 @@ async def _prompt(
         prompt = await app.core.prompt_for(key, message, asker)
         rendered = app.generator.render_prompt(prompt.messages)
         n_ctx = app.generator.n_ctx
-    finally:
-        await app.aclose()
     if as_json:
         payload = {
             "channel": key,

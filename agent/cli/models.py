@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.config import Config
+from agent.generators import gguf
 from agent.generators.base import GeneratorError
-from agent.generators.llama_cpp import bundled_model_path, resolve_model_path
-from agent.models_hub import (
+from agent.generators.hub import (
     cached_model,
     download_model,
     downloaded_models,
-    gguf_summary,
     hub_cache_dir,
     hub_file,
     models_dir,
+    resolve_model_path,
     verify_sha256,
 )
 
@@ -51,7 +51,7 @@ def _pull(config: Config, out: TextIO) -> int:
 def _list(config: Config, out: TextIO) -> int:
     entries: list[tuple[str, Path]] = []
     with contextlib.suppress(GeneratorError):  # not installed: nothing to show
-        entries.append(("bundled", bundled_model_path()))
+        entries.append(("bundled", gguf.bundled_model_path()))
     if config.model.path:
         entries.append(("[model] path", config.resolve_path(config.model.path)))
     folders = dict.fromkeys([models_dir(config), hub_cache_dir()])
@@ -71,7 +71,7 @@ def _list(config: Config, out: TextIO) -> int:
             out.write(f"{mark} {origin}: {path} (missing)\n")
             continue
         try:
-            info = gguf_summary(path)
+            info = gguf.summary(path)
         except (ValueError, RuntimeError, OSError) as exc:
             out.write(f"{mark} {origin}: {path} (unreadable: {exc})\n")
             continue

@@ -1,4 +1,4 @@
-"""The PlatformAdapter seam: how the core reaches a platform, and how a platform reaches it."""
+"""The ports: what a platform adapter implements (adapters/), and how the core reaches it."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ Beseda, never the model.
 
 A command runs on its channel's worker, in order with the messages around it, and neither
 the command nor its answer enters the model's prompt. ``!stop`` is the exception: the core
-runs it at once, ahead of the queue (see agent/core.py).
+runs it at once, ahead of the queue (see agent/runtime/core.py).
 
 Invisible formatting characters (zero-width spaces and joiners, direction marks and
 overrides) are ignored when recognising a command, so ``\u200b!reset`` is still ``!reset``;
@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.persona_runtime import RESET, Personas, Place
+from agent.prompt.personas import RESET, Personas, Place
 from memory.history import HistoryStore
 from memory.memories import user_scope
 
 if TYPE_CHECKING:
-    from agent.retrieval import Retriever
+    from agent.prompt.retrieval import Retriever
 
 PREFIX = "!"
 STOP = "stop"
@@ -44,7 +44,7 @@ class Invocation:
 
 
 @dataclass(frozen=True, slots=True)
-class Tools:
+class CommandDeps:
     """What command handlers may use; the memory commands need a retriever."""
 
     history: HistoryStore
@@ -53,7 +53,7 @@ class Tools:
     personas: Personas | None = None
 
 
-Handler = Callable[[Invocation, Tools], Awaitable[str]]
+Handler = Callable[[Invocation, CommandDeps], Awaitable[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,33 +81,33 @@ def visible(text: str) -> str:
     return "".join(c for c in text if unicodedata.category(c) != "Cf")
 
 
-async def run(invocation: Invocation, tools: Tools | HistoryStore) -> str:
-    if not isinstance(tools, Tools):
-        tools = Tools(tools)
-    return await COMMANDS[invocation.name].handler(invocation, tools)
+async def run(invocation: Invocation, deps: CommandDeps | HistoryStore) -> str:
+    if not isinstance(deps, CommandDeps):
+        deps = CommandDeps(deps)
+    return await COMMANDS[invocation.name].handler(invocation, deps)
 
 
-async def _help(_invocation: Invocation, _tools: Tools) -> str:
+async def _help(_invocation: Invocation, _deps: CommandDeps) -> str:
     lines = ["Commands:"]
     lines += [f"{PREFIX}{c.usage} — {c.help}" for c in COMMANDS.values()]
     return "\n".join(lines)
 
 
-async def _reset(invocation: Invocation, tools: Tools) -> str:
-    await tools.history.reset(invocation.channel_key, after_id=invocation.message_id)
+async def _reset(invocation: Invocation, deps: CommandDeps) -> str:
+    await deps.history.reset(invocation.channel_key, after_id=invocation.message_id)
     return (
         "Starting afresh: I no longer see the earlier messages of this channel (they stay stored)."
     )
 
 
-async def _summary(invocation: Invocation, tools: Tools) -> str:
-    state = await tools.history.channel_state(invocation.channel_key)
+async def _summary(invocation: Invocation, deps: CommandDeps) -> str:
+    state = await deps.history.channel_state(invocation.channel_key)
     if state.summary is None:
         return "No summary yet: the whole conversation still fits in my context window."
     return f"Summary of the earlier conversation:\n{state.summary.text}"
 
 
-async def _stop(_invocation: Invocation, _tools: Tools) -> str:
+async def _stop(_invocation: Invocation, _deps: CommandDeps) -> str:
     # The core answers !stop itself, ahead of the queue; this runs only if it did not.
     return "Nothing to stop."
 
@@ -115,20 +115,20 @@ async def _stop(_invocation: Invocation, _tools: Tools) -> str:
 NO_MEMORY = "Long-term memory is not available (no vector store is configured)."
 
 
-async def _remember(invocation: Invocation, tools: Tools) -> str:
-    if tools.retriever is None or tools.retriever.memories is None:
+async def _remember(invocation: Invocation, deps: CommandDeps) -> str:
+    if deps.retriever is None or deps.retriever.memories is None:
         return NO_MEMORY
     if not invocation.args:
         return f"Usage: {PREFIX}remember <text>"
     # A fact told in a channel (a direct conversation included) stays in that channel.
-    memory = await tools.retriever.memories.remember(
+    memory = await deps.retriever.memories.remember(
         invocation.channel_key, invocation.args, author=invocation.author_name
     )
     return f"I will remember: {memory.text}"
 
 
-async def _aboutme(invocation: Invocation, tools: Tools) -> str:
-    if tools.retriever is None or tools.retriever.memories is None:
+async def _aboutme(invocation: Invocation, deps: CommandDeps) -> str:
+    if deps.retriever is None or deps.retriever.memories is None:
         return NO_MEMORY
     if not invocation.args:
         return f"Usage: {PREFIX}aboutme <a fact about you>"
@@ -137,15 +137,15 @@ async def _aboutme(invocation: Invocation, tools: Tools) -> str:
     # The person's own choice: shown wherever they take part (a channel's prompt carries the
     # memories of the people who spoke in it recently), unlike !remember.
     platform = invocation.channel_key.split(":", 1)[0]
-    memory = await tools.retriever.memories.remember(
+    memory = await deps.retriever.memories.remember(
         user_scope(platform, invocation.author_id), invocation.args,
         author=invocation.author_name,
     )  # fmt: skip
     return f"I will remember about you, wherever you talk to me on {platform}: {memory.text}"
 
 
-async def _forget(invocation: Invocation, tools: Tools) -> str:
-    if tools.retriever is None or tools.retriever.memories is None:
+async def _forget(invocation: Invocation, deps: CommandDeps) -> str:
+    if deps.retriever is None or deps.retriever.memories is None:
         return NO_MEMORY
     if not invocation.args:
         return f"Usage: {PREFIX}forget <text>"
@@ -153,17 +153,17 @@ async def _forget(invocation: Invocation, tools: Tools) -> str:
     if invocation.author_id:
         platform = invocation.channel_key.split(":", 1)[0]
         scopes.append(user_scope(platform, invocation.author_id))
-    gone = await tools.retriever.memories.forget(scopes, invocation.args, tools.forget_min_score)
+    gone = await deps.retriever.memories.forget(scopes, invocation.args, deps.forget_min_score)
     if not gone:
         return "I remember nothing like that here."
     return "Forgotten:\n" + "\n".join(f"- {m.text}" for m in gone)
 
 
-async def _memories(invocation: Invocation, tools: Tools) -> str:
-    if tools.retriever is None or tools.retriever.memories is None:
+async def _memories(invocation: Invocation, deps: CommandDeps) -> str:
+    if deps.retriever is None or deps.retriever.memories is None:
         return NO_MEMORY
-    scopes = [s for s in await tools.retriever.scopes(invocation.channel_key) if s != "global"]
-    found = await tools.retriever.memories.list(scopes)
+    scopes = [s for s in await deps.retriever.scopes(invocation.channel_key) if s != "global"]
+    found = await deps.retriever.memories.list(scopes)
     if not found:
         return f"I remember nothing here yet. Teach me with {PREFIX}remember <text>."
     return "What I remember here:\n" + "\n".join(f"- {m.text}" for m in found)
@@ -172,33 +172,33 @@ async def _memories(invocation: Invocation, tools: Tools) -> str:
 NO_PERSONAS = "Personas are not available here."
 
 
-async def _persona(invocation: Invocation, tools: Tools) -> str:
-    if tools.personas is None:
+async def _persona(invocation: Invocation, deps: CommandDeps) -> str:
+    if deps.personas is None:
         return NO_PERSONAS
     place = _place(invocation)
     if not invocation.args:
-        choice = await tools.personas.choose(place)
+        choice = await deps.personas.choose(place)
         here = choice.entry
         return f"Persona here: {here.id} ({here.card.name}), {choice.reason}."
     if not invocation.is_admin:
         return "Only admins can switch the persona."
     name = invocation.args.split()[0]
-    entry = await tools.personas.switch(place, name)
+    entry = await deps.personas.switch(place, name)
     if entry is None:
-        return f"Cannot switch: {tools.personas.registry.unknown(name)}."
+        return f"Cannot switch: {deps.personas.registry.unknown(name)}."
     if name == RESET:
         return f"Persona here is back to the configured one: {entry.id} ({entry.card.name})."
     return f"Persona here is now {entry.id} ({entry.card.name})."
 
 
-async def _personas(invocation: Invocation, tools: Tools) -> str:
-    if tools.personas is None:
+async def _personas(invocation: Invocation, deps: CommandDeps) -> str:
+    if deps.personas is None:
         return NO_PERSONAS
     place = _place(invocation)
-    current = (await tools.personas.choose(place)).entry.id
+    current = (await deps.personas.choose(place)).entry.id
     lines = ["Personas:"]
-    for name in tools.personas.registry.names():
-        entry = tools.personas.registry.entries[name]
+    for name in deps.personas.registry.names():
+        entry = deps.personas.registry.entries[name]
         language = f" [{entry.card.language}]" if entry.card.language else ""
         mark = " (here)" if name == current else ""
         lines.append(f"- {name}: {entry.card.name}{language}{mark}")

@@ -3,7 +3,7 @@
 At start, before any adapter takes new messages, :func:`find_pending` marks replies that
 were still streaming as INTERRUPTED, marks unanswered user turns older than
 ``[recovery] max_age_minutes`` SKIPPED, and returns the younger ones. Once the adapters run,
-:func:`resume` asks each message's adapter to reopen it (:class:`adapters.base.Reopener`)
+:func:`resume` asks each message's adapter to reopen it (:class:`agent.ports.Reopener`)
 and queues it like a new message (several from one author are answered together); where
 the adapter cannot reopen it, it is marked SKIPPED with a log line.
 
@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapters.base import Reopener, ReplyTarget
-from agent.core import Core, Reply
 from agent.events import Inbound
-from memory.history import HistoryStore, Status, StoredMessage
+from agent.ports import Reopener, ReplyTarget
+from agent.runtime.core import Core, Reply
+from memory.history import HistoryStore
+from memory.records import Status, StoredMessage
 
 log = logging.getLogger(__name__)
 

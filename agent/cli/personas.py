@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.config import Config
-from agent.persona_runtime import load_registry, section_persona_id, user_folder
+from agent.prompt.personas import load_registry, section_persona_id, user_folder
 from personas.card import CardError, dump_card
 from personas.prompt import system_text
 from personas.sillytavern import import_card, slug

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.generators.base import ChatMessage, Generator, GeneratorError, SamplingParams
-from memory.history import ChannelState, Status, StoredMessage
+from memory.records import ChannelState, Status, StoredMessage
 
 CUT_MARKER = "\n[… cut: the message was too long for the context window]"
 SUMMARY_HEADING = "Summary of the earlier conversation:"
