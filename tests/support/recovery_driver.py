@@ -1,5 +1,5 @@
 """Runs the real App with the console adapter (one message per stdin line), for the crash
-tests in test_recovery.py: ``python -m tests.recovery_driver DATA_DIR stall|answer``.
+tests in test_recovery.py: ``python -m tests.support.recovery_driver DATA_DIR stall|answer``.
 
 ``stall`` writes one word of each reply, says STALLED on stderr and then hangs (the test
 kills it with SIGKILL); ``answer`` answers "answer to: <message>" at once.
@@ -23,7 +23,7 @@ from agent.config import (
     StorageConfig,
 )
 from agent.generators.base import ChatMessage, GenerationStats, SamplingParams, TokenStream
-from tests.fakes import FakeGenerator
+from tests.support.fakes import FakeGenerator
 
 
 class DriverGenerator(FakeGenerator):
@@ -52,20 +52,17 @@ async def main(data_dir: Path, mode: str) -> None:
         retrieval=RetrievalConfig(enabled=False),
         recovery=RecoveryConfig(max_age_minutes=60),
     )
-    app = await App.start(config, generator=DriverGenerator(stall=mode == "stall"))
-    console = ConsoleAdapter(
-        channel="local",
-        user_name="you",
-        assistant_name="Beseda",
-        stdin=sys.stdin,
-        stdout=sys.stdout,
-        stderr=sys.stderr,
-        interactive=False,
-    )
-    try:
+    async with App.open(config, generator=DriverGenerator(stall=mode == "stall")) as app:
+        console = ConsoleAdapter(
+            channel="local",
+            user_name="you",
+            assistant_name="Beseda",
+            stdin=sys.stdin,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+            interactive=False,
+        )
         await app.serve([console])
-    finally:
-        await app.aclose()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.generators.llama_cpp import bundled_model_path
+from agent.generators.gguf import bundled_model_path
 
 Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STARTUP_SECONDS = 120.0
