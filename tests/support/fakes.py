@@ -35,6 +35,7 @@ class FakeGenerator:
         self.hold: Callable[[Sequence[ChatMessage]], asyncio.Event | None] = lambda _m: None
         self.calls: list[tuple[ChatMessage, ...]] = []
         self.started = asyncio.Event()
+        self.closed = False
         self._calls_changed = asyncio.Condition()
 
     async def wait_for_calls(self, count: int) -> None:
@@ -83,7 +84,7 @@ class FakeGenerator:
             yield word + " "
 
     async def aclose(self) -> None:
-        return None
+        self.closed = True
 
 
 @dataclass
