@@ -62,10 +62,16 @@ async def test_leaving_closes_the_core_then_the_model_then_the_database(
     tmp_path: Path, closed: list[str]
 ) -> None:
     path = write_config(tmp_path / "c.toml", retrieval={"enabled": False})
-    with pytest.raises(RuntimeError, match="the body failed"):
+    cores: list[Core] = []
+
+    async def fail_inside() -> None:
         async with App.open(load_config(path, environ={}), ClosingGenerator(closed)) as app:
-            core = app.core
+            cores.append(app.core)
             raise RuntimeError("the body failed")
+
+    with pytest.raises(RuntimeError, match="the body failed"):
+        await fail_inside()
+    [core] = cores
     assert closed == ["core", "model", "database"]
     with pytest.raises(CoreClosedError):
         await core.submit(inbound("hello"), RecordingAdapter())
