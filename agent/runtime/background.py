@@ -1,4 +1,4 @@
-"""Background work (summaries, later memory extraction) that never delays a reply.
+"""Background work (summaries, memory extraction) that never delays a reply.
 
 Jobs run one at a time, and only while no foreground reply is queued or in progress. A reply
 that arrives while a job is generating (inside :meth:`Background.preemptible`) cancels that
