@@ -8,8 +8,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from adapters.base import ReplyTarget
 from agent.events import Inbound, channel_key
+from agent.ports import ReplyTarget
 
 QUIT_WORDS = frozenset({"/quit", "/exit"})
 

@@ -23,7 +23,6 @@ from discord import app_commands
 from dotenv import dotenv_values
 
 from adapters.attachments import DocumentsHook, accepts
-from adapters.base import ReplyTarget
 from adapters.discord_reply import (
     Clock,
     DiscordReply,
@@ -33,10 +32,11 @@ from adapters.discord_reply import (
     Sleep,
 )
 from adapters.quotes import REPLY_CHAIN_DEPTH, quote
-from agent import commands
 from agent.config import Config, DiscordConfig
 from agent.events import Attachment, Inbound
-from agent.limits import per_window
+from agent.ports import ReplyTarget
+from agent.runtime import chat_commands
+from agent.runtime.limits import per_window
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class DiscordAdapter:
     async def setup(self, client: _Client) -> None:
         if not self.config.slash_commands:
             return
-        for command in commands.COMMANDS.values():
+        for command in chat_commands.COMMANDS.values():
             client.tree.add_command(self._slash_command(command))
         try:
             synced = await client.tree.sync()
@@ -231,7 +231,9 @@ class DiscordAdapter:
         except discord.HTTPException as exc:  # e.g. missing applications.commands scope
             log.warning("could not sync slash commands: %s", exc)
 
-    def _slash_command(self, command: commands.Command) -> app_commands.Command[Any, ..., None]:
+    def _slash_command(
+        self, command: chat_commands.Command
+    ) -> app_commands.Command[Any, ..., None]:
         name = command.name
 
         async def without_args(interaction: discord.Interaction) -> None:
@@ -297,7 +299,7 @@ class DiscordAdapter:
             or bool(bot_roles)  # people often mention the bot's own role instead
             or (replied is not None and replied.author.id == me.id)
             or bool(channel_ids & set(self.config.all_messages_channels))
-            or commands.parse(text) is not None
+            or chat_commands.parse(text) is not None
         )
         if not addressed:
             return
@@ -418,7 +420,7 @@ class DiscordAdapter:
             channel_key=f"discord:{interaction.channel_id}",
             author_id=str(user.id),
             author_name=user.display_name,
-            text=f"{commands.PREFIX}{name} {args}".strip(),
+            text=f"{chat_commands.PREFIX}{name} {args}".strip(),
             message_id=f"interaction:{interaction.id}",
             thread_id=str(channel.id) if isinstance(channel, discord.Thread) else None,
             parent_key=_parent_key(channel),

@@ -38,7 +38,6 @@ from nio import (
 )
 from nio.exceptions import EncryptionError, LocalProtocolError, ProtocolError
 
-from adapters.base import ReplyTarget
 from adapters.matrix_reply import (
     Clock,
     Content,
@@ -49,10 +48,11 @@ from adapters.matrix_reply import (
 )
 from adapters.matrix_session import MatrixLoginError, Secrets, log_in, matrix_secrets
 from adapters.quotes import REPLY_CHAIN_DEPTH, quote
-from agent import commands
 from agent.config import Config, MatrixConfig
 from agent.events import Inbound
-from agent.limits import per_window
+from agent.ports import ReplyTarget
+from agent.runtime import chat_commands
+from agent.runtime.limits import per_window
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ class MatrixAdapter:
             or (self.config.mentions and mentioned)
             or (self.config.replies and reply_to is not None and await self._is_own(room, reply_to))
             or room.room_id in self.config.all_messages_rooms
-            or commands.parse(text) is not None
+            or chat_commands.parse(text) is not None
         )
         if not addressed or not text:
             return

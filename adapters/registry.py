@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from adapters.base import PlatformAdapter
 from adapters.discord import discord_adapter
 from adapters.matrix import matrix_adapter
 from agent.config import Config
+from agent.ports import PlatformAdapter
 
 # Each platform module contributes a factory: it returns its adapter when the platform is
 # configured (credentials present), None otherwise. Add new platforms here.

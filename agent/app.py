@@ -7,30 +7,23 @@ import contextlib
 import gc
 import logging
 import signal
-import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 from adapters.attachments import channel_documents
-from adapters.base import PlatformAdapter
-from agent import commands
-from agent.background import Background
 from agent.config import Config, select_backend
-from agent.context import ContextBuilder
-from agent.core import Core, Limits
-from agent.extraction import MemoryExtractor
 from agent.generators import load_generator
-from agent.generators.base import Generator, SamplingParams
-from agent.limits import Clock
-from agent.metrics import Metrics
-from agent.observe import Observer
-from agent.ops_server import Health, OpsServer, serve_operations
-from agent.persona_runtime import Personas, load_registry
-from agent.recovery import Pending, find_pending, resume
-from agent.retrieval import Knowledge, Retriever, open_knowledge, thresholds
-from agent.window import WindowKeeper, minute_date_source, zone_clock
+from agent.generators.base import Generator
+from agent.ops.metrics import Metrics
+from agent.ops.observe import Observer
+from agent.ops.server import Health, OpsServer, serve_operations
+from agent.ports import PlatformAdapter
+from agent.prompt.retrieval import Knowledge
+from agent.runtime.core import Core
+from agent.runtime.recovery import Pending, find_pending, resume
+from agent.wiring import build_core, build_knowledge
 from memory.db import Database
-from memory.history import HistoryStore, SqlHistoryStore
+from memory.history import SqlHistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +54,31 @@ class App:
         self.ops: OpsServer | None = None
 
     @classmethod
-    async def start(cls, config: Config, generator: Generator | None = None) -> App:
-        """Open the database (migrating it), load the model, and wire the core."""
+    @contextlib.asynccontextmanager
+    async def open(cls, config: Config, generator: Generator | None = None) -> AsyncIterator[App]:
+        """Open the database (migrating it), load the model, wire the core; on leaving, close
+        everything in reverse order of creation, also when opening failed halfway.
+
+        A ``generator`` given here is owned by the app from now on: it is closed with it.
+        """
         # tabby_url/tabby_key pick the remote backend and its sampling defaults (temperature 0).
         config = select_backend(config)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(config.database_url)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            db = Database(config.database_url)
+            stack.push_async_callback(db.close)
+            if generator is not None:
+                stack.push_async_callback(generator.aclose)
             await db.migrate()
             if generator is None:
                 generator = await load_generator(config)
+                stack.push_async_callback(generator.aclose)
             history = SqlHistoryStore(db)
-            knowledge = None
-            if config.retrieval.enabled:
-                knowledge = await open_knowledge(config, history)
-                if config.documents.ingest_on_start:
-                    report = await knowledge.documents.ingest(knowledge.documents_path)
-                    log.info("documents: %s", report.summary())
+            knowledge = await build_knowledge(config, history)
             retriever = knowledge.retriever if knowledge is not None else None
             core = build_core(config, history, generator, retriever=retriever)
-        except BaseException:
-            await db.close()
-            raise
-        return cls(config, db, generator, core, knowledge)
+            stack.push_async_callback(core.close, 0)
+            yield cls(config, db, generator, core, knowledge)
 
     async def serve(self, adapters: Sequence[PlatformAdapter]) -> None:
         """Run until every adapter has finished or SIGINT/SIGTERM; then drain and return."""
@@ -170,12 +165,6 @@ class App:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.core.background.wait_quiet(), grace)
 
-    async def aclose(self) -> None:
-        """Close resources in reverse order of creation."""
-        await self.core.close(0)
-        await self.generator.aclose()
-        await self.db.close()
-
 
 def settle_heap() -> None:
     """Collect start-up garbage, then exclude what is left from future collections.
@@ -189,68 +178,3 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def build_core(
-    config: Config,
-    history: HistoryStore,
-    generator: Generator,
-    *,
-    retriever: Retriever | None = None,
-    rate_clock: Clock = time.monotonic,
-) -> Core:
-    """The core and its context machinery, as configured (also used by benchmarks)."""
-    ctx = config.context
-    r = config.retrieval
-    builder = ContextBuilder(
-        generator,
-        config.persona.system_prompt,
-        max_tokens=config.model.max_tokens,
-        safety_margin=config.chat.safety_margin_tokens,
-        evict_fraction=ctx.evict_fraction,
-        summarize_at=ctx.summarize_at,
-    )
-    background = Background()
-    # Raises PersonaError when config.toml names a persona that does not exist.
-    personas = Personas(config, load_registry(config), history, generator)
-    clock = zone_clock(ctx.timezone)
-    window = WindowKeeper(
-        history,
-        builder,
-        generator,
-        background,
-        history_limit=config.chat.history_limit,
-        summaries=ctx.summaries,
-        summary_max_tokens=ctx.summary_max_tokens,
-        assistant_name=config.persona.name,
-        volatile=[minute_date_source(clock, ctx.timezone)] if ctx.date == "minute" else [],
-        today=clock if ctx.date == "day" else None,
-        personas=personas,
-    )
-    window.add_volatile(personas.lore)
-    if retriever is not None:
-        retriever.use_tokenizer(generator.count_tokens)
-        window.add_volatile(retriever.volatile)
-    extractor = None
-    if retriever is not None and retriever.memories is not None and r.extract_memories:
-        extractor = MemoryExtractor(
-            generator, retriever.memories, background, duplicate_score=thresholds(config)[2]
-        )
-    lim = config.limits
-    limits = Limits(
-        lim.channel_queue, lim.user_burst, lim.user_per_minute, lim.channel_burst,
-        lim.channel_per_minute,
-    )  # fmt: skip
-    return Core(
-        history,
-        generator,
-        window,
-        SamplingParams.from_config(config.model),
-        background,
-        max_message_chars=config.chat.max_message_chars,
-        tools=commands.Tools(history, retriever, thresholds(config)[2], personas),
-        after_reply=extractor.schedule if extractor is not None else None,
-        greeting=personas.greeting,
-        limits=limits,
-        clock=rate_clock,
-    )

@@ -36,6 +36,10 @@ class Inbound:
     # commands such as switching the persona check it).
     is_admin: bool = False
     attachments: tuple[Attachment, ...] = ()
+    # Not addressed to Beseda, in a channel that opted into ambient context ([discord]
+    # context_channels, [matrix] context_rooms, [telegram] context_chats): stored as context
+    # for later replies, never answered.
+    ambient: bool = False
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -35,10 +35,12 @@ from agent.app import build_core
 from agent.config import Config, ContextConfig, ModelConfig
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, SamplingParams, TokenStream
-from agent.generators.llama_cpp import LlamaCppGenerator, bundled_model_path
+from agent.generators.gguf import bundled_model_path
+from agent.generators.llama_cpp import LlamaCppGenerator
 from bench.sink import Sink, Wrapped
 from memory.db import Database
-from memory.history import SqlHistoryStore, Status
+from memory.history import SqlHistoryStore
+from memory.records import Status
 
 N_CTX = 1024
 QUESTIONS = [

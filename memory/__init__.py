@@ -1,1 +1,2 @@
-"""History store, and later embeddings, vector store, documents and long-term memories."""
+"""What Beseda remembers: the history store (SQLAlchemy), its records and caches, the vector
+store (Chroma), embeddings, documents, long-term memories, and the schema migrations."""

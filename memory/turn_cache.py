@@ -29,10 +29,8 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # memory.history imports this module
-    from memory.history import Status, StoredMessage
+from memory.records import Status, StoredMessage
 
 # Channels kept (least recently used dropped first), and turns kept per channel: past
 # MAX_TURNS the oldest are dropped (the floor rises) down to KEEP_TURNS. A window longer

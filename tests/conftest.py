@@ -11,7 +11,7 @@ from memory.db import Database
 from memory.history import SqlHistoryStore
 
 # postgres_server: the session-wide PostgreSQL server, started only by tests that need it.
-from tests.postgres import SQLITE_KINDS, open_database, postgres_server  # noqa: F401
+from tests.support.postgres import SQLITE_KINDS, open_database, postgres_server  # noqa: F401
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 

@@ -5,27 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from adapters.attachments import channel_documents
-from agent import commands
-from agent.app import build_core
-from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
-from agent.core import CUT_NOTICE, Core
+from agent.runtime import chat_commands
+from agent.runtime.core import CUT_NOTICE, Core
 from memory.documents import DocumentIndex
-from memory.history import SqlHistoryStore, Status
+from memory.history import SqlHistoryStore
+from memory.records import Status
 from memory.vectors import ChromaStore, open_client
-from tests import discord_fake as fk
-from tests.fakes import FakeGenerator, RecordingAdapter, inbound
-from tests.retrieval_helpers import WordHashEmbedder
+from tests.support import discord_fake as fk
+from tests.support.core import make_core
+from tests.support.fakes import FakeGenerator, RecordingAdapter, inbound
+from tests.support.retrieval import WordHashEmbedder
 from tests.test_discord import MENTION, StartBot, fake, start_bot  # noqa: F401 (fixtures)
-
-
-def make_core(history: SqlHistoryStore, generator: FakeGenerator) -> Core:
-    config = Config(
-        model=ModelConfig(max_tokens=64, temperature=0),
-        persona=PersonaConfig(system_prompt="You are a test."),
-        chat=ChatConfig(safety_margin_tokens=8),  # max_message_chars: the default 20,000
-        context=ContextConfig(date="off", summaries=False),
-    )
-    return build_core(config, history, generator)
 
 
 async def still_answers(core: Core, adapter: RecordingAdapter) -> None:
@@ -38,7 +28,7 @@ async def test_a_100k_character_message_is_cut_and_the_person_is_told(
     history: SqlHistoryStore,
 ) -> None:
     generator = FakeGenerator(lambda _m: "ok")
-    core = make_core(history, generator)
+    core = make_core(history, generator, summaries=False)
     adapter = RecordingAdapter()
     reply = await (await core.submit(inbound("y " * 50_000), adapter))
     assert reply.status is Status.DONE
@@ -54,7 +44,7 @@ async def test_a_100k_character_message_is_cut_and_the_person_is_told(
 
 
 async def test_nul_bytes_are_removed_from_text_and_names(history: SqlHistoryStore) -> None:
-    core = make_core(history, FakeGenerator())
+    core = make_core(history, FakeGenerator(), summaries=False)
     adapter = RecordingAdapter()
     reply = await (await core.submit(inbound("nul\x00here", author="ev\x00il"), adapter))
     assert reply.text == "echo: nulhere"
@@ -80,7 +70,7 @@ async def test_zero_width_and_direction_marks_do_not_hide_commands(
     history: SqlHistoryStore,
 ) -> None:
     generator = FakeGenerator()
-    core = make_core(history, generator)
+    core = make_core(history, generator, summaries=False)
     adapter = RecordingAdapter()
     for text in ("\u200b!help", "!\u200dhelp", "\u202e!help", "\ufeff!HELP"):
         reply = await (await core.submit(inbound(text), adapter))
@@ -89,12 +79,12 @@ async def test_zero_width_and_direction_marks_do_not_hide_commands(
     # Ordinary text keeps its invisible and right-to-left characters, as written.
     rtl = "\u202eolleh \u200bשלום"
     assert (await (await core.submit(inbound(rtl), adapter))).text == f"echo: {rtl}"
-    assert commands.parse("hello\u200b!help") is None
+    assert chat_commands.parse("hello\u200b!help") is None
 
 
 async def test_the_command_prefix_alone_shows_the_help(history: SqlHistoryStore) -> None:
     generator = FakeGenerator()
-    core = make_core(history, generator)
+    core = make_core(history, generator, summaries=False)
     adapter = RecordingAdapter()
     for text in ("!", "  !  ", "\u200b!"):
         reply = await (await core.submit(inbound(text), adapter))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.citations import sources_line, with_sources
+from agent.prompt.citations import sources_line, with_sources
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.context import CUT_MARKER, ContextBuilder, ContextError
-from memory.history import Status, StoredMessage
-from tests.fakes import FakeGenerator
+from agent.prompt.context import CUT_MARKER, ContextBuilder, ContextError
+from memory.records import Status, StoredMessage
+from tests.support.fakes import FakeGenerator
 
 
 def turn(i: int, text: str, role: str = "user") -> StoredMessage:

@@ -5,24 +5,12 @@ from collections.abc import Sequence
 
 import pytest
 
-from agent.app import build_core
-from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
-from agent.core import CUT_NOTICE, Core, CoreClosedError
 from agent.generators.base import ChatMessage
-from memory.history import SqlHistoryStore, Status
-from tests.fakes import FakeGenerator, RecordingAdapter, inbound
-
-
-def make_core(
-    history: SqlHistoryStore, generator: FakeGenerator, *, max_chars: int = 20_000
-) -> Core:
-    config = Config(
-        model=ModelConfig(max_tokens=64, temperature=0),
-        persona=PersonaConfig(system_prompt="You are a test."),
-        chat=ChatConfig(safety_margin_tokens=8, max_message_chars=max_chars),
-        context=ContextConfig(date="off"),
-    )
-    return build_core(config, history, generator)
+from agent.runtime.core import CUT_NOTICE, CoreClosedError
+from memory.history import SqlHistoryStore
+from memory.records import Status
+from tests.support.core import make_core
+from tests.support.fakes import FakeGenerator, RecordingAdapter, inbound
 
 
 async def test_reply_is_streamed_delivered_and_stored(history: SqlHistoryStore) -> None:

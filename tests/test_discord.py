@@ -15,11 +15,11 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.attachments import channel_documents
-from adapters.base import platform_failures
 from adapters.discord import RATE_NOTICE, DiscordAdapter, discord_adapter, discord_token
 from adapters.registry import configured_adapters
 from adapters.split import split_parts
 from agent.app import App, build_core
+from agent.cli.doctor import check_platforms
 from agent.config import (
     ChatConfig,
     Config,
@@ -29,18 +29,18 @@ from agent.config import (
     PersonaConfig,
     load_config,
 )
-from agent.core import Core
-from agent.doctor import check_platforms
 from agent.events import Inbound
 from agent.generators.base import ChatMessage
+from agent.ports import platform_failures
+from agent.runtime.core import Core
 from memory.db import Database
 from memory.documents import DocumentIndex
 from memory.history import SqlHistoryStore
 from memory.vectors import ChromaStore, open_client
-from tests import discord_fake as fk
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator, SteppingClock
-from tests.retrieval_helpers import WordHashEmbedder
+from tests.support import discord_fake as fk
+from tests.support.fakes import FakeGenerator, SteppingClock
+from tests.support.retrieval import WordHashEmbedder
 
 ALICE = fk.user(111, "alice")
 BOB = fk.user(222, "bob")
@@ -585,18 +585,17 @@ async def test_run_starts_discord_through_the_registry_and_the_app(
     path = write_config(
         tmp_path / "config.toml", retrieval={"enabled": False}, context={"date": "off"}
     )
-    app = await App.start(load_config(path, environ={}), generator=FakeGenerator())
-    [adapter] = configured_adapters(app.config, lambda: pytest.fail("console"))
-    assert isinstance(adapter, DiscordAdapter)
-    serving = asyncio.create_task(app.serve([adapter]))
-    try:
-        await fake.wait_ready()
-        await fake.message_create(f"{MENTION} through the app", mentions=[fake.bot])
-        await fake.wait_for(lambda: fake.contents() == ["echo: through the app"])
-    finally:
-        await adapter.stop()  # the adapter's run ends, and with it serve
-        await asyncio.wait_for(serving, 20)
-        await app.aclose()
+    async with App.open(load_config(path, environ={}), generator=FakeGenerator()) as app:
+        [adapter] = configured_adapters(app.config, lambda: pytest.fail("console"))
+        assert isinstance(adapter, DiscordAdapter)
+        serving = asyncio.create_task(app.serve([adapter]))
+        try:
+            await fake.wait_ready()
+            await fake.message_create(f"{MENTION} through the app", mentions=[fake.bot])
+            await fake.wait_for(lambda: fake.contents() == ["echo: through the app"])
+        finally:
+            await adapter.stop()  # the adapter's run ends, and with it serve
+            await asyncio.wait_for(serving, 20)
 
 
 async def test_a_slash_command_with_text_becomes_the_same_bang_command(

@@ -11,7 +11,7 @@ from memory.docsearch import DocumentSearch
 from memory.documents import DocumentIndex
 from memory.lexical import BM25, Translator, terms, vocabulary
 from memory.vectors import ChromaStore, open_client
-from tests.retrieval_helpers import WordHashEmbedder
+from tests.support.retrieval import WordHashEmbedder
 
 
 class BilingualEmbedder(WordHashEmbedder):

@@ -10,7 +10,7 @@ from fpdf import FPDF
 
 from memory.documents import DocumentIndex, Page, chunk_pages, read_document
 from memory.vectors import ChromaStore, open_client
-from tests.retrieval_helpers import WordHashEmbedder
+from tests.support.retrieval import WordHashEmbedder
 
 
 def words(text: str) -> int:

@@ -19,9 +19,10 @@ from sqlalchemy import Connection, String, text
 from sqlalchemy.types import TypeEngine
 
 from memory.db import Database, DatabaseError, head_revision
-from memory.history import ChannelState, SqlHistoryStore, Status
+from memory.history import SqlHistoryStore
 from memory.models import Base
-from tests.postgres import ALL_KINDS, open_database
+from memory.records import ChannelState, Status
+from tests.support.postgres import ALL_KINDS, open_database
 
 
 @pytest.fixture(params=ALL_KINDS)

@@ -24,8 +24,9 @@ from memory import history as history_module
 from memory import turn_cache as turn_cache_module
 from memory.channel_cache import ChannelCache
 from memory.db import Database
-from memory.history import ChannelState, SqlHistoryStore, Status, StoredMessage
+from memory.history import SqlHistoryStore
 from memory.models import MessageRow
+from memory.records import ChannelState, Status, StoredMessage
 from memory.turn_cache import TurnCache, anchor_of
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from agent.config import ModelConfig
 from agent.generators.base import ChatMessage, GeneratorError, SamplingParams
-from agent.generators.llama_cpp import LlamaCppGenerator, bundled_model_path
+from agent.generators.gguf import bundled_model_path
+from agent.generators.llama_cpp import LlamaCppGenerator
 
 pytestmark = pytest.mark.model
 

@@ -19,10 +19,10 @@ from sqlalchemy import text
 from adapters.registry import configured_adapters
 from agent.app import App
 from agent.config import load_config
-from agent.logs import REDACTED, StructuredFormatter, configured_secrets, setup_logging
-from tests import discord_fake as fk
+from agent.ops.logs import REDACTED, StructuredFormatter, configured_secrets, setup_logging
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator
+from tests.support import discord_fake as fk
+from tests.support.fakes import FakeGenerator
 from tests.test_discord import fake
 
 __all__ = ["fake"]  # the loopback Discord fixture this module uses
@@ -132,46 +132,45 @@ async def test_a_conversation_logs_events_but_no_message_text_or_secret(
     setup_logging(config, stream)
 
     generator = FakeGenerator()
-    app = await App.start(config, generator=generator)
-    # A database failure while storing the finished reply: the statement's parameters
-    # (the reply's text) must not reach the logged exception.
-    async with app.db.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "CREATE TRIGGER refuse BEFORE UPDATE ON messages WHEN NEW.text LIKE "
-                "'%poisoned%' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    async with App.open(config, generator=generator) as app:
+        # A database failure while storing the finished reply: the statement's parameters
+        # (the reply's text) must not reach the logged exception.
+        async with app.db.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER refuse BEFORE UPDATE ON messages WHEN NEW.text LIKE "
+                    "'%poisoned%' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+                )
             )
-        )
-    [adapter] = configured_adapters(app.config, lambda: pytest.fail("console"))
+        [adapter] = configured_adapters(app.config, lambda: pytest.fail("console"))
 
-    async def failed_replies(count: int) -> None:
-        # Polled: the fake's wait_for only wakes up when Discord traffic arrives.
-        failed = app.metrics.messages_out.labels("discord", "failed")
-        for _ in range(1000):
-            if failed._value.get() >= count:
-                return
-            await asyncio.sleep(0.01)
-        pytest.fail(f"fewer than {count} failed replies")
+        async def failed_replies(count: int) -> None:
+            # Polled: the fake's wait_for only wakes up when Discord traffic arrives.
+            failed = app.metrics.messages_out.labels("discord", "failed")
+            for _ in range(1000):
+                if failed._value.get() >= count:
+                    return
+                await asyncio.sleep(0.01)
+            pytest.fail(f"fewer than {count} failed replies")
 
-    serving = asyncio.create_task(app.serve([adapter]))
-    said = ["what is the capital of Narnia", "poisoned question about tea"]
-    try:
-        await fake.wait_ready()
-        await fake.message_create(f"{MENTION} {said[0]}", mentions=[fake.bot])
-        await fake.wait_for(lambda: fake.contents() == [f"echo: {said[0]}"])
-        await fake.message_create(f"{MENTION} {said[1]}", mentions=[fake.bot])
-        await failed_replies(1)
-        generator.fail_with = RuntimeError("the model fell over")
-        said.append("secret plans for Tuesday")
-        await fake.message_create(f"{MENTION} {said[2]}", mentions=[fake.bot])
-        await failed_replies(2)
-        assert app.ops is not None
-        async with aiohttp.ClientSession() as http, http.get(app.ops.url + "/healthz") as r:
-            assert (r.status, (await r.json())["adapters"]) == (200, {"discord": True})
-    finally:
-        await adapter.stop()
-        await asyncio.wait_for(serving, 20)
-        await app.aclose()
+        serving = asyncio.create_task(app.serve([adapter]))
+        said = ["what is the capital of Narnia", "poisoned question about tea"]
+        try:
+            await fake.wait_ready()
+            await fake.message_create(f"{MENTION} {said[0]}", mentions=[fake.bot])
+            await fake.wait_for(lambda: fake.contents() == [f"echo: {said[0]}"])
+            await fake.message_create(f"{MENTION} {said[1]}", mentions=[fake.bot])
+            await failed_replies(1)
+            generator.fail_with = RuntimeError("the model fell over")
+            said.append("secret plans for Tuesday")
+            await fake.message_create(f"{MENTION} {said[2]}", mentions=[fake.bot])
+            await failed_replies(2)
+            assert app.ops is not None
+            async with aiohttp.ClientSession() as http, http.get(app.ops.url + "/healthz") as r:
+                assert (r.status, (await r.json())["adapters"]) == (200, {"discord": True})
+        finally:
+            await adapter.stop()
+            await asyncio.wait_for(serving, 20)
 
     lines = stream.getvalue().splitlines()
     events = [parse_logfmt(line) for line in lines]
@@ -200,13 +199,15 @@ def test_setup_logging_routes_every_logger_to_one_json_line_per_event(
     path = write_config(tmp_path / "config.toml", logging={"level": "INFO", "format": "json"})
     stream = io.StringIO()
     setup_logging(load_config(path, environ={}), stream)
-    logging.getLogger("agent.core").info("reply", extra={"channel": "c:1", "reply_id": None})
+    logging.getLogger("agent.runtime.core").info(
+        "reply", extra={"channel": "c:1", "reply_id": None}
+    )
     logging.getLogger("discord.gateway").info("connected\nto the gateway")
-    logging.getLogger("agent.core").debug("not shown at INFO")
+    logging.getLogger("agent.runtime.core").debug("not shown at INFO")
     logging.getLogger("alembic.runtime.migration").info("migration noise")
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(e["logger"], e["msg"]) for e in events] == [
-        ("agent.core", "reply"),
+        ("agent.runtime.core", "reply"),
         ("discord.gateway", "connected\nto the gateway"),
     ]
     assert events[0]["channel"] == "c:1"

@@ -10,15 +10,16 @@ import pytest
 
 from agent.app import build_core
 from agent.config import Config, ContextConfig, ModelConfig, PersonaConfig, RetrievalConfig
-from agent.core import Core
-from agent.extraction import INSTRUCTIONS, MemoryExtractor, parse_facts
 from agent.generators.base import ChatMessage
-from agent.retrieval import Retriever
-from memory.history import SqlHistoryStore, Status
+from agent.prompt.extraction import INSTRUCTIONS, MemoryExtractor, parse_facts
+from agent.prompt.retrieval import Retriever
+from agent.runtime.core import Core
+from memory.history import SqlHistoryStore
 from memory.memories import MemoryStore
+from memory.records import Status
 from memory.vectors import ChromaStore, open_client
-from tests.fakes import FakeGenerator, RecordingAdapter, inbound
-from tests.retrieval_helpers import WordHashEmbedder
+from tests.support.fakes import FakeGenerator, RecordingAdapter, inbound
+from tests.support.retrieval import WordHashEmbedder
 
 
 def extracting(facts: dict[str, list[str]] | None = None, broken: bool = False) -> FakeGenerator:
@@ -86,9 +87,9 @@ def test_parse_facts_accepts_only_the_schema() -> None:
 
 @pytest.mark.model
 async def test_the_bundled_model_returns_valid_json_under_the_grammar(tmp_path: Path) -> None:
-    from agent.background import Background  # noqa: PLC0415
     from agent.config import load_config  # noqa: PLC0415
     from agent.generators import load_generator  # noqa: PLC0415
+    from agent.runtime.background import Background  # noqa: PLC0415
     from tests.conftest import write_config  # noqa: PLC0415
 
     generator = await load_generator(load_config(write_config(tmp_path / "b.toml")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -13,20 +14,20 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.base import ReplyTarget
 from adapters.console import ConsoleAdapter
 from agent.app import App
 from agent.config import MetricsConfig, ModelConfig, load_config
-from agent.core import Reply
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, SamplingParams, TokenStream
 from agent.generators.openai_compat import OpenAICompatGenerator
-from agent.metrics import ERROR_KINDS, Metrics
-from agent.ops_server import Health, OpsServer, OpsServerError
+from agent.ops.metrics import ERROR_KINDS, Metrics
+from agent.ops.server import Health, OpsServer, OpsServerError
+from agent.ports import ReplyTarget
+from agent.runtime.core import Reply
 from memory.db import Database
-from memory.history import Status
+from memory.records import Status
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator, RecordedReply, inbound
+from tests.support.fakes import FakeGenerator, RecordedReply, inbound
 
 Submit = Callable[[Inbound, ReplyTarget], Awaitable[object]]
 
@@ -118,6 +119,7 @@ Start = Callable[..., Awaitable[Running]]
 @pytest.fixture
 async def start_app(tmp_path: Path) -> AsyncIterator[Start]:
     started: list[Running] = []
+    apps = contextlib.AsyncExitStack()
 
     async def start(
         generator: FakeGenerator | None = None, adapters: list[ScriptedAdapter] | None = None
@@ -128,7 +130,9 @@ async def start_app(tmp_path: Path) -> AsyncIterator[Start]:
             context={"date": "off", "summaries": False},
             metrics={"enabled": True, "port": 0},
         )
-        app = await App.start(load_config(path, environ={}), generator or FakeGenerator())
+        app = await apps.enter_async_context(
+            App.open(load_config(path, environ={}), generator or FakeGenerator())
+        )
         adapters = adapters or [ScriptedAdapter()]
         serving = asyncio.create_task(app.serve(adapters))
         for _ in range(500):
@@ -139,12 +143,12 @@ async def start_app(tmp_path: Path) -> AsyncIterator[Start]:
         started.append(running)
         return running
 
-    yield start
-    for running in started:
-        for adapter in running.adapters:
-            await adapter.stop()
-        await asyncio.wait_for(running.serving, 20)
-        await running.app.aclose()
+    async with apps:
+        yield start
+        for running in started:
+            for adapter in running.adapters:
+                await adapter.stop()
+            await asyncio.wait_for(running.serving, 20)
 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
@@ -276,18 +280,17 @@ async def test_the_endpoint_is_off_by_default_and_clear_about_a_busy_port(
     tmp_path: Path,
 ) -> None:
     path = write_config(tmp_path / "config.toml", retrieval={"enabled": False})
-    app = await App.start(load_config(path, environ={}), FakeGenerator())
-    adapter = ScriptedAdapter()
-    serving = asyncio.create_task(app.serve([adapter]))
-    try:
-        assert (await (await adapter.say("hi"))).status is Status.DONE
-        assert app.ops is None  # [metrics] enabled = false: nothing listens
-        # The counters still run: they are cheap and the log events need the same hooks.
-        assert app.metrics.messages_in.labels("scripted")._value.get() == 1
-    finally:
-        await adapter.stop()
-        await asyncio.wait_for(serving, 20)
-        await app.aclose()
+    async with App.open(load_config(path, environ={}), FakeGenerator()) as app:
+        adapter = ScriptedAdapter()
+        serving = asyncio.create_task(app.serve([adapter]))
+        try:
+            assert (await (await adapter.say("hi"))).status is Status.DONE
+            assert app.ops is None  # [metrics] enabled = false: nothing listens
+            # The counters still run: they are cheap and the log events need the same hooks.
+            assert app.metrics.messages_in.labels("scripted")._value.get() == 1
+        finally:
+            await adapter.stop()
+            await asyncio.wait_for(serving, 20)
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

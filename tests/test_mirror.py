@@ -17,7 +17,7 @@ import pytest
 
 from memory import vectors
 from memory.vectors import MIRROR_RETRY_SECONDS, ChromaStore, Hit, Item, open_client, scope_filter
-from tests.retrieval_helpers import CountingCollection, WordHashEmbedder
+from tests.support.retrieval import CountingCollection, WordHashEmbedder
 
 WORDS = [
     *("cat", "dog", "river", "stone", "cloud", "night", "music", "train", "apple", "kiwi"),

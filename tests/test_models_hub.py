@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli.models import run_models
 from agent.config import load_config
 from agent.generators.base import GeneratorError
-from agent.generators.llama_cpp import bundled_model_path, resolve_model_path
-from agent.models_cli import run_models
-from agent.models_hub import cached_model, hub_file
+from agent.generators.gguf import bundled_model_path
+from agent.generators.hub import cached_model, hub_file, resolve_model_path
 from tests.conftest import write_config
-from tests.hub_fake import COMMIT, FakeHub
+from tests.support.hub_fake import COMMIT, FakeHub
 
 ROOT = Path(__file__).resolve().parent.parent
 # A failsafe against a hung child, never a performance assertion.

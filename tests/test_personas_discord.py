@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests import discord_fake as fk
-from tests.discord_fake import user
+from tests.support import discord_fake as fk
+from tests.support.discord_fake import user
 from tests.test_discord import MENTION, StartBot, fake, start_bot
 
 __all__ = ["fake", "start_bot"]  # the fixtures this module uses
@@ -13,7 +13,7 @@ async def test_a_thread_inherits_its_channel_persona_and_admins_switch(
     start_bot: StartBot, fake: fk.DiscordFake
 ) -> None:
     bot = await start_bot(admin_users=[222])
-    personas = bot.core._tools.personas
+    personas = bot.core._deps.personas
     assert personas is not None
     await fake.message_create(
         f"{MENTION} in a thread", mentions=[fake.bot], channel_id=fk.THREAD_ID

@@ -13,7 +13,7 @@ import pytest
 
 from adapters.console import ConsoleAdapter
 from agent.app import App, build_core
-from agent.cli import _prompt
+from agent.cli.main import _prompt
 from agent.config import (
     ChatConfig,
     Config,
@@ -24,15 +24,16 @@ from agent.config import (
     RetrievalConfig,
     StorageConfig,
 )
-from agent.core import Core
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, SamplingParams, TokenStream
-from agent.persona_runtime import PersonaError, Personas, Place, load_registry
-from memory.history import SqlHistoryStore, Status
+from agent.prompt.personas import PersonaError, Personas, Place, load_registry
+from agent.runtime.core import Core
+from memory.history import SqlHistoryStore
+from memory.records import Status
 from personas.card import Lorebook, LoreEntry, PersonaCard, Sampler
 from personas.prompt import system_text
 from personas.registry import BUILTIN_DIR, Registry
-from tests.fakes import FakeGenerator, RecordingAdapter
+from tests.support.fakes import FakeGenerator, RecordingAdapter
 
 PIRATE = PersonaCard(
     name="Hook",
@@ -179,21 +180,15 @@ async def test_admin_switches_and_others_are_refused(history: SqlHistoryStore) -
 async def test_switch_survives_a_restart(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     adapter = RecordingAdapter()
-    app = await App.start(config, FakeGenerator())
-    try:
+    async with App.open(config, FakeGenerator()) as app:
         await ask(app.core, adapter, message("!persona beseda-en", "discord:9", admin=True))
-    finally:
-        await app.aclose()
     generator = FakeGenerator()
-    app = await App.start(config, generator)
-    try:
+    async with App.open(config, generator) as app:
         prompt = await app.core.prompt_for("discord:9", "still you?")
         assert prompt.persona == "beseda-en"
         await ask(app.core, adapter, message("still you?", "discord:9"))
         assert "Always answer in English" in generator.calls[-1][0].content
         assert (await app.core.prompt_for("discord:10", "x")).persona == "beseda"
-    finally:
-        await app.aclose()
 
 
 async def test_lorebook_lands_in_the_volatile_block_and_the_prefix_is_unchanged(
@@ -325,14 +320,11 @@ async def test_broken_card_file_is_skipped_and_the_agent_starts(
     (folder / "fine.toml").write_text('name = "Fine"\n', "utf-8")
     config = make_config(tmp_path, folder=str(folder), channels={"discord:1": "broken"})
     with caplog.at_level(logging.ERROR):
-        app = await App.start(config, FakeGenerator())
-    try:
-        assert "broken.toml: sampler.top_p" in caplog.text
-        # The assignment to the broken card falls back to the next rule.
-        assert (await app.core.prompt_for("discord:1", "x")).persona == "beseda"
-        assert (await app.core.prompt_for("discord:2", "x")).persona == "beseda"
-    finally:
-        await app.aclose()
+        async with App.open(config, FakeGenerator()) as app:
+            assert "broken.toml: sampler.top_p" in caplog.text
+            # The assignment to the broken card falls back to the next rule.
+            assert (await app.core.prompt_for("discord:1", "x")).persona == "beseda"
+            assert (await app.core.prompt_for("discord:2", "x")).persona == "beseda"
 
 
 async def test_card_too_large_for_the_context_is_skipped_naming_the_field(

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import ReplyTarget
-from agent.app import App, build_core
-from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig, load_config
-from agent.core import Core
-from agent.recovery import find_pending, resume
+from agent.app import App
+from agent.config import load_config
+from agent.ports import ReplyTarget
+from agent.runtime.recovery import find_pending, resume
 from memory.db import Database
-from memory.history import ChannelState, SqlHistoryStore, Status, StoredMessage
-from tests import discord_fake as fk
+from memory.history import SqlHistoryStore
+from memory.records import ChannelState, Status, StoredMessage
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator, Probe, RecordingAdapter
+from tests.support import discord_fake as fk
+from tests.support.core import make_core
+from tests.support.fakes import FakeGenerator, Probe, RecordingAdapter
 from tests.test_discord import StartBot, fake, start_bot  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,16 +46,6 @@ class Reopening(RecordingAdapter):
     async def reopen(self, channel_key: str, platform_message_id: str | None) -> ReplyTarget | None:
         self.reopened.append(platform_message_id)
         return None if platform_message_id in self._gone else self
-
-
-def make_core(history: SqlHistoryStore, generator: FakeGenerator) -> Core:
-    config = Config(
-        model=ModelConfig(max_tokens=64, temperature=0),
-        persona=PersonaConfig(system_prompt="You are a test."),
-        chat=ChatConfig(safety_margin_tokens=8),
-        context=ContextConfig(date="off", summaries=False),
-    )
-    return build_core(config, history, generator)
 
 
 async def user_turn(
@@ -86,7 +77,7 @@ async def test_restart_answers_recent_messages_once_and_skips_the_rest(
     await user_turn(history, "message gone")
     await user_turn(history, "elsewhere", channel="other:1")  # no adapter for "other"
     generator = FakeGenerator()
-    core = make_core(history, generator)
+    core = make_core(history, generator, summaries=False)
     chat = Reopening("chat", gone=frozenset({"p-message gone"}))
 
     pending = await find_pending(history, AN_HOUR)
@@ -120,7 +111,7 @@ async def test_recovered_messages_of_one_author_are_answered_together(
     for text in ("one", "two"):
         await user_turn(history, text)
     generator = FakeGenerator()
-    core = make_core(history, generator)
+    core = make_core(history, generator, summaries=False)
     pending = await find_pending(history, AN_HOUR)
     replies = [await r for r in await resume(core, pending, [Reopening("chat")])]
     assert [r.text for r in replies] == ["echo: one\ntwo"] * 2
@@ -132,7 +123,7 @@ async def test_recovered_messages_of_one_author_are_answered_together(
 def _driver(data: Path, mode: str, stdin: int | None) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ANONYMIZED_TELEMETRY": "False"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.recovery_driver", str(data), mode],
+        [sys.executable, "-m", "tests.support.recovery_driver", str(data), mode],
         cwd=ROOT, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -212,31 +203,28 @@ async def restart_and_probe(
     path: Path, monkeypatch: pytest.MonkeyPatch, *, warm_fails: bool
 ) -> tuple[ChannelState, list[str]]:
     """Serve a probe on a freshly started App; what it read and which states were queried."""
-    app = await App.start(load_config(path, environ={}), FakeGenerator())
-    history = app.core.history
-    assert isinstance(history, SqlHistoryStore)
-    queried: list[str] = []
-    read_state = history._read_state
+    async with App.open(load_config(path, environ={}), FakeGenerator()) as app:
+        history = app.core.history
+        assert isinstance(history, SqlHistoryStore)
+        queried: list[str] = []
+        read_state = history._read_state
 
-    async def counted(key: str) -> ChannelState | None:
-        queried.append(key)
-        return await read_state(key)
+        async def counted(key: str) -> ChannelState | None:
+            queried.append(key)
+            return await read_state(key)
 
-    async def fail(limit: int = 0) -> int:
-        raise OSError("disk went away")
+        async def fail(limit: int = 0) -> int:
+            raise OSError("disk went away")
 
-    monkeypatch.setattr(history, "_read_state", counted)
-    if warm_fails:
-        monkeypatch.setattr(history, "warm", fail)
-    read: list[ChannelState] = []
+        monkeypatch.setattr(history, "_read_state", counted)
+        if warm_fails:
+            monkeypatch.setattr(history, "warm", fail)
+        read: list[ChannelState] = []
 
-    async def first_message() -> None:
-        read.append(await history.channel_state("chat:1"))
+        async def first_message() -> None:
+            read.append(await history.channel_state("chat:1"))
 
-    try:
         await app.serve([Probe(first_message)])
-    finally:
-        await app.aclose()
     return read[0], queried
 
 
@@ -246,10 +234,9 @@ async def test_a_restart_reads_channel_states_ahead_and_serves_if_it_cannot(
     path = write_config(
         tmp_path / "config.toml", retrieval={"enabled": False}, context={"date": "off"}
     )
-    first = await App.start(load_config(path, environ={}), FakeGenerator())
-    stored = await first.core.history.append("chat:1", "user", "hello")
-    await first.core.history.move_window("chat:1", stored.id, epoch=0)
-    await first.aclose()
+    async with App.open(load_config(path, environ={}), FakeGenerator()) as first:
+        stored = await first.core.history.append("chat:1", "user", "hello")
+        await first.core.history.move_window("chat:1", stored.id, epoch=0)
     caplog.set_level(logging.INFO, logger="agent.app")
 
     read, queried = await restart_and_probe(path, monkeypatch, warm_fails=False)

@@ -8,14 +8,15 @@ import pytest
 
 from agent.app import build_core
 from agent.config import Config, ContextConfig, ModelConfig, PersonaConfig, RetrievalConfig
-from agent.core import Core
 from agent.events import Inbound
-from agent.retrieval import CITE_INSTRUCTION, PRESENCE_TURNS, SOURCES_HEADER, Retriever
+from agent.prompt.retrieval import CITE_INSTRUCTION, PRESENCE_TURNS, SOURCES_HEADER, Retriever
+from agent.runtime.core import Core
 from memory.documents import DocumentIndex
-from memory.history import SqlHistoryStore, Status
+from memory.history import SqlHistoryStore
 from memory.memories import MemoryStore, user_scope
+from memory.records import Status
 from memory.vectors import ChromaStore, open_client
-from tests.fakes import FakeGenerator, RecordingAdapter, inbound
+from tests.support.fakes import FakeGenerator, RecordingAdapter, inbound
 
 PERSONA = "You are a test."
 
@@ -23,7 +24,7 @@ PERSONA = "You are a test."
 async def make(
     history: SqlHistoryStore, tmp_path: Path, **retrieval: object
 ) -> tuple[Core, FakeGenerator, Retriever, DocumentIndex]:
-    from tests.retrieval_helpers import WordHashEmbedder  # noqa: PLC0415
+    from tests.support.retrieval import WordHashEmbedder  # noqa: PLC0415
 
     client = open_client(tmp_path / "data")
     embedder = WordHashEmbedder()
@@ -240,7 +241,7 @@ async def test_channel_documents_are_searchable_only_in_their_channel(
 async def test_one_message_is_embedded_once_for_documents_and_memories(
     history: SqlHistoryStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.retrieval_helpers import WordHashEmbedder  # noqa: PLC0415
+    from tests.support.retrieval import WordHashEmbedder  # noqa: PLC0415
 
     core, generator, _, index = await make(history, tmp_path)
     await ingest(index, tmp_path)

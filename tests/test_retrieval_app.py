@@ -1,4 +1,4 @@
-"""The wiring through App.start: ingest on start, re-index after an embedder change."""
+"""The wiring through App.open: ingest on start, re-index after an embedder change."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from agent.app import App
 from agent.config import load_config
 from memory.vectors import ChromaStore, reembed
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator, Probe
-from tests.retrieval_helpers import CountingCollection, WordHashEmbedder
+from tests.support.fakes import FakeGenerator, Probe
+from tests.support.retrieval import CountingCollection, WordHashEmbedder
 
 
 async def test_ingest_on_start_puts_documents_into_the_prompt(tmp_path: Path) -> None:
@@ -21,8 +21,7 @@ async def test_ingest_on_start_puts_documents_into_the_prompt(tmp_path: Path) ->
         documents={"path": docs.as_posix(), "ingest_on_start": True},
         context={"date": "off"},
     )
-    app = await App.start(load_config(path), generator=FakeGenerator())
-    try:
+    async with App.open(load_config(path), generator=FakeGenerator()) as app:
         assert app.knowledge is not None
         prompt = await app.core.prompt_for("console:local", "Кто основал станцию Зорбел?")
         assert "[1] (zorbel.md) The Zorbel station was founded by Miriam Okafor." in (
@@ -31,20 +30,15 @@ async def test_ingest_on_start_puts_documents_into_the_prompt(tmp_path: Path) ->
         # Small talk is below the threshold: no sources, the message alone.
         chat = await app.core.prompt_for("console:local", "hello there")
         assert chat.messages[-1].content == "hello there"
-    finally:
-        await app.aclose()
 
 
 async def test_disabled_retrieval_opens_no_vector_store(tmp_path: Path) -> None:
     path = write_config(tmp_path / "beseda.toml", retrieval={"enabled": False})
-    app = await App.start(load_config(path), generator=FakeGenerator())
-    try:
+    async with App.open(load_config(path), generator=FakeGenerator()) as app:
         assert app.knowledge is None
         assert not (tmp_path / "data" / "chroma").exists()
         reply = await app.core.prompt_for("console:local", "hi")
         assert reply.messages[-1].content == "hi"
-    finally:
-        await app.aclose()
 
 
 async def test_reembed_carries_memories_to_a_new_embedder(tmp_path: Path) -> None:
@@ -65,13 +59,11 @@ async def test_memories_are_read_into_memory_at_start_and_searched_there(
     tmp_path: Path,
 ) -> None:
     path = write_config(tmp_path / "beseda.toml", context={"date": "off"})
-    first = await App.start(load_config(path, environ={}), generator=FakeGenerator())
-    assert first.knowledge is not None
-    await first.knowledge.memories.remember("chat:1", "the vault code is 4711")
-    await first.aclose()
+    async with App.open(load_config(path, environ={}), generator=FakeGenerator()) as first:
+        assert first.knowledge is not None
+        await first.knowledge.memories.remember("chat:1", "the vault code is 4711")
 
-    app = await App.start(load_config(path, environ={}), generator=FakeGenerator())
-    try:
+    async with App.open(load_config(path, environ={}), generator=FakeGenerator()) as app:
         assert app.knowledge is not None
         store = app.knowledge.memories.store
         assert store.mirrored  # embedded Chroma: only this process writes memories
@@ -86,8 +78,6 @@ async def test_memories_are_read_into_memory_at_start_and_searched_there(
             prompts.append(prompt.messages[-1].content)
 
         await app.serve([Probe(first_message)])
-    finally:
-        await app.aclose()
     assert before == [(1, 0)]  # read before the first message; no Chroma query
     assert "- the vault code is 4711" in prompts[0]
     assert chroma.queries == 0

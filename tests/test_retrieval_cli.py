@@ -62,7 +62,7 @@ def test_chat_answers_from_a_document(config: Path) -> None:
     beseda(config, "ingest")
     answer = beseda(config, "chat", "Who founded the Zorbel research station?").stdout
     # SmolLM2-135M cannot know this name: it comes from the retrieved document, which the
-    # answer names (the model's own [1] or Beseda's attribution, agent/citations.py).
+    # answer names (the model's own [1] or Beseda's attribution, agent/prompt/citations.py).
     assert "Okafor" in answer
     assert "Sources: [1] zorbel.md" in answer
     shown = json.loads(beseda(config, "prompt", "--json", "Who founded Zorbel station?").stdout)

@@ -6,16 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from agent.app import build_core
-from agent.config import (
-    ChatConfig,
-    Config,
-    ContextConfig,
-    LimitsConfig,
-    ModelConfig,
-    PersonaConfig,
-)
-from agent.core import (
+from agent.generators.base import ChatMessage, GenerationStats
+from agent.runtime.core import (
     BUSY_NOTICE,
     CHANNEL_RATE_NOTICE,
     NOTHING_TO_STOP,
@@ -24,10 +16,11 @@ from agent.core import (
     STOPPED_NOTICE,
     Core,
 )
-from agent.generators.base import ChatMessage, GenerationStats
-from agent.scheduler import Scheduler
-from memory.history import SqlHistoryStore, Status
-from tests.fakes import FakeGenerator, RecordingAdapter, inbound
+from agent.runtime.scheduler import Scheduler
+from memory.history import SqlHistoryStore
+from memory.records import Status
+from tests.support import core as support
+from tests.support.fakes import FakeGenerator, RecordingAdapter, inbound
 
 
 class Clock:
@@ -44,14 +37,9 @@ def make_core(
     clock: Clock | None = None,
     **limits: float,
 ) -> Core:
-    config = Config(
-        model=ModelConfig(max_tokens=64, temperature=0),
-        persona=PersonaConfig(system_prompt="You are a test."),
-        chat=ChatConfig(safety_margin_tokens=8),
-        context=ContextConfig(date="off", summaries=False),
-        limits=LimitsConfig(**limits),  # type: ignore[arg-type]
+    return support.make_core(
+        history, generator, clock=clock or Clock(), limits=limits, summaries=False
     )
-    return build_core(config, history, generator, rate_clock=clock or Clock())
 
 
 def held(generator: FakeGenerator, *texts: str) -> dict[str, asyncio.Event]:

@@ -21,8 +21,8 @@ from memory.vectors import (
     scope_filter,
 )
 from tests.conftest import write_config
-from tests.fakes import FakeGenerator
-from tests.retrieval_helpers import WordHashEmbedder, chroma_server
+from tests.support.fakes import FakeGenerator
+from tests.support.retrieval import WordHashEmbedder, chroma_server
 
 CHROMA = Path(sys.executable).parent / "chroma"
 
@@ -126,8 +126,7 @@ async def test_memories_on_a_chroma_server_are_not_mirrored(
     path = write_config(
         tmp_path / "beseda.toml", vectors={"url": chroma_url}, context={"date": "off"}
     )
-    app = await App.start(load_config(path, environ={}), generator=FakeGenerator())
-    try:
+    async with App.open(load_config(path, environ={}), generator=FakeGenerator()) as app:
         assert app.knowledge is not None
         memories = app.knowledge.memories
         assert not memories.store.mirrored
@@ -139,5 +138,3 @@ async def test_memories_on_a_chroma_server_are_not_mirrored(
         await other.remember("chat:1", "the vault code is 4711")
         [(memory, _score)] = await memories.recall(["chat:1"], "what is the vault code", 1)
         assert memory.text == "the vault code is 4711"
-    finally:
-        await app.aclose()

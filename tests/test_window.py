@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import build_core
-from agent.config import ChatConfig, Config, ContextConfig, ModelConfig, PersonaConfig
-from agent.core import Core
 from agent.generators.base import ChatMessage
-from agent.summarizer import dominant_language, summary_prompt
+from agent.prompt.summarizer import dominant_language, summary_prompt
+from agent.runtime.core import Core
 from memory.db import Database
-from memory.history import SqlHistoryStore, Status
-from tests.fakes import FakeGenerator, RecordingAdapter, inbound
-from tests.postgres import ALL_KINDS, open_database
+from memory.history import SqlHistoryStore
+from memory.records import Status
+from tests.support import core as support
+from tests.support.fakes import FakeGenerator, RecordingAdapter, inbound
+from tests.support.postgres import ALL_KINDS, open_database
 from tests.test_context import turn
 
 PERSONA = "You are a test."
@@ -45,13 +45,9 @@ def summarizing_generator(n_ctx: int = 200) -> FakeGenerator:
 
 
 def make_core(history: SqlHistoryStore, generator: FakeGenerator, **context: object) -> Core:
-    config = Config(
-        model=ModelConfig(max_tokens=20, temperature=0),
-        persona=PersonaConfig(system_prompt=PERSONA),
-        chat=ChatConfig(safety_margin_tokens=5),
-        context=ContextConfig.model_validate({"date": "off", **context}),
+    return support.make_core(
+        history, generator, max_tokens=20, margin=5, persona=PERSONA, **context
     )
-    return build_core(config, history, generator)
 
 
 async def talk(core: Core, adapter: RecordingAdapter, turns: int, start: int = 0) -> None:

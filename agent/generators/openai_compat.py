@@ -450,22 +450,22 @@ class OpenAICompatGenerator:
             return max(0, endpoint.parse(await response.json(content_type=None)) - endpoint.offset)
 
 
-async def load_remote_generator(config: Config) -> Generator:
-    """The remote generator for ``[model] backend = "openai"`` (after :func:`select_backend`)."""
+async def load_remote_generator(
+    config: Config, load_local: Callable[[], Awaitable[Generator]] | None = None
+) -> Generator:
+    """The remote generator for ``[model] backend = "openai"`` (after :func:`select_backend`).
+
+    With ``[model] fallback_to_local``, ``load_local`` loads the local model when the server
+    is unreachable (agent/generators/__init__.py passes llama.cpp's loader).
+    """
     generator = OpenAICompatGenerator(config.model)
     try:
         await generator.start()
     except BaseException:
         await generator.aclose()
         raise
-    if not config.model.fallback_to_local:
+    if not config.model.fallback_to_local or load_local is None:
         return generator
-
-    async def load_local() -> Generator:
-        from agent.generators.llama_cpp import load_generator  # noqa: PLC0415 - only on demand
-
-        return await load_generator(config)
-
     return FallbackGenerator(generator, load_local)
 
 

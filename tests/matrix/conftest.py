@@ -16,9 +16,9 @@ from agent.config import ChatConfig, Config, ContextConfig, MatrixConfig, ModelC
 from agent.generators.base import ChatMessage
 from memory.db import Database
 from memory.history import SqlHistoryStore
-from tests.fakes import FakeGenerator, SteppingClock
 from tests.matrix.peers import PASSWORD, WAIT, Bot, Human, StartBot, new_user
 from tests.matrix.synapse import Synapse
+from tests.support.fakes import FakeGenerator, SteppingClock
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,9 +20,9 @@ from nio import (
 )
 
 from adapters.matrix import MatrixAdapter
-from agent.core import Core
-from tests.fakes import FakeGenerator
+from agent.runtime.core import Core
 from tests.matrix.synapse import Synapse
+from tests.support.fakes import FakeGenerator
 
 PASSWORD = "correct horse battery staple"
 WAIT = 30.0

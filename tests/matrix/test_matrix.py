@@ -10,14 +10,13 @@ from urllib.parse import quote
 
 import pytest
 
-from adapters.base import platform_failures
 from adapters.matrix import RATE_NOTICE, MatrixAdapter, matrix_adapter, strip_reply_fallback
 from adapters.matrix_reply import MatrixReply, MatrixSendError, edit_content, render_html
 from adapters.matrix_session import Secrets, device_summary, load_credentials, matrix_secrets
 from adapters.registry import configured_adapters
 from agent.config import Config, ConfigError, MatrixConfig, StorageConfig, load_config
 from agent.events import Inbound
-from tests.fakes import SteppingClock
+from agent.ports import platform_failures
 from tests.matrix.peers import (
     PASSWORD,
     WAIT,
@@ -30,6 +29,7 @@ from tests.matrix.peers import (
     room_with_bot,
 )
 from tests.matrix.synapse import SERVER_NAME, Synapse
+from tests.support.fakes import SteppingClock
 
 
 async def test_invite_join_mention_reply(start_bot: StartBot, humans: Any) -> None:
@@ -292,7 +292,7 @@ async def test_the_first_start_skips_the_rooms_backlog(
 async def test_after_a_restart_a_stored_message_can_still_be_answered_in_its_thread(
     start_bot: StartBot, humans: Any
 ) -> None:
-    """What crash recovery (agent/recovery.py) uses: the sync token moved past a message
+    """What crash recovery (agent/runtime/recovery.py) uses: the sync token moved past a message
     whose answer a crash interrupted, so the new process looks the event up again."""
     alice = await humans()
     bot = await start_bot()

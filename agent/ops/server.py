@@ -1,0 +1,141 @@
+"""The operations endpoint ([metrics]): ``/healthz`` and ``/metrics`` over aiohttp.
+
+Off by default and bound to 127.0.0.1: traffic figures and the model's name are for the
+operator, so expose them to a network only behind something that restricts access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agent.config import MetricsConfig
+from agent.generators.base import Generator
+from agent.ops.metrics import Metrics
+from agent.ports import PlatformAdapter, is_connected
+from memory.db import Database
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_SECONDS = 5.0
+
+
+class OpsServerError(Exception):
+    """The endpoint cannot start; the message names the [metrics] setting."""
+
+
+class Health:
+    """What /healthz reports: adapters connected, generator ready, database reachable."""
+
+    def __init__(
+        self,
+        adapters: Sequence[PlatformAdapter],
+        generator: Generator,
+        db: Database,
+        *,
+        timeout: float = CHECK_TIMEOUT_SECONDS,
+    ) -> None:
+        self._adapters = adapters
+        self._generator = generator
+        self._db = db
+        self._timeout = timeout
+
+    async def report(self) -> dict[str, Any]:
+        adapters = {a.name: is_connected(a) for a in self._adapters}
+        generator_ready, database_reachable = await asyncio.gather(
+            self._generator_ready(), self._database_reachable()
+        )
+        healthy = all(adapters.values()) and generator_ready and database_reachable
+        return {
+            "status": "ok" if healthy else "unhealthy",
+            "adapters": adapters,
+            "generator": {"name": self._generator.name, "ready": generator_ready},
+            "database": {"reachable": database_reachable},
+        }
+
+    async def _generator_ready(self) -> bool:
+        # A local model is ready once loaded (the app exists only after that); a remote
+        # server (it has probe()) is asked for its model list.
+        probe = getattr(self._generator, "probe", None)
+        if probe is None:
+            return bool(getattr(self._generator, "ready", True))
+        try:
+            result = await asyncio.wait_for(probe(), self._timeout)
+        except Exception as exc:
+            log.debug("generator probe failed: %s", type(exc).__name__)
+            return False
+        return bool(getattr(result, "ok", False))
+
+    async def _database_reachable(self) -> bool:
+        try:
+            await asyncio.wait_for(self._db.ping(), self._timeout)
+        except Exception as exc:
+            log.debug("database ping failed: %s", type(exc).__name__)
+            return False
+        return True
+
+
+class OpsServer:
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self._runner = runner
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    async def start(cls, config: MetricsConfig, metrics: Metrics, health: Health) -> OpsServer:
+        app = web.Application()
+
+        async def healthz(_request: web.Request) -> web.Response:
+            report = await health.report()
+            return web.json_response(report, status=200 if report["status"] == "ok" else 503)
+
+        async def metrics_text(_request: web.Request) -> web.Response:
+            return web.Response(
+                body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/metrics", metrics_text)
+        # No access log: a scraper every few seconds would drown the events that matter.
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, config.host, config.port)
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = exc.strerror or str(exc)
+            raise OpsServerError(
+                f"[metrics] host/port: cannot listen on {config.host}:{config.port}: {reason}"
+            ) from None
+        host, port = runner.addresses[0][:2]
+        log.info("metrics and health endpoint listening", extra={"url": f"http://{host}:{port}"})
+        return cls(runner, str(host), int(port))
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def serve_operations(
+    config: MetricsConfig, metrics: Metrics, health: Health
+) -> AsyncIterator[OpsServer | None]:
+    """The endpoint while the app serves; None (nothing listens) unless [metrics] enabled."""
+    if not config.enabled:
+        yield None
+        return
+    server = await OpsServer.start(config, metrics, health)
+    try:
+        yield server
+    finally:
+        await server.stop()

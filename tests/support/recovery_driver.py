@@ -1,0 +1,69 @@
+"""Runs the real App with the console adapter (one message per stdin line), for the crash
+tests in test_recovery.py: ``python -m tests.support.recovery_driver DATA_DIR stall|answer``.
+
+``stall`` writes one word of each reply, says STALLED on stderr and then hangs (the test
+kills it with SIGKILL); ``answer`` answers "answer to: <message>" at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from adapters.console import ConsoleAdapter
+from agent.app import App
+from agent.config import (
+    Config,
+    ContextConfig,
+    PersonaConfig,
+    RecoveryConfig,
+    RetrievalConfig,
+    StorageConfig,
+)
+from agent.generators.base import ChatMessage, GenerationStats, SamplingParams, TokenStream
+from tests.support.fakes import FakeGenerator
+
+
+class DriverGenerator(FakeGenerator):
+    def __init__(self, stall: bool) -> None:
+        super().__init__(lambda messages: f"answer to: {messages[-1].content}", concurrency=1)
+        self._stall = stall
+
+    def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
+        if not self._stall:
+            return super().stream(messages, params)
+        return TokenStream(self._stalled(), GenerationStats())
+
+    async def _stalled(self) -> AsyncIterator[str]:
+        yield "partial "
+        sys.stderr.write("STALLED\n")
+        sys.stderr.flush()
+        await asyncio.Event().wait()  # until SIGKILL
+        yield "never"
+
+
+async def main(data_dir: Path, mode: str) -> None:
+    config = Config(
+        storage=StorageConfig(data_dir=data_dir),
+        persona=PersonaConfig(system_prompt="You are a test."),
+        context=ContextConfig(date="off", summaries=False),
+        retrieval=RetrievalConfig(enabled=False),
+        recovery=RecoveryConfig(max_age_minutes=60),
+    )
+    async with App.open(config, generator=DriverGenerator(stall=mode == "stall")) as app:
+        console = ConsoleAdapter(
+            channel="local",
+            user_name="you",
+            assistant_name="Beseda",
+            stdin=sys.stdin,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+            interactive=False,
+        )
+        await app.serve([console])
+
+
+if __name__ == "__main__":
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2]))
