@@ -289,7 +289,11 @@ class DocumentSearch:
 
     async def _reload(self, generation: str) -> None:
         try:
-            if await self.store.count() * self.embedder.dimension * 4 > MAX_BYTES:
+            count = await self.store.count()
+            if not count:  # nothing to copy (a search finds nothing in Chroma either)
+                self._snapshot = None
+                return
+            if count * self.embedder.dimension * 4 > MAX_BYTES:
                 self._too_large = True
                 log.info("%s: too large to copy; searching in Chroma", self.store.name)
                 return

@@ -3,9 +3,11 @@ and a copy in memory that follows what another process ingests."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from memory.docsearch import DocumentSearch
 from memory.documents import DocumentIndex
@@ -155,3 +157,12 @@ async def test_ingest_changes_the_generation_and_keeps_the_embedder_check(tmp_pa
     assert await store.generation() == unchanged
     # The collection still names its embedder after the metadata was rewritten.
     ChromaStore(open_client(tmp_path / "data"), "documents", embedder)
+
+
+async def test_an_empty_collection_is_searched_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    search = DocumentSearch(ChromaStore(open_client(tmp_path), "documents", WordHashEmbedder()))
+    await search.warm()
+    assert await search.nearest("anything", 3, ["global"]) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
