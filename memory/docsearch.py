@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.embeddings import Embedder
-from memory.lexical import BM25, Translator, language, query_words, terms, vocabulary
+from memory.lexical import BM25, Translator, language, query_words, terms, unit, vocabulary
 from memory.vectors import ChromaStore, Hit, Metadata
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def build_snapshot(  # noqa: PLR0917 - the parts of one read, in its order
         tuple(ids),
         tuple(texts),
         tuple(metadata),
-        _unit(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)),
+        unit(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)),
         scope_names,
         scope_of.astype(np.int64),
         chunk_ru,
@@ -134,7 +134,7 @@ def rank(  # noqa: PLR0917 - called in one place, on a worker thread
 ) -> list[tuple[int, float]]:
     """The ``k`` chunks to show for ``query`` (its embedding ``vector``, and one embedding
     per word of :func:`~memory.lexical.query_words`): chunk index and cosine similarity."""
-    dense = snapshot.vectors @ _unit(vector.reshape(1, -1))[0]
+    dense = snapshot.vectors @ unit(vector.reshape(1, -1))[0]
     codes = [snapshot.scope_names[s] for s in scopes if s in snapshot.scope_names]
     visible = np.isin(snapshot.scope_of, codes)
     # A chunk is shown only above the embedder's threshold (so "hello" retrieves nothing);
@@ -329,8 +329,3 @@ class DocumentSearch:
         if not words:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         return np.stack([cache[w] if w in cache else fresh[w] for w in words])
-
-
-def _unit(matrix: Vectors) -> Vectors:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.where(norms > 0, norms, 1)).astype(np.float32)

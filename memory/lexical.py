@@ -143,7 +143,7 @@ class Translator:
 
     def __init__(self, words: Sequence[str], vectors: Vectors) -> None:
         matrix = np.asarray(vectors, dtype=np.float32)
-        matrix = _unit(matrix.reshape(len(words), -1)) if len(words) else matrix
+        matrix = unit(matrix.reshape(len(words), -1)) if len(words) else matrix
         self._scripts: dict[bool, tuple[tuple[str, ...], Vectors]] = {}
         for cyrillic in (True, False):
             picked = [n for n, w in enumerate(words) if is_cyrillic(w) == cyrillic]
@@ -169,7 +169,7 @@ class Translator:
         names, matrix = self._scripts[not is_cyrillic(word)]
         if not names:
             return {}
-        query = _unit(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        query = unit(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         row = matrix @ query
         top = np.argpartition(-row, min(NEIGHBOURS, len(row) - 1))[:NEIGHBOURS]
         best = float(row[top].max())
@@ -182,6 +182,7 @@ class Translator:
         return carried
 
 
-def _unit(matrix: Vectors) -> Vectors:
+def unit(matrix: Vectors) -> Vectors:
+    """``matrix``'s rows scaled to unit length (a new array)."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return (matrix / np.where(norms > 0, norms, 1)).astype(np.float32)
