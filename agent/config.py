@@ -251,6 +251,9 @@ class DiscordConfig(_Section):
     # Answer when mentioned or replied to; in DMs (dms); and every message in these channels.
     dms: bool = True
     all_messages_channels: tuple[int, ...] = ()
+    # Ambient context: in these channels (ids, or "all") messages not addressed to Beseda are
+    # stored as context for its later replies, never answered. Off by default.
+    context_channels: tuple[int, ...] | Literal["all"] = ()
     # Allow-lists; empty = everyone. A user passes with an allowed id OR an allowed role.
     guilds: tuple[int, ...] = ()
     channels: tuple[int, ...] = ()
@@ -325,6 +328,9 @@ class MatrixConfig(_Section):
     replies: bool = True
     dms: bool = True
     all_messages_rooms: tuple[str, ...] = ()
+    # Ambient context: in these rooms (ids, or "all") messages not addressed to Beseda are
+    # stored as context for its later replies, never answered. Off by default.
+    context_rooms: tuple[str, ...] | Literal["all"] = ()
     # Per user, a token bucket: rate_limit_messages at once, refilled at that many per
     # rate_limit_seconds (0 = no limit).
     rate_limit_messages: int = Field(default=6, ge=0)
