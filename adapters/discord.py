@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import discord
 from discord import app_commands
-from dotenv import dotenv_values
 
 from adapters.attachments import DocumentsHook, accepts
+from adapters.credentials import platform_secret
 from adapters.discord_reply import Editable, discord_reply
 from adapters.intake import RATE_NOTICE, AllowLists, Facts, Outcome, decide, listed
 from adapters.quotes import quote, reply_chain
@@ -431,15 +429,7 @@ class DiscordAdapter:
 
 def discord_token(config: Config) -> str:
     """``[discord] token`` (BESEDA_DISCORD__TOKEN), else DISCORD_TOKEN from env or .env."""
-    token = config.discord.token.get_secret_value().strip()
-    if token or os.environ.get("DISCORD_TOKEN"):
-        return token or os.environ["DISCORD_TOKEN"].strip()
-    # Only this one variable is read from .env files (the working directory's wins).
-    for folder in (Path.cwd(), config.base_dir):
-        env_file = folder / ".env"
-        if env_file.is_file() and (value := dotenv_values(env_file).get("DISCORD_TOKEN")):
-            return value.strip()
-    return ""
+    return platform_secret(config, config.discord.token, "DISCORD_TOKEN")
 
 
 def discord_adapter(config: Config) -> DiscordAdapter | None:

@@ -39,7 +39,7 @@ from memory.history import SqlHistoryStore
 from memory.vectors import ChromaStore, open_client
 from tests.conftest import write_config
 from tests.support import discord_fake as fk
-from tests.support.fakes import FakeGenerator, SteppingClock
+from tests.support.fakes import FakeGenerator, SteppingClock, record_submissions
 from tests.support.retrieval import WordHashEmbedder
 
 ALICE = fk.user(111, "alice")
@@ -673,26 +673,11 @@ async def test_connected_follows_the_gateway_connection(start_bot: StartBot) -> 
     assert not bot.adapter.connected
 
 
-def recording(bot: Bot) -> list[Inbound]:
-    """What the adapter submits; ambient messages stop here (until the core stores them as
-    context, it would answer them), the rest reach the core."""
-    submitted: list[Inbound] = []
-    forward = bot.adapter._submit
-    assert forward is not None
-
-    async def submit(inbound: Inbound, target: Any) -> object:
-        submitted.append(inbound)
-        return None if inbound.ambient else await forward(inbound, target)
-
-    bot.adapter._submit = submit
-    return submitted
-
-
 async def test_a_context_channel_submits_unaddressed_messages_as_ambient(
     start_bot: StartBot, fake: fk.DiscordFake
 ) -> None:
     bot = await start_bot(context_channels=[fk.CHANNEL_ID])
-    submitted = recording(bot)
+    submitted = record_submissions(bot.adapter)
     other = {
         "id": "124", "channel_id": str(fk.CHANNEL_ID), "author": BOB, "content": "it is green",
         "timestamp": fk.TIMESTAMP, "edited_timestamp": None, "tts": False,
@@ -717,7 +702,7 @@ async def test_all_channels_can_be_context_channels(
     start_bot: StartBot, fake: fk.DiscordFake
 ) -> None:
     bot = await start_bot(context_channels="all", users=[111])
-    submitted = recording(bot)
+    submitted = record_submissions(bot.adapter)
     await fake.message_create("from a listed user", channel_id=fk.OTHER_CHANNEL_ID)
     await fake.message_create("from someone else", author=BOB)  # the allow-list still holds
     await fake.message_create(f"{MENTION} hi", mentions=[fake.bot])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -41,23 +42,12 @@ from memory.records import Status
 from memory.vectors import ChromaStore, open_client
 from tests.conftest import write_config
 from tests.support import telegram_fake as tf
-from tests.support.fakes import FakeGenerator, SteppingClock
+from tests.support.fakes import FakeGenerator, RecordedSleeps, SteppingClock, record_submissions
 from tests.support.retrieval import WordHashEmbedder
 
 ALICE_KEY = f"telegram:{tf.ALICE['id']}"
 GROUP_KEY = f"telegram:{tf.GROUP_ID}"
 MENTION = f"@{tf.BOT_USERNAME}"
-
-
-class RecordedSleeps:
-    """The adapter's own waits (back-off, retry_after): recorded, not waited."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await asyncio.sleep(0)
 
 
 class Bot:
@@ -87,20 +77,6 @@ class Bot:
                 return
             await asyncio.sleep(0.01)
         raise AssertionError("the core is still busy")
-
-    def record(self) -> list[Inbound]:
-        """What the adapter submits; ambient messages stop here (until the core stores them
-        as context it would answer them), the rest reach the core."""
-        submitted: list[Inbound] = []
-        forward = self.adapter._submit
-        assert forward is not None
-
-        async def submit(inbound: Inbound, target: Any) -> object:
-            submitted.append(inbound)
-            return None if inbound.ambient else await forward(inbound, target)
-
-        self.adapter._submit = submit
-        return submitted
 
 
 StartBot = Callable[..., Awaitable[Bot]]
@@ -477,7 +453,7 @@ async def test_a_context_chat_submits_unaddressed_messages_as_ambient(
     start_bot: StartBot, fake: tf.TelegramFake
 ) -> None:
     bot = await start_bot(context_chats=[tf.GROUP_ID])
-    submitted = bot.record()
+    submitted = record_submissions(bot.adapter)
     await fake.send("my favourite colour is green", chat=tf.GROUP)
     await fake.send("not kept", chat=tf.OTHER_GROUP)
     await fake.send(f"{MENTION} what is it?", chat=tf.GROUP, author=tf.BOB)
@@ -648,73 +624,78 @@ async def test_the_factory_reads_the_token_and_doctor_agrees(
     assert "from-env" not in repr(config)
 
 
-async def test_run_starts_telegram_through_the_registry_and_the_app(
-    fake: tf.TelegramFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.asynccontextmanager
+async def serving(
+    fake: tf.TelegramFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **sections: Any
+) -> AsyncIterator[tuple[App, TelegramAdapter]]:
+    """`run` as the command line does it: the registry's Telegram adapter, served by App."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TELEGRAM_TOKEN", fake.token)
+    telegram = {"api_url": fake.url, **sections.pop("telegram", {})}
     path = write_config(
         tmp_path / "config.toml",
         retrieval={"enabled": False},
         context={"date": "off"},
-        telegram={"api_url": fake.url},
+        telegram=telegram,
+        **sections,
     )
     async with App.open(load_config(path, environ={}), generator=FakeGenerator()) as app:
         [adapter] = configured_adapters(app.config, lambda: pytest.fail("console"))
         assert isinstance(adapter, TelegramAdapter)
-        serving = asyncio.create_task(app.serve([adapter]))
+        running = asyncio.create_task(app.serve([adapter]))
         try:
-            await asyncio.wait_for(adapter._ready.wait(), 10)
-            await fake.send("through the app")
-            await fake.wait_for(lambda: fake.texts(tf.ALICE["id"]) == ["echo: through the app"])
+            yield app, adapter
         finally:
             await adapter.stop()  # the adapter's run ends, and with it serve
-            await asyncio.wait_for(serving, 20)
+            await asyncio.wait_for(running, 20)
 
 
-async def test_a_webhook_is_served_by_the_operations_server(
+async def test_run_starts_telegram_through_the_registry_and_the_app(
     fake: tf.TelegramFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TELEGRAM_TOKEN", fake.token)
-    path = write_config(
-        tmp_path / "config.toml",
-        retrieval={"enabled": False},
-        context={"date": "off"},
-        metrics={"enabled": True, "port": 0},
-        telegram={"api_url": fake.url, "webhook_url": "https://bot.example.org/tg/hook"},
-    )
-    async with App.open(load_config(path, environ={}), generator=FakeGenerator()) as app:
-        [adapter] = configured_adapters(app.config, lambda: pytest.fail("console"))
-        serving = asyncio.create_task(app.serve([adapter]))
-        try:
-            await fake.wait_for(lambda: fake.webhook is not None)
-            assert app.ops is not None
-            url, secret = fake.webhook  # type: ignore[misc]
-            assert url == "https://bot.example.org/tg/hook"
-            # The reverse proxy in front of Beseda forwards the public URL to the server.
-            fake.webhook = (f"{app.ops.url}/tg/hook", secret)
-            await fake.send("through the webhook")
-            await fake.wait_for(lambda: fake.texts(tf.ALICE["id"]) == ["echo: through the webhook"])
-            assert fake.deliveries == [200]
-            assert fake.calls_of("getUpdates") == []
-            async with aiohttp.ClientSession() as http:
-                forged = {"update_id": 1, "message": fake.received[(111, 1)]}
-                async with http.post(f"{app.ops.url}/tg/hook", json=forged) as response:
-                    assert response.status == 401  # no secret token: refused
-                async with http.post(
-                    f"{app.ops.url}/tg/hook",
-                    data="not json",
-                    headers={"X-Telegram-Bot-Api-Secret-Token": secret},
-                ) as response:
-                    assert response.status == 400
-                async with http.get(f"{app.ops.url}/metrics") as response:
-                    metrics = await response.text()
-            assert "telegram" in metrics
-            assert fake.token.split(":")[1] not in metrics
-        finally:
-            await adapter.stop()
-            await asyncio.wait_for(serving, 20)
+    async with serving(fake, tmp_path, monkeypatch) as (_app, adapter):
+        await asyncio.wait_for(adapter._ready.wait(), 10)
+        await fake.send("through the app")
+        await fake.wait_for(lambda: fake.texts(tf.ALICE["id"]) == ["echo: through the app"])
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+async def test_a_webhook_is_served_by_the_operations_server(
+    fake: tf.TelegramFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metrics: bool
+) -> None:
+    async with serving(
+        fake,
+        tmp_path,
+        monkeypatch,
+        metrics={"enabled": metrics, "port": 0},
+        telegram={"webhook_url": "https://bot.example.org/tg/hook"},
+    ) as (app, _adapter):
+        await fake.wait_for(lambda: fake.webhook is not None)
+        assert app.ops is not None  # it runs for the webhook even with [metrics] off
+        url, secret = fake.webhook  # type: ignore[misc]
+        assert url == "https://bot.example.org/tg/hook"
+        # The reverse proxy in front of Beseda forwards the public URL to the server.
+        fake.webhook = (f"{app.ops.url}/tg/hook", secret)
+        await fake.send("through the webhook")
+        await fake.wait_for(lambda: fake.texts(tf.ALICE["id"]) == ["echo: through the webhook"])
+        assert fake.deliveries == [200]
+        assert fake.calls_of("getUpdates") == []
+        async with aiohttp.ClientSession() as http:
+            forged = {"update_id": 1, "message": fake.received[(111, 1)]}
+            async with http.post(f"{app.ops.url}/tg/hook", json=forged) as response:
+                assert response.status == 401  # no secret token: refused
+            async with http.post(
+                f"{app.ops.url}/tg/hook",
+                data="not json",
+                headers={"X-Telegram-Bot-Api-Secret-Token": secret},
+            ) as response:
+                assert response.status == 400
+            async with http.get(f"{app.ops.url}/metrics") as response:
+                assert response.status == (200 if metrics else 404)
+                exposition = await response.text()
+        assert fake.token.split(":")[1] not in exposition
+        if metrics:
+            assert 'adapter="telegram"' in exposition
 
 
 async def test_doctor_checks_the_token_with_telegram(

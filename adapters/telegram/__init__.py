@@ -5,15 +5,13 @@ keeps the token out of errors (session.py)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import timedelta
-from pathlib import Path
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramNotFound, TelegramUnauthorizedError
 from aiogram.utils.token import TokenValidationError
-from dotenv import dotenv_values
 
+from adapters.credentials import platform_secret
 from adapters.telegram.adapter import TelegramAdapter
 from adapters.telegram.session import TokenSafeSession
 from agent.config import Config
@@ -24,15 +22,7 @@ DOCTOR_TIMEOUT_SECONDS = 10.0
 
 def telegram_token(config: Config) -> str:
     """``[telegram] token`` (BESEDA_TELEGRAM__TOKEN), else TELEGRAM_TOKEN from env or .env."""
-    token = config.telegram.token.get_secret_value().strip()
-    if token or os.environ.get("TELEGRAM_TOKEN"):
-        return token or os.environ["TELEGRAM_TOKEN"].strip()
-    # Only this one variable is read from .env files (the working directory's wins).
-    for folder in (Path.cwd(), config.base_dir):
-        env_file = folder / ".env"
-        if env_file.is_file() and (value := dotenv_values(env_file).get("TELEGRAM_TOKEN")):
-            return value.strip()
-    return ""
+    return platform_secret(config, config.telegram.token, "TELEGRAM_TOKEN")
 
 
 def telegram_adapter(config: Config) -> TelegramAdapter | None:

@@ -29,7 +29,7 @@ from tests.matrix.peers import (
     room_with_bot,
 )
 from tests.matrix.synapse import SERVER_NAME, Synapse
-from tests.support.fakes import SteppingClock
+from tests.support.fakes import SteppingClock, record_submissions
 
 
 async def test_invite_join_mention_reply(start_bot: StartBot, humans: Any) -> None:
@@ -696,16 +696,7 @@ async def test_a_context_room_submits_unaddressed_messages_as_ambient(
 ) -> None:
     alice = await humans()
     bot = await start_bot(context_rooms="all")
-    submitted: list[Inbound] = []
-    forward = bot.adapter._submit
-    assert forward is not None
-
-    async def recording(inbound: Inbound, target: Any) -> object:
-        # Ambient messages stop here: until the core stores them as context, it answers them.
-        submitted.append(inbound)
-        return None if inbound.ambient else await forward(inbound, target)
-
-    bot.adapter._submit = recording
+    submitted = record_submissions(bot.adapter)
     room = await human_room_with_others(alice, bot, humans)
     await alice.say(room, "my favourite colour is green")
     name = bot.user_id[1:].split(":")[0]
