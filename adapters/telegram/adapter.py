@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from aiogram import Bot
 from aiogram.client.session.middlewares.request_logging import RequestLogging
 from aiogram.exceptions import (
+    AiogramError,
     TelegramAPIError,
     TelegramConflictError,
     TelegramNotFound,
@@ -229,7 +230,7 @@ class TelegramAdapter:
             except TelegramUnauthorizedError:
                 self._fail("Telegram rejected the bot token: check TELEGRAM_TOKEN")
                 return
-            except (TelegramAPIError, ValidationError) as exc:
+            except (AiogramError, ValidationError) as exc:  # incl. an undecodable batch
                 failures += 1
                 self._connected = False
                 if isinstance(exc, TelegramConflictError):
