@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import re
 import secrets
 import time
 from collections import OrderedDict
@@ -45,14 +44,13 @@ from pydantic import ValidationError
 
 from adapters.attachments import DocumentsHook, accepts
 from adapters.intake import RATE_NOTICE, AllowLists, Facts, Outcome, decide, listed
-from adapters.quotes import quote, reply_chain
 from adapters.streaming import Clock, EditedReply, Sleep
-from adapters.telegram import commands
+from adapters.telegram import commands, messages
 from adapters.telegram.markup import TELEGRAM_LIMIT, split_for_telegram
 from adapters.telegram.reply import Origin, TelegramSurface
 from adapters.telegram.session import DownloadError, TokenSafeSession
 from agent.config import TelegramConfig
-from agent.events import Attachment, Inbound
+from agent.events import Inbound
 from agent.ops.server import Endpoint
 from agent.ports import ReplyTarget
 from agent.runtime.limits import per_window
@@ -72,19 +70,6 @@ class _Lru(OrderedDict[Any, Any]):
         self.move_to_end(key)
         while len(self) > REMEMBERED:
             self.popitem(last=False)
-
-
-def author_name(user: User) -> str:
-    """How people know the author: first and last name, else @username, else the id."""
-    return user.full_name.strip() or (f"@{user.username}" if user.username else str(user.id))
-
-
-def channel_of(message: Message) -> tuple[str, str | None]:
-    """The channel key and, for a forum topic, its chat's key (the parent)."""
-    chat = f"telegram:{message.chat.id}"
-    if message.is_topic_message and message.message_thread_id is not None:
-        return f"{chat}/{message.message_thread_id}", chat
-    return chat, None
 
 
 class TelegramAdapter:
@@ -306,16 +291,16 @@ class TelegramAdapter:
         self._seen.remember((message.chat.id, message.message_id), message)
         if user is None:  # a channel post, or an anonymous group admin
             return
-        where, parent = channel_of(message)
+        where, parent = messages.channel_of(message)
         if message.date < self._started and self._now() - message.date > self._max_age:
             log.info("telegram: skipped a message in %s from before the start: too old", where)
             return
         raw = message.text or message.caption or ""
         entities = message.entities or message.caption_entities
         parsed = commands.parse(raw, entities, me.username or "")
-        text = self._strip_mention(parsed.text)
+        text = messages.strip_mention(parsed.text, me.username)
         chat_id, direct = str(message.chat.id), message.chat.type == "private"
-        replied = self._replied(message)
+        replied = messages.replied(message)
         facts = Facts(
             author_id=str(user.id),
             own=user.id == me.id,
@@ -326,7 +311,7 @@ class TelegramAdapter:
                 str(user.id), server=None if direct else chat_id, channels={chat_id}
             ),
             admin=self._allow.is_admin(str(user.id)),
-            mention=self._mentioned(raw, entities or []),
+            mention=messages.mentioned(raw, entities or [], me),
             reply=replied is not None and replied.from_user is not None
             and replied.from_user.id == me.id,
             command=parsed.known,
@@ -349,12 +334,13 @@ class TelegramAdapter:
         if not text:  # only a document: nothing for the model to answer
             return
         if not ambient and replied is not None and not facts.reply:
-            text = "\n".join([*await self._quotes(message, replied), text])
+            quoted = await messages.quotes(message, replied, me, self._seen)
+            text = "\n".join([*quoted, text])
         inbound = Inbound(
             platform="telegram",
             channel_key=where,
             author_id=str(user.id),
-            author_name=author_name(user),
+            author_name=messages.author_name(user),
             text=text,
             message_id=str(message.message_id),
             reply_to=str(replied.message_id) if replied is not None else None,
@@ -362,65 +348,12 @@ class TelegramAdapter:
             parent_key=parent,
             is_direct=direct,
             is_admin=facts.admin,
-            attachments=_attachments(message),
+            attachments=messages.attachments(message),
             ambient=ambient,
             timestamp=message.date,
         )
         self._remember(where, message)
         await self._submit(inbound, self)
-
-    def _mentioned(self, text: str, entities: Sequence[Any]) -> bool:
-        me = self.me
-        assert me is not None
-        for entity in entities:
-            if entity.type == "text_mention" and entity.user and entity.user.id == me.id:
-                return True
-            mention = entity.type == "mention" and me.username
-            if mention and entity.extract_from(text).lower() == f"@{me.username}".lower():
-                return True
-        return False
-
-    def _strip_mention(self, text: str) -> str:
-        username = self.me.username if self.me is not None else None
-        if username:
-            text = re.sub(rf"(?<![\w@])@{re.escape(username)}\b", "", text, flags=re.IGNORECASE)
-        return text.strip()
-
-    @staticmethod
-    def _replied(message: Message) -> Message | None:
-        replied = message.reply_to_message
-        # In a forum topic every message "replies" to the topic's first (service) message.
-        if replied is None or replied.forum_topic_created is not None:
-            return None
-        return replied
-
-    async def _quotes(self, message: Message, replied: Message) -> list[str]:
-        """The reply chain, quoted. Telegram sends one level; deeper ones come from the
-        messages this process has seen (the Bot API cannot fetch a message by id)."""
-        me = self.me
-        assert me is not None
-        if message.quote is not None and message.quote.text:  # the person quoted a part
-            name = author_name(replied.from_user) if replied.from_user else "someone"
-            return [quote(name, message.quote.text)]
-
-        def quoted(m: Message) -> str:
-            text = m.text or m.caption or ""
-            return quote(author_name(m.from_user), text) if text and m.from_user else ""
-
-        async def parent(m: Message) -> Message | None:
-            seen = self._seen.get((m.chat.id, m.message_id))
-            reply = seen.reply_to_message if seen is not None else m.reply_to_message
-            if reply is None or reply.forum_topic_created is not None:
-                return None
-            found: Message | None = self._seen.get((reply.chat.id, reply.message_id), reply)
-            return found
-
-        return await reply_chain(
-            replied,
-            own=lambda m: m.from_user is not None and m.from_user.id == me.id,
-            quoted=quoted,
-            parent=parent,
-        )
 
     async def _say(self, message: Message, text: str) -> None:
         """A short notice replying to ``message`` (a failure is only logged)."""
@@ -532,14 +465,3 @@ class TelegramAdapter:
             )
             return self
         return None
-
-
-def _attachments(message: Message) -> tuple[Attachment, ...]:
-    document = message.document
-    if document is None:
-        return ()
-    return (
-        Attachment(
-            document.file_name or "document", document.mime_type or "", document.file_size or 0
-        ),
-    )
