@@ -96,3 +96,25 @@ def test_the_core_loads_no_platform_adapter() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_command_line_does_not_import_aiogram_until_telegram_is_configured() -> None:
+    """aiogram builds a model per Bot API type at import (seconds of CPU): `chat`, `prompt`
+    and a bot without a Telegram token must not pay for it."""
+    script = (
+        "import sys\n"
+        "from adapters.registry import configured_adapters\n"
+        "from agent.cli.main import main\n"
+        "from agent.config import Config\n"
+        "configured_adapters(Config(), None)\n"
+        "print('aiogram' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "False"

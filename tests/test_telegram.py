@@ -17,7 +17,8 @@ import pytest
 
 from adapters.attachments import channel_documents
 from adapters.registry import configured_adapters
-from adapters.telegram import TelegramAdapter, telegram_adapter, telegram_token
+from adapters.telegram import telegram_adapter, telegram_token
+from adapters.telegram.adapter import TelegramAdapter
 from agent.app import App, build_core
 from agent.cli.doctor import check_platforms, run_doctor
 from agent.config import (

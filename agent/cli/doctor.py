@@ -10,7 +10,7 @@ from typing import TextIO
 
 from adapters.matrix_session import device_summary
 from adapters.registry import configured_adapters
-from adapters.telegram import check_bot, telegram_token
+from adapters.telegram import telegram_token
 from agent.config import Config, select_backend
 from agent.generators.base import GeneratorError
 from agent.generators.gguf import check_gguf_file, read_metadata
@@ -44,6 +44,8 @@ async def run_doctor(config: Config, out: TextIO) -> int:
         summary = await asyncio.to_thread(device_summary, config)
         checks.append(Check("matrix", True, f"{config.matrix.user_id}: {summary}"))
     if telegram_token(config):
+        from adapters.telegram.check import check_bot  # noqa: PLC0415 - imports aiogram
+
         checks.append(Check("telegram", *await check_bot(config)))
     width = max(len(c.name) for c in checks)
     for check in checks:
