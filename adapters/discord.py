@@ -303,15 +303,15 @@ class DiscordAdapter:
         )
         if not addressed:
             return
-        if not text and not message.attachments:
-            log.debug("ignored an empty mention in %s", where)
-            return
         if not is_admin(self.config, author.id, roles) and not await self._within_rate(message):
             return
+        indexed = False
         if message.attachments and self.config.attachments and self._documents is not None:
-            await self._index_attachments(message, where)
-        if not text:  # only attachments: nothing for the model to answer
+            indexed = await self._index_attachments(message, where)
+        if not text and indexed:  # only documents: the confirmation was the answer
             return
+        # An empty mention, or one with only an image, goes on too: the core stores it and
+        # tells the person there is nothing to answer.
         if replied is not None and replied.author.id != me.id:
             # The reply chain up to the bot's own message (which is in the history already),
             # oldest first, quoted before the question.
@@ -333,12 +333,15 @@ class DiscordAdapter:
         """Where attachments go (set by the app when the documents pipeline is on)."""
         self._documents = hook
 
-    async def _index_attachments(self, message: discord.Message, where: str) -> None:
+    async def _index_attachments(self, message: discord.Message, where: str) -> bool:
+        """Index the message's documents; whether it had any (each was answered)."""
         hook = self._documents
         assert hook is not None
+        found = False
         for attachment in message.attachments:
             if not accepts(attachment.filename):
                 continue
+            found = True
             if attachment.size > self.config.attachment_max_bytes:
                 notice = f"{attachment.filename} is too large for me to index."
             else:
@@ -348,6 +351,7 @@ class DiscordAdapter:
                     log.exception("could not index %s in %s", attachment.filename, where)
                     notice = f"I could not index {attachment.filename}."
             await message.reply(notice, mention_author=False)
+        return found
 
     async def _reply_chain(self, replied: discord.Message, bot_id: int) -> list[discord.Message]:
         """``replied`` and the messages it replies to, oldest first: at most

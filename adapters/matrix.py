@@ -385,8 +385,8 @@ class MatrixAdapter:
             or room.room_id in self.config.all_messages_rooms
             or chat_commands.parse(text) is not None
         )
-        if not addressed or not text:
-            return
+        if not addressed:
+            return  # an empty mention goes on: the core tells the person it has no question
         if not admin and not await self._within_rate(room, event):
             return
         if reply_to is not None and not await self._is_own(room, reply_to):

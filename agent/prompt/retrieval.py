@@ -19,6 +19,7 @@ from memory.documents import GLOBAL_SCOPE, NO_PAGE, DocumentIndex
 from memory.embeddings import load_embedder
 from memory.history import HistoryStore
 from memory.memories import Memory, MemoryStore, user_scope
+from memory.records import Status
 from memory.vectors import (
     ChromaStore,
     VectorStoreError,
@@ -86,7 +87,12 @@ class Retriever:
             return [GLOBAL_SCOPE]
         platform = channel_key.split(":", 1)[0]
         turns = await self._history.conversation(channel_key, limit=PRESENCE_TURNS)
-        authors = dict.fromkeys(t.author_id for t in turns if t.role == "user" and t.author_id)
+        # Ambient messages count (their authors spoke here), withdrawn ones do not.
+        authors = dict.fromkeys(
+            t.author_id
+            for t in turns
+            if t.role == "user" and t.author_id and t.status is not Status.FORGOTTEN
+        )
         return [GLOBAL_SCOPE, channel_key, *(user_scope(platform, a) for a in authors)]
 
     async def search(

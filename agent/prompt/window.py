@@ -21,7 +21,7 @@ from agent.prompt.jobs import BackgroundJobs
 from agent.prompt.speakers import clean_name
 from agent.prompt.summarizer import summarize
 from memory.history import HistoryStore
-from memory.records import ChannelState, StoredMessage, Summary
+from memory.records import ChannelState, Status, StoredMessage, Summary
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,13 @@ class WindowKeeper:
         turns = await self._history.conversation(
             channel_key, since_id=since, before_id=up_to + 1, limit=self._history_limit
         )
-        turns = [t for t in turns if t.role in {"user", "assistant"} and t.text]
+        # Ambient messages stay out of summaries: a summary cannot be edited, and !forgetme
+        # promises that the model no longer sees a person's ambient messages.
+        turns = [
+            t
+            for t in turns
+            if t.role in {"user", "assistant"} and t.text and t.status is not Status.AMBIENT
+        ]
         if not turns:
             return
         async with self._background.preemptible():

@@ -31,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import PurePath
 
 from agent.events import Inbound, blank
 from agent.generators.base import GenerationStats, Generator, SamplingParams
@@ -43,7 +42,6 @@ from agent.runtime import chat_commands
 from agent.runtime.background import Background
 from agent.runtime.limits import Buckets, Clock, Verdict
 from agent.runtime.scheduler import Scheduler
-from memory.documents import SUFFIXES as DOCUMENT_SUFFIXES
 from memory.history import HistoryStore
 from memory.records import Status, StoredMessage
 
@@ -197,7 +195,7 @@ class Core:
         if command is not None and command[0] == chat_commands.STOP:
             return await self._stop(inbound, text, target)
         if command is None and blank(text):
-            skip: tuple[str, str | None] | None = ("nothing to answer", _nothing_notice(inbound))
+            skip: tuple[str, str | None] | None = ("nothing to answer", NOTHING_NOTICE)
         else:
             skip = self._refusal(inbound, command)
         speaker = None if command else await self._label(inbound)
@@ -574,14 +572,6 @@ def _mergeable(channel: _Channel, inbound: Inbound) -> bool:
 
 def _say(verdict: Verdict, notice: str) -> str | None:
     return notice if verdict == "notice" else None
-
-
-def _nothing_notice(inbound: Inbound) -> str | None:
-    """The notice for a message with nothing to answer; none when it brought a document
-    (the adapter indexes it and confirms that itself)."""
-    documents = [a for a in inbound.attachments if PurePath(a.filename).suffix.lower() in
-                 DOCUMENT_SUFFIXES]  # fmt: skip
-    return None if documents else NOTHING_NOTICE
 
 
 async def _show_stopped(stream: ReplyStream | None, partial: str) -> None:
