@@ -325,3 +325,24 @@ async def test_ambient_messages_stay_out_of_summaries(history: SqlHistoryStore) 
     assert summaries, "the window never overflowed"
     assert "Alice: question number 0" in summaries[0][-1].content
     assert not any("aside" in m.content for call in summaries for m in call)
+
+
+async def test_a_reply_that_copies_a_name_label_is_stored_without_it(
+    history: SqlHistoryStore,
+) -> None:
+    replies = iter(["Alice: fine", "Bob: Alice said green.", "Beseda: hello", "Zed: unknown"])
+    generator = FakeGenerator(lambda _m: next(replies))
+    core = make_core(history, generator)
+    adapter = RecordingAdapter()
+    # Alone, names are off: nothing is taken off.
+    assert (await send(core, adapter, said("hi", "Alice"))).text == "Alice: fine"
+    assert (await send(core, adapter, said("what did she say?", "Bob"))).text == (
+        "Alice said green."
+    )
+    assert (await send(core, adapter, said("who are you?", "Bob"))).text == "hello"
+    assert (await send(core, adapter, said("and Zed?", "Alice"))).text == "Zed: unknown"
+    assert [r.final for r in adapter.replies] == [
+        "Alice: fine", "Alice said green.", "hello", "Zed: unknown",
+    ]  # fmt: skip
+    stored = [m.text for m in await history.conversation(CHANNEL) if m.role == "assistant"]
+    assert stored == ["Alice: fine", "Alice said green.", "hello", "Zed: unknown"]

@@ -77,6 +77,9 @@ class Prompt:
     names: bool = False
     # Set when ambient turns overflowed their share: the channel's new ambient start.
     ambient_start: int | None = None
+    # With names: the names the prompt shows (people, and the persona's own), which a reply
+    # must not start with (see speakers.unlabel).
+    speakers: tuple[str, ...] = ()
 
 
 def anchor(message: StoredMessage) -> int:
@@ -217,6 +220,7 @@ class ContextBuilder:
             params=persona.params if persona is not None else None,
             names=names,
             ambient_start=ambient_start,
+            speakers=_speakers(turns, speaker, persona) if names else (),
         )
 
     def _new_message(
@@ -285,6 +289,14 @@ def _oldest_exchanges(turns: Sequence[StoredMessage], costs: Sequence[int], at_l
         dropped += costs[count]
         count += 1
     return count
+
+
+def _speakers(
+    turns: Sequence[StoredMessage], speaker: str | None, persona: PromptPersona | None
+) -> tuple[str, ...]:
+    labels = [label_of(m) for m in turns if m.role == "user"]
+    labels += [speaker, persona.name if persona is not None else None]
+    return tuple(dict.fromkeys(label for label in labels if label))
 
 
 def _same_exchange(turns: Sequence[StoredMessage], index: int) -> bool:

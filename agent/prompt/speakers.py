@@ -17,6 +17,7 @@ import hashlib
 import re
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from memory.history import HistoryStore
 from memory.records import StoredMessage
@@ -87,6 +88,21 @@ def label_of(turn: StoredMessage) -> str | None:
 def named(label: str | None, text: str) -> str:
     """A user turn's text as the model sees it when speaker names are on."""
     return f"{label}: {text}" if label else text
+
+
+def unlabel(reply: str, labels: Iterable[str]) -> str:
+    """``reply`` without a leading ``Name:`` copied from the prompt's own format.
+
+    Small models imitate the ``Name: text`` turns and start their answer with the asker's
+    name, someone else's, or their own ("Carol: I drink tea."): that would read as if the
+    person had said it, and the stored reply would teach the model the habit. Only a name
+    the prompt showed is taken off.
+    """
+    head, colon, rest = reply.partition(":")
+    known = {label.casefold() for label in labels}
+    if colon and rest.strip() and head.strip().casefold() in known:
+        return rest.strip()
+    return reply
 
 
 class SpeakerBook:

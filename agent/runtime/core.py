@@ -36,7 +36,7 @@ from agent.events import Inbound, blank
 from agent.generators.base import GenerationStats, Generator, SamplingParams
 from agent.ports import ReplyStream, ReplyTarget
 from agent.prompt.context import Prompt
-from agent.prompt.speakers import SpeakerBook
+from agent.prompt.speakers import SpeakerBook, unlabel
 from agent.prompt.window import WindowKeeper
 from agent.runtime import chat_commands
 from agent.runtime.background import Background
@@ -465,7 +465,8 @@ class Core:
             stored_id = stored.id if stored is not None else None
             return Reply(partial, Status.FAILED, job.user_message_id, stored_id, stats, reason)
 
-        return await self._complete(job, assistant.id, stream, "".join(parts).strip(), stats)
+        text = unlabel("".join(parts).strip(), prompt.speakers)
+        return await self._complete(job, assistant.id, stream, text, stats)
 
     async def _complete(
         self,
