@@ -1,7 +1,7 @@
 """Prefix reuse in a group chat: the same conversation with one speaker and with several.
 
     python bench/context_cache_group.py [--turns 200] [--channels 1] [--speakers 3]
-                                        [--max-tokens 24]
+                                        [--max-tokens 24] [--threads 2] [--join-at 0]
 
 Runs one scripted conversation twice through Beseda's real core on the bundled model
 (n_ctx 1024, the default configuration, so ``[chat] speaker_names = "auto"``), in this
@@ -9,8 +9,9 @@ process: once with every message from one person, once with the messages of each
 taking turns among ``--speakers`` people, so names come on (after the second person's
 first message) and every user turn carries ``Name: ``. Prints the share of reply-prompt
 tokens served from llama.cpp's cache for both, and their difference (the target: within
-0.02). The group mode of bench/context_cache.py, kept apart while that benchmark is
-rewritten.
+0.02). With ``--join-at N`` the others join only at each channel's N-th message, so names
+come on late, over a full window (the one re-evaluation "auto" costs). The group mode of
+bench/context_cache.py, kept apart while that benchmark is rewritten.
 """
 
 from __future__ import annotations
@@ -79,15 +80,17 @@ class Counting(Wrapped):
         return self.cached / self.prompt if self.prompt else 0.0
 
 
-async def run(
-    turns: int, channels: int, speakers: int, max_tokens: int, data: Path
-) -> tuple[Counting, int]:
+async def run(args: argparse.Namespace, speakers: int, data: Path) -> tuple[Counting, int]:
     """The conversation with ``speakers`` people per channel; the generator's tallies and
     how many channels switched names on."""
-    model = ModelConfig(n_ctx=N_CTX, n_threads=2, temperature=0.0, max_tokens=max_tokens)
+    turns, channels = args.turns, args.channels
+    model = ModelConfig(
+        n_ctx=N_CTX, n_threads=args.threads, temperature=0.0, max_tokens=args.max_tokens
+    )
     config = Config(model=model, context=ContextConfig())
     cache = config.context.state_cache_mb * 1024 * 1024
-    generator = Counting(LlamaCppGenerator.load(model, bundled_model_path(), state_cache_bytes=cache))
+    inner = LlamaCppGenerator.load(model, bundled_model_path(), state_cache_bytes=cache)
+    generator = Counting(inner)
     db = Database(f"sqlite+aiosqlite:///{data / f'group-{speakers}.db'}")
     await db.migrate()
     history = SqlHistoryStore(db)
@@ -95,7 +98,7 @@ async def run(
     sink = Sink()
     for i in range(turns):
         channel, t = i % channels, i // channels
-        person = PEOPLE[(t + channel) % speakers]
+        person = PEOPLE[(t + channel) % speakers] if t >= args.join_at else PEOPLE[0]
         text = f"{QUESTIONS[(t + 5 * channel) % len(QUESTIONS)]} (#{t})"
         inbound = Inbound("bench", f"bench:{channel}", person.lower(), person, text)
         reply = await (await core.submit(inbound, sink))
@@ -115,15 +118,16 @@ async def main() -> None:
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--speakers", type=int, default=3, choices=range(2, len(PEOPLE) + 1))
     parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    parser.add_argument("--join-at", type=int, default=0, help="others join at this turn")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        single, _ = await run(args.turns, args.channels, 1, args.max_tokens, Path(folder))
-        group, named = await run(
-            args.turns, args.channels, args.speakers, args.max_tokens, Path(folder)
-        )
+        single, _ = await run(args, 1, Path(folder))
+        group, named = await run(args, args.speakers, Path(folder))
     print(
-        f"# {args.turns} turns, {args.channels} channel(s), {args.speakers} speakers, "
+        f"# {args.turns} turns, {args.channels} channel(s), {args.speakers} speakers "
+        f"(from turn {args.join_at}), "
         f"n_ctx {N_CTX}: single evaluated {single.prompt - single.cached} of {single.prompt} "
         f"prompt tokens, group {group.prompt - group.cached} of {group.prompt}; "
         f"{time.perf_counter() - started:.0f} s"

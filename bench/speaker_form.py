@@ -141,7 +141,7 @@ class Model:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
 
         path = str(bundled_model_path())
-        self.llama = Llama(model_path=path, n_ctx=1024, n_threads=2, verbose=False)
+        self.llama = Llama(model_path=path, n_ctx=1024, n_threads=1, verbose=False)
         own = self.llama.metadata["tokenizer.chat_template"]
         self.eos = self.llama._model.token_get_text(self.llama.token_eos())  # noqa: SLF001
         bos = self.llama._model.token_get_text(self.llama.token_bos())  # noqa: SLF001
