@@ -244,8 +244,12 @@ async def test_allow_lists_admit_listed_users_and_roles_only(
     )
     await fake.message_create(f"{MENTION} from bob", mentions=[fake.bot], author=BOB)
     await bot.answered(2)
-    # Bob was the second person to speak: his turn is named (see tests/test_groups.py).
-    assert sorted(fake.contents()) == ["echo: bob: from bob", "echo: from carol"]
+    # Whoever the core heard second is named (see tests/test_groups.py); discord.py
+    # dispatches each event in a task of its own, so either may come first.
+    assert sorted(fake.contents()) in (
+        ["echo: bob: from bob", "echo: from carol"],
+        ["echo: carol: from carol", "echo: from bob"],
+    )
     assert "ignored user 111" in caplog.text
 
 

@@ -277,7 +277,7 @@ async def test_ambient_messages_are_never_answered_not_even_after_sigkill(
     restarted = _driver(data, "recall", subprocess.DEVNULL)
     out, err = await asyncio.to_thread(restarted.communicate, timeout=60)
     assert restarted.returncode == 0, err
-    recalled = "Bob: lunch at noon? | Bob: the usual place | you: when is lunch?"
+    recalled = "saw: Bob: lunch at noon? | Bob: the usual place | you: when is lunch?"
     assert out.strip() == recalled
     # ...and never the asides themselves, then or at the next start.
     third = _driver(data, "recall", subprocess.DEVNULL)

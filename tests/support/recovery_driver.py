@@ -4,7 +4,7 @@ tests in test_recovery.py:
 
 ``stall`` writes one word of each reply, says STALLED on stderr and then hangs (the test
 kills it with SIGKILL); ``answer`` answers "answer to: <message>" at once; ``recall``
-answers with every user turn of its prompt, joined by " | ". A line starting with "~ " is
+answers "saw: " and every user turn of its prompt, joined by " | ". A line starting with "~ " is
 an ambient message from Bob (context only, as a platform marks messages not addressed to
 the bot in a channel that opted in).
 """
@@ -54,7 +54,7 @@ def answered(messages: Sequence[ChatMessage]) -> str:
 
 
 def recalled(messages: Sequence[ChatMessage]) -> str:
-    return " | ".join(m.content for m in messages if m.role == "user")
+    return "saw: " + " | ".join(m.content for m in messages if m.role == "user")
 
 
 class AsideConsole(ConsoleAdapter):
