@@ -2,36 +2,30 @@
 
 A message is answered when it mentions the bot, replies to one of its messages, is a
 direct message (if enabled), is a ``!`` command, or arrives in an "all messages" channel —
-and its author passes the allow-lists and the per-user rate limit. Everything else is
-ignored silently (logged at debug). A thread is its own channel key.
+and its author passes the allow-lists and the per-user rate limit (adapters/intake.py).
+In a ``context_channels`` channel the other messages are submitted as ambient context;
+everything else is ignored silently (logged at debug). A thread is its own channel key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import discord
 from discord import app_commands
-from dotenv import dotenv_values
 
 from adapters.attachments import DocumentsHook, accepts
-from adapters.discord_reply import (
-    Clock,
-    DiscordReply,
-    InteractionSink,
-    MessageSink,
-    Sink,
-    Sleep,
-)
-from adapters.quotes import REPLY_CHAIN_DEPTH, quote
+from adapters.credentials import platform_secret
+from adapters.discord_reply import Editable, discord_reply
+from adapters.intake import RATE_NOTICE, AllowLists, Facts, Outcome, decide, listed
+from adapters.quotes import quote, reply_chain
+from adapters.streaming import Clock, EditedReply, Sleep
 from agent.config import Config, DiscordConfig
 from agent.events import Attachment, Inbound
 from agent.ports import ReplyTarget
@@ -41,37 +35,8 @@ from agent.runtime.limits import per_window
 log = logging.getLogger(__name__)
 
 Submit = Callable[[Inbound, ReplyTarget], Awaitable[object]]
-RATE_NOTICE = (
-    "You're writing faster than I can answer well — I'll skip your messages for a little "
-    "while. Please wait a moment before the next one."
-)
 NOT_ALLOWED = "Sorry, I am not allowed to answer you here."
 ORIGINS_KEPT = 1000
-
-
-def is_admin(config: DiscordConfig, user_id: int, role_ids: set[int]) -> bool:
-    return user_id in config.admin_users or bool(role_ids & set(config.admin_roles))
-
-
-def is_allowed(
-    config: DiscordConfig,
-    *,
-    user_id: int,
-    role_ids: set[int],
-    guild_id: int | None,
-    channel_ids: set[int],
-) -> bool:
-    """Allow-lists: an empty list allows everyone; users and roles are alternatives."""
-    if is_admin(config, user_id, role_ids):
-        return True
-    if guild_id is not None and config.guilds and guild_id not in config.guilds:
-        return False
-    # Channel allow-lists concern servers; DMs are governed by ``dms`` and the user lists.
-    if guild_id is not None and config.channels and not channel_ids & set(config.channels):
-        return False
-    if config.users or config.roles:
-        return user_id in config.users or bool(role_ids & set(config.roles))
-    return True
 
 
 def strip_mention(text: str, bot_id: int, role_ids: Iterable[int] = ()) -> str:
@@ -81,7 +46,9 @@ def strip_mention(text: str, bot_id: int, role_ids: Iterable[int] = ()) -> str:
     return re.sub(rf"<@!?{bot_id}>", "", text).strip()
 
 
-def _inbound(message: discord.Message, where: str, text: str, *, admin: bool) -> Inbound:
+def _inbound(
+    message: discord.Message, where: str, text: str, *, admin: bool, ambient: bool
+) -> Inbound:
     reference = message.reference
     channel = message.channel
     return Inbound(
@@ -100,12 +67,13 @@ def _inbound(message: discord.Message, where: str, text: str, *, admin: bool) ->
         attachments=tuple(
             Attachment(a.filename, a.content_type or "", a.size, a.url) for a in message.attachments
         ),
+        ambient=ambient,
         timestamp=message.created_at,
     )
 
 
 def _quote(message: discord.Message) -> str:
-    return quote(message.author.display_name, message.content)
+    return quote(message.author.display_name, message.content) if message.content else ""
 
 
 def _parent_key(channel: object) -> str | None:
@@ -162,6 +130,14 @@ class DiscordAdapter:
         self._sleep = sleep
         self._options = client_options or {}
         self._limiter = per_window(config.rate_limit_messages, config.rate_limit_seconds, clock)
+        self._allow = AllowLists.of(
+            servers=config.guilds,
+            channels=config.channels,
+            users=config.users,
+            roles=config.roles,
+            admin_users=config.admin_users,
+            admin_roles=config.admin_roles,
+        )
         self._origins: OrderedDict[str, discord.Message | discord.Interaction] = OrderedDict()
         self._submit: Submit | None = None
         self._documents: DocumentsHook | None = None
@@ -257,35 +233,17 @@ class DiscordAdapter:
         except Exception:  # one bad event never takes the bot down
             log.exception("could not handle a message in discord:%s", message.channel.id)
 
-    async def _on_message(self, message: discord.Message) -> None:  # noqa: PLR0911 (a gate)
+    async def _on_message(self, message: discord.Message) -> None:
         client = self.client
         me = client.user if client is not None else None
-        if self._stopped or self._submit is None or me is None or message.author.id == me.id:
+        if self._stopped or self._submit is None or me is None:
             return
-        author = message.author
-        where = f"discord:{message.channel.id}"
-        if author.bot and not self.config.answer_bots:
-            log.debug("ignored a bot's message in %s", where)
-            return
-        is_direct = message.guild is None
-        if is_direct and not self.config.dms:
-            log.debug("ignored a direct message: dms are off")
-            return
-        roles = {role.id for role in getattr(author, "roles", ())}
-        channel = message.channel
-        channel_ids = {channel.id}
+        author, channel = message.author, message.channel
+        where = f"discord:{channel.id}"
+        roles = {str(role.id) for role in getattr(author, "roles", ())}
+        channel_ids = {str(channel.id)}
         if isinstance(channel, discord.Thread) and channel.parent_id is not None:
-            channel_ids.add(channel.parent_id)
-        allowed = is_allowed(
-            self.config,
-            user_id=author.id,
-            role_ids=roles,
-            guild_id=message.guild.id if message.guild else None,
-            channel_ids=channel_ids,
-        )
-        if not allowed:
-            log.debug("ignored user %s in %s: not in the allow-lists", author.id, where)
-            return
+            channel_ids.add(str(channel.parent_id))
         bot_roles = [
             role.id
             for role in message.role_mentions
@@ -293,41 +251,54 @@ class DiscordAdapter:
         ]
         text = strip_mention(message.content, me.id, bot_roles)
         replied = self._replied_message(message)
-        addressed = (
-            is_direct
-            or me in message.mentions
-            or bool(bot_roles)  # people often mention the bot's own role instead
-            or (replied is not None and replied.author.id == me.id)
-            or bool(channel_ids & set(self.config.all_messages_channels))
-            or chat_commands.parse(text) is not None
+        facts = Facts(
+            author_id=str(author.id),
+            own=author.id == me.id,
+            bot=author.bot and not self.config.answer_bots,
+            direct=message.guild is None,
+            dms_enabled=self.config.dms,
+            allowed=self._allow.admits(
+                str(author.id),
+                roles=roles,
+                server=str(message.guild.id) if message.guild else None,
+                channels=channel_ids,
+            ),
+            admin=self._allow.is_admin(str(author.id), roles),
+            # People often mention the bot's own role instead of the bot.
+            mention=me in message.mentions or bool(bot_roles),
+            reply=replied is not None and replied.author.id == me.id,
+            command=chat_commands.parse(text) is not None,
+            all_messages=listed(self.config.all_messages_channels, *channel_ids),
+            context=listed(self.config.context_channels, *channel_ids),
+            empty=not text and not message.attachments,
         )
-        if not addressed:
+        decision = decide(facts, self._limiter.check)
+        if decision.outcome is Outcome.IGNORE:
+            log.debug("ignored user %s in %s: %s", author.id, where, decision.reason)
             return
-        if not is_admin(self.config, author.id, roles) and not await self._within_rate(message):
+        if decision.outcome is Outcome.LIMITED:
+            if decision.notice:
+                await message.reply(RATE_NOTICE, mention_author=False)
+            log.debug("rate-limited user %s in %s", author.id, where)
             return
+        ambient = decision.outcome is Outcome.AMBIENT
         indexed = False
-        if message.attachments and self.config.attachments and self._documents is not None:
+        if not ambient and message.attachments and self.config.attachments and self._documents:
             indexed = await self._index_attachments(message, where)
-        if not text and indexed:  # only documents: the confirmation was the answer
-            return
-        # An empty mention, or one with only an image, goes on too: the core stores it and
-        # tells the person there is nothing to answer.
-        if replied is not None and replied.author.id != me.id:
+        if not text and (ambient or indexed):
+            return  # only documents: their confirmation was the answer
+        # An empty mention, or one with only an image, goes on: the core stores it and tells
+        # the person there is nothing to answer.
+        if not ambient and replied is not None and not facts.reply:
             # The reply chain up to the bot's own message (which is in the history already),
             # oldest first, quoted before the question.
-            quotes = [_quote(m) for m in await self._reply_chain(replied, me.id)]
+            quotes = await reply_chain(
+                replied, own=lambda m: m.author.id == me.id, quoted=_quote, parent=self._parent
+            )
             text = "\n".join([*quotes, text])
-        inbound = _inbound(message, where, text, admin=is_admin(self.config, author.id, roles))
+        inbound = _inbound(message, where, text, admin=facts.admin, ambient=ambient)
         self._remember(str(message.id), message)
         await self._submit(inbound, self)
-
-    async def _within_rate(self, message: discord.Message) -> bool:
-        verdict = self._limiter.check(str(message.author.id))
-        if verdict == "notice":
-            await message.reply(RATE_NOTICE, mention_author=False)
-        if verdict != "ok":
-            log.debug("rate-limited user %s in discord:%s", message.author.id, message.channel.id)
-        return verdict == "ok"
 
     def use_documents(self, hook: DocumentsHook) -> None:
         """Where attachments go (set by the app when the documents pipeline is on)."""
@@ -352,19 +323,6 @@ class DiscordAdapter:
                     notice = f"I could not index {attachment.filename}."
             await message.reply(notice, mention_author=False)
         return found
-
-    async def _reply_chain(self, replied: discord.Message, bot_id: int) -> list[discord.Message]:
-        """``replied`` and the messages it replies to, oldest first: at most
-        REPLY_CHAIN_DEPTH, stopping at the bot's own message or one that cannot be read."""
-        chain: list[discord.Message] = []
-        current: discord.Message | None = replied
-        while current is not None and current.author.id != bot_id:
-            if current.content:
-                chain.append(current)
-            if len(chain) == REPLY_CHAIN_DEPTH:
-                break
-            current = await self._parent(current)
-        return chain[::-1]
 
     async def _parent(self, message: discord.Message) -> discord.Message | None:
         """The message ``message`` replies to; Discord sends only one level, so deeper ones
@@ -401,18 +359,17 @@ class DiscordAdapter:
         if self._stopped or self._submit is None or interaction.channel_id is None:
             return
         user = interaction.user
-        roles = {role.id for role in getattr(user, "roles", ())}
-        channel_ids = {interaction.channel_id}
+        roles = {str(role.id) for role in getattr(user, "roles", ())}
+        channel_ids = {str(interaction.channel_id)}
         channel = interaction.channel
         if isinstance(channel, discord.Thread) and channel.parent_id is not None:
-            channel_ids.add(channel.parent_id)
+            channel_ids.add(str(channel.parent_id))
         is_direct = interaction.guild_id is None
-        allowed = (self.config.dms or not is_direct) and is_allowed(
-            self.config,
-            user_id=user.id,
-            role_ids=roles,
-            guild_id=interaction.guild_id,
-            channel_ids=channel_ids,
+        allowed = (self.config.dms or not is_direct) and self._allow.admits(
+            str(user.id),
+            roles=roles,
+            server=str(interaction.guild_id) if interaction.guild_id is not None else None,
+            channels=channel_ids,
         )
         if not allowed:
             log.debug("refused /%s from user %s: not in the allow-lists", name, user.id)
@@ -430,7 +387,7 @@ class DiscordAdapter:
             parent_key=_parent_key(channel),
             server_id=str(interaction.guild_id) if interaction.guild_id is not None else None,
             is_direct=is_direct,
-            is_admin=is_admin(self.config, user.id, roles),
+            is_admin=self._allow.is_admin(str(user.id), roles),
             timestamp=interaction.created_at,
         )
         self._remember(f"interaction:{interaction.id}", interaction)
@@ -443,15 +400,12 @@ class DiscordAdapter:
 
     # -- replies -----------------------------------------------------------------------------
 
-    async def open_reply(self, inbound: Inbound) -> DiscordReply:
+    async def open_reply(self, inbound: Inbound) -> EditedReply[Editable]:
         origin = self._origins.get(inbound.message_id or "")
         if origin is None:
             raise LookupError(f"no Discord message to answer for {inbound.message_id}")
-        sink: Sink = (
-            MessageSink(origin) if isinstance(origin, discord.Message) else InteractionSink(origin)
-        )
-        return DiscordReply(
-            sink, clock=self._clock, sleep=self._sleep, edit_interval=self.config.edit_interval
+        return discord_reply(
+            origin, clock=self._clock, sleep=self._sleep, edit_interval=self.config.edit_interval
         )
 
     # -- recovery ----------------------------------------------------------------------------
@@ -482,15 +436,7 @@ class DiscordAdapter:
 
 def discord_token(config: Config) -> str:
     """``[discord] token`` (BESEDA_DISCORD__TOKEN), else DISCORD_TOKEN from env or .env."""
-    token = config.discord.token.get_secret_value().strip()
-    if token or os.environ.get("DISCORD_TOKEN"):
-        return token or os.environ["DISCORD_TOKEN"].strip()
-    # Only this one variable is read from .env files (the working directory's wins).
-    for folder in (Path.cwd(), config.base_dir):
-        env_file = folder / ".env"
-        if env_file.is_file() and (value := dotenv_values(env_file).get("DISCORD_TOKEN")):
-            return value.strip()
-    return ""
+    return platform_secret(config, config.discord.token, "DISCORD_TOKEN")
 
 
 def discord_adapter(config: Config) -> DiscordAdapter | None:

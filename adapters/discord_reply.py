@@ -1,23 +1,18 @@
-"""Rendering one answer on Discord: typing, streaming by throttled edits, splitting, failures."""
+"""Discord's surface for edited replies (adapters/streaming.py): posting, editing, typing.
+
+An answer goes to a message (the first chunk replies to it, the rest follow in its channel)
+or to a deferred slash command (every chunk through the interaction's follow-up webhook).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import math
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import discord
 
-from adapters.split import DISCORD_LIMIT, split_message
-
-log = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-FINAL_ATTEMPTS = 4
+from adapters.split import DISCORD_LIMIT
+from adapters.streaming import Clock, EditedReply, Failure, Kind, Sleep
 
 
 class Editable(Protocol):
@@ -26,151 +21,63 @@ class Editable(Protocol):
     async def delete(self) -> None: ...
 
 
-class Sink(Protocol):
-    """Where an answer goes: a channel (replying to a message) or a slash-command interaction."""
-
-    @property
-    def label(self) -> str: ...
-
-    async def send(self, content: str, *, first: bool) -> Editable: ...
-
-    async def typing(self, until: asyncio.Event) -> None: ...
-
-
-class MessageSink:
-    """Answers a message: the first chunk replies to it, the rest follow in its channel."""
-
-    def __init__(self, message: discord.Message) -> None:
-        self._message = message
+class DiscordSurface:
+    def __init__(self, origin: discord.Message | discord.Interaction) -> None:
+        self._origin = origin
 
     @property
     def label(self) -> str:
-        return f"discord:{self._message.channel.id}"
+        origin = self._origin
+        channel = origin.channel.id if isinstance(origin, discord.Message) else origin.channel_id
+        return f"discord:{channel}"
 
-    async def send(self, content: str, *, first: bool) -> Editable:
-        channel = self._message.channel
-        if first:
-            return await channel.send(
-                content,
-                reference=self._message.to_reference(fail_if_not_exists=False),
+    async def post(self, text: str, index: int) -> Editable:
+        origin = self._origin
+        if isinstance(origin, discord.Interaction):
+            return await origin.followup.send(text, wait=True)
+        if index == 0:
+            return await origin.channel.send(
+                text,
+                reference=origin.to_reference(fail_if_not_exists=False),
                 mention_author=False,
             )
-        return await channel.send(content)
+        return await origin.channel.send(text)
+
+    async def edit(self, handle: Editable, text: str, index: int) -> None:
+        await handle.edit(content=text)
+
+    async def delete(self, handle: Editable) -> None:
+        await handle.delete()
 
     async def typing(self, until: asyncio.Event) -> None:
+        if isinstance(self._origin, discord.Interaction):
+            return  # the deferred response already shows "thinking…"
         # discord.py's context manager repeats the indicator every few seconds until exit.
-        async with self._message.channel.typing():
+        async with self._origin.channel.typing():
             await until.wait()
 
-
-class InteractionSink:
-    """Answers a deferred slash command through its follow-up webhook."""
-
-    def __init__(self, interaction: discord.Interaction) -> None:
-        self._interaction = interaction
-
-    @property
-    def label(self) -> str:
-        return f"discord:{self._interaction.channel_id}"
-
-    async def send(self, content: str, *, first: bool) -> Editable:
-        return await self._interaction.followup.send(content, wait=True)
-
-    async def typing(self, until: asyncio.Event) -> None:
-        return None  # the deferred response already shows "thinking…"
+    def classify(self, error: Exception) -> Failure | None:
+        if isinstance(error, discord.Forbidden):
+            return Failure(Kind.FORBIDDEN, code="403")
+        if isinstance(error, discord.DiscordServerError):
+            # discord.py retries 500/502/504 itself, not 503: the whole text must arrive.
+            return Failure(Kind.RETRY)
+        if isinstance(error, discord.HTTPException):  # 429s are waited out by discord.py
+            return Failure(Kind.FATAL)
+        return None
 
 
-class DiscordReply:
-    """A ReplyStream: first tokens post a message, later tokens edit it (throttled)."""
-
-    def __init__(
-        self,
-        sink: Sink,
-        *,
-        clock: Clock,
-        edit_interval: float = 1.0,
-        limit: int = DISCORD_LIMIT,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        self._sink = sink
-        self._clock = clock
-        self._sleep = sleep
-        self._interval = edit_interval
-        self._limit = limit
-        self._buffer = ""
-        self._shown: list[tuple[Editable, str]] = []
-        self._last_render = -math.inf
-        self._forbidden = False
-        self._done = asyncio.Event()
-        self._typing = asyncio.create_task(self._type(), name=f"typing:{sink.label}")
-
-    async def push(self, delta: str) -> None:
-        self._buffer += delta
-        text = self._buffer.strip()
-        if self._forbidden or not text or self._clock() - self._last_render < self._interval:
-            return
-        self._last_render = self._clock()
-        try:
-            await self._render(text)
-        except discord.Forbidden:
-            self._skip_forbidden()
-        except discord.HTTPException as exc:  # the final render tries again
-            log.warning("could not update a reply in %s: %s", self._sink.label, exc)
-
-    async def finish(self, text: str) -> None:
-        await self._stop_typing()
-        for attempt in range(FINAL_ATTEMPTS):
-            if self._forbidden:
-                return
-            try:
-                await self._render(text, final=True)
-                return
-            except discord.Forbidden:
-                self._skip_forbidden()
-            except discord.DiscordServerError as exc:
-                # discord.py retries 500/502/504 itself, not 503: the whole text must arrive.
-                if attempt == FINAL_ATTEMPTS - 1:
-                    raise
-                log.warning("Discord error in %s, retrying the reply: %s", self._sink.label, exc)
-                await self._sleep(2.0**attempt)
-
-    async def fail(self, notice: str) -> None:
-        await self._stop_typing()
-        if self._forbidden:
-            return
-        try:
-            await self._sink.send(notice, first=not self._shown)
-        except discord.Forbidden:
-            self._skip_forbidden()
-
-    async def _render(self, text: str, *, final: bool = False) -> None:
-        chunks = split_message(text, self._limit)
-        for index, chunk in enumerate(chunks):
-            if index < len(self._shown):
-                message, shown = self._shown[index]
-                if shown != chunk:
-                    await message.edit(content=chunk)
-                    self._shown[index] = (message, chunk)
-            else:
-                message = await self._sink.send(chunk, first=index == 0)
-                self._shown.append((message, chunk))
-        if final:
-            # A streamed draft can have spilled over further than the final text.
-            for message, _ in self._shown[len(chunks) :]:
-                with contextlib.suppress(discord.HTTPException):
-                    await message.delete()
-            del self._shown[len(chunks) :]
-
-    def _skip_forbidden(self) -> None:
-        self._forbidden = True
-        log.warning("missing permissions to answer in %s (403): skipped", self._sink.label)
-
-    async def _type(self) -> None:
-        try:
-            await self._sink.typing(self._done)
-        except discord.HTTPException as exc:  # e.g. no permission to type: answer anyway
-            log.debug("no typing indicator in %s: %s", self._sink.label, exc)
-
-    async def _stop_typing(self) -> None:
-        self._done.set()
-        await asyncio.wait({self._typing}, timeout=5)
+def discord_reply(
+    origin: discord.Message | discord.Interaction,
+    *,
+    clock: Clock,
+    sleep: Sleep = asyncio.sleep,
+    edit_interval: float = 1.0,
+) -> EditedReply[Editable]:
+    return EditedReply(
+        DiscordSurface(origin),
+        clock=clock,
+        sleep=sleep,
+        edit_interval=edit_interval,
+        limit=DISCORD_LIMIT,
+    )

@@ -3,7 +3,8 @@
 A message is answered when it mentions the bot (``m.mentions``, a pill or its display name),
 replies to one of its messages, arrives in a direct (two-person) room, is a ``!`` command, or
 arrives in an "all messages" room — and its room and author pass the allow-lists and the
-per-user rate limit. A thread is its own channel key (``matrix:!room:server/$root``).
+per-user rate limit (adapters/intake.py). In a ``context_rooms`` room the other messages
+are submitted as ambient context. A thread is its own channel key (``matrix:!room:server/$root``).
 
 The sync token is saved before a batch's events are handled, so a restart resumes after the
 last batch and never answers a message twice; on the very first start the backlog of joined
@@ -38,16 +39,11 @@ from nio import (
 )
 from nio.exceptions import EncryptionError, LocalProtocolError, ProtocolError
 
-from adapters.matrix_reply import (
-    Clock,
-    Content,
-    MatrixReply,
-    MatrixSendError,
-    Sleep,
-    text_content,
-)
+from adapters.intake import RATE_NOTICE, Facts, Outcome, decide, listed
+from adapters.matrix_reply import Content, MatrixReply, MatrixSendError, text_content
 from adapters.matrix_session import MatrixLoginError, Secrets, log_in, matrix_secrets
-from adapters.quotes import REPLY_CHAIN_DEPTH, quote
+from adapters.quotes import quote, reply_chain
+from adapters.streaming import Clock, Sleep
 from agent.config import Config, MatrixConfig
 from agent.events import Inbound
 from agent.ports import ReplyTarget
@@ -57,10 +53,6 @@ from agent.runtime.limits import per_window
 log = logging.getLogger(__name__)
 
 Submit = Callable[[Inbound, ReplyTarget], Awaitable[object]]
-RATE_NOTICE = (
-    "You're writing faster than I can answer well — I'll skip your messages for a little "
-    "while. Please wait a moment before the next one."
-)
 SYNC_TIMEOUT_MS = 30_000
 REMEMBERED = 2000
 NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
@@ -354,42 +346,53 @@ class MatrixAdapter:
 
     # -- messages ----------------------------------------------------------------------------
 
-    async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:  # noqa: PLR0911
+    async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
         if self._catching_up or self._submit is None or self._stopping.is_set():
             return
         sender: str = event.sender
-        if sender == self.user_id or event.event_id in self._origins:
+        if event.event_id in self._origins:
             return
         content: dict[str, Any] = event.source.get("content", {})
         relation = content.get("m.relates_to") or {}
         if not isinstance(relation, dict) or relation.get("rel_type") == "m.replace":
             return  # edits of earlier messages are not new questions
-        admin = sender in self.config.admins
         room_key = f"matrix:{room.room_id}"
-        if self.config.rooms and room.room_id not in self.config.rooms and not admin:
-            log.debug("ignored %s in %s: room not in [matrix] rooms", sender, room_key)
-            return
-        is_direct = room.member_count <= 2
-        if is_direct and not self.config.dms:
-            return
+        admin = sender in self.config.admins
+        allowed = admin or not self.config.rooms or room.room_id in self.config.rooms
         in_reply = relation.get("m.in_reply_to")
         reply_to = in_reply.get("event_id") if isinstance(in_reply, dict) else None
         reply_to = reply_to if isinstance(reply_to, str) else None
         text = strip_reply_fallback(str(event.body)) if reply_to else str(event.body)
         mentioned = self._mentioned(room, content, text)
         text = self._strip_mention(room, text)
-        addressed = (
-            is_direct
-            or (self.config.mentions and mentioned)
-            or (self.config.replies and reply_to is not None and await self._is_own(room, reply_to))
-            or room.room_id in self.config.all_messages_rooms
-            or chat_commands.parse(text) is not None
+        own = sender == self.user_id
+        # Reading the replied event may take a request: only for messages that may count.
+        own_reply = bool(reply_to and allowed and not own and await self._is_own(room, reply_to))
+        facts = Facts(
+            author_id=sender,
+            own=own,
+            direct=room.member_count <= 2,
+            dms_enabled=self.config.dms,
+            allowed=allowed,
+            admin=admin,
+            mention=self.config.mentions and mentioned,
+            reply=self.config.replies and own_reply,
+            command=chat_commands.parse(text) is not None,
+            all_messages=listed(self.config.all_messages_rooms, room.room_id),
+            context=listed(self.config.context_rooms, room.room_id),
+            empty=not text,
         )
-        if not addressed:
-            return  # an empty mention goes on: the core tells the person it has no question
-        if not admin and not await self._within_rate(room, event):
+        decision = decide(facts, self._limiter.check)
+        if decision.outcome is Outcome.IGNORE:
+            log.debug("ignored %s in %s: %s", sender, room_key, decision.reason)
             return
-        if reply_to is not None and not await self._is_own(room, reply_to):
+        if decision.outcome is Outcome.LIMITED:
+            if decision.notice:
+                await self._rate_notice(room, event)
+            log.debug("rate-limited %s in %s", sender, room_key)
+            return
+        ambient = decision.outcome is Outcome.AMBIENT
+        if reply_to is not None and not own_reply and not ambient:
             # What the question replies to, oldest first (the bot's own messages are in the
             # history already): "what do you think of this?" needs "this".
             text = "\n".join([*await self._reply_chain(room, reply_to), text])
@@ -405,9 +408,10 @@ class MatrixAdapter:
             reply_to=reply_to,
             thread_id=root,
             parent_key=room_key if root else None,
-            server_id=None if is_direct else server_of(room.room_id),
-            is_direct=is_direct,
+            server_id=None if facts.direct else server_of(room.room_id),
+            is_direct=facts.direct,
             is_admin=admin,
+            ambient=ambient,
             timestamp=datetime.fromtimestamp(event.server_timestamp / 1000, UTC),
         )
         self._origins.remember(event.event_id, (room.room_id, root, sender))
@@ -450,24 +454,23 @@ class MatrixAdapter:
         return own
 
     async def _reply_chain(self, room: MatrixRoom, event_id: str) -> list[str]:
-        """Quotes of ``event_id`` and the messages it replies to, oldest first: at most
-        REPLY_CHAIN_DEPTH, stopping at the bot's own message or one that cannot be read
-        (redacted, not a text message, or a key the bot does not have)."""
-        quotes: list[str] = []
-        current: str | None = event_id
-        while current is not None and len(quotes) < REPLY_CHAIN_DEPTH:
-            event = await self._readable_event(room, current)
-            if event is None or event.sender == self.user_id:
-                break
-            content = event.source.get("content", {})
-            relation = content.get("m.relates_to") or {}
-            in_reply = relation.get("m.in_reply_to") if isinstance(relation, dict) else None
-            parent = in_reply.get("event_id") if isinstance(in_reply, dict) else None
+        """Quotes of ``event_id`` and the messages it replies to (adapters/quotes.py)."""
+
+        def quoted(event: RoomMessageText) -> str:
             body = str(event.body)
-            body = strip_reply_fallback(body) if parent else body
-            quotes.append(quote(room.user_name(event.sender) or event.sender, body))
-            current = parent if isinstance(parent, str) else None
-        return quotes[::-1]
+            body = strip_reply_fallback(body) if _replied_id(event) else body
+            return quote(room.user_name(event.sender) or event.sender, body)
+
+        async def parent(event: RoomMessageText) -> RoomMessageText | None:
+            replied = _replied_id(event)
+            return await self._readable_event(room, replied) if replied else None
+
+        return await reply_chain(
+            await self._readable_event(room, event_id),
+            own=lambda event: bool(event.sender == self.user_id),
+            quoted=quoted,
+            parent=parent,
+        )
 
     async def _readable_event(self, room: MatrixRoom, event_id: str) -> RoomMessageText | None:
         """A text message of the room, fetched (and decrypted) by id; None if it cannot be."""
@@ -484,16 +487,11 @@ class MatrixAdapter:
                 return None
         return event if isinstance(event, RoomMessageText) else None
 
-    async def _within_rate(self, room: MatrixRoom, event: RoomMessageText) -> bool:
-        verdict = self._limiter.check(event.sender)
-        if verdict == "notice":
-            content = text_content(RATE_NOTICE)
-            content["m.relates_to"] = {"m.in_reply_to": {"event_id": event.event_id}}
-            with contextlib.suppress(MatrixSendError):
-                await NioRoom(self, room.room_id).send(content)
-        if verdict != "ok":
-            log.debug("rate-limited %s in matrix:%s", event.sender, room.room_id)
-        return verdict == "ok"
+    async def _rate_notice(self, room: MatrixRoom, event: RoomMessageText) -> None:
+        content = text_content(RATE_NOTICE)
+        content["m.relates_to"] = {"m.in_reply_to": {"event_id": event.event_id}}
+        with contextlib.suppress(MatrixSendError):
+            await NioRoom(self, room.room_id).send(content)
 
     # -- replies -----------------------------------------------------------------------------
 
@@ -541,6 +539,14 @@ class MatrixAdapter:
         self._replies -= 1
         if self._ended and not self._replies:
             await self.client.close()
+
+
+def _replied_id(event: RoomMessageText) -> str | None:
+    """The id of the event ``event`` replies to, if any."""
+    relation = event.source.get("content", {}).get("m.relates_to") or {}
+    in_reply = relation.get("m.in_reply_to") if isinstance(relation, dict) else None
+    parent = in_reply.get("event_id") if isinstance(in_reply, dict) else None
+    return parent if isinstance(parent, str) else None
 
 
 def strip_reply_fallback(body: str) -> str:

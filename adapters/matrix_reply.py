@@ -11,21 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from markdown_it import MarkdownIt
 
-from adapters.split import split_message
+from adapters.streaming import Clock, EditedReply, Failure, Kind, Sleep
 
-log = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 Content = dict[str, Any]
-FINAL_ATTEMPTS = 4
 TYPING_MS = 30_000
 TYPING_REFRESH = 20.0
 # Raw HTML from the model is shown as text, never passed to clients as markup.
@@ -89,8 +82,68 @@ def edit_content(event_id: str, text: str, mentions: tuple[str, ...] = ()) -> Co
     return content
 
 
-class MatrixReply:
-    """A ReplyStream for one inbound message."""
+class MatrixSurface:
+    """The edited-reply surface (adapters/streaming.py) for one answer in a room."""
+
+    def __init__(
+        self,
+        sink: RoomSink,
+        *,
+        reply_to: str,
+        thread_root: str | None,
+        mention: str | None,
+    ) -> None:
+        self._sink = sink
+        self._reply_to = reply_to
+        self._thread_root = thread_root
+        self._mentions = (mention,) if mention else ()
+        self._posted: dict[int, str] = {}  # index -> event id of the answer's messages
+
+    @property
+    def label(self) -> str:
+        return self._sink.label
+
+    async def post(self, text: str, index: int) -> str:
+        content = text_content(text, self._mentions if index == 0 else ())
+        previous = self._posted.get(index - 1, self._reply_to)
+        if self._thread_root is not None:
+            # Threads: the relation keeps the answer in the thread; the reply part is what
+            # clients without thread support show.
+            content["m.relates_to"] = {
+                "rel_type": "m.thread",
+                "event_id": self._thread_root,
+                "is_falling_back": True,
+                "m.in_reply_to": {"event_id": previous},
+            }
+        elif index == 0:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": self._reply_to}}
+        event_id = await self._sink.send(content)
+        self._posted[index] = event_id
+        return event_id
+
+    async def edit(self, handle: str, text: str, index: int) -> None:
+        await self._sink.send(edit_content(handle, text, self._mentions if index == 0 else ()))
+
+    async def delete(self, handle: str) -> None:
+        await self._sink.redact(handle)
+
+    async def typing(self, until: asyncio.Event) -> None:
+        while not until.is_set():
+            await self._sink.typing(True, TYPING_MS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), TYPING_REFRESH)
+        await self._sink.typing(False, 0)
+
+    def classify(self, error: Exception) -> Failure | None:
+        if not isinstance(error, MatrixSendError):
+            return None
+        if error.errcode == "M_FORBIDDEN":
+            return Failure(Kind.FORBIDDEN, code="M_FORBIDDEN")
+        return Failure(Kind.RETRY)
+
+
+class MatrixReply(EditedReply[str]):
+    """A ReplyStream for one inbound message: an edited reply over :class:`MatrixSurface`."""
 
     def __init__(
         self,
@@ -106,137 +159,17 @@ class MatrixReply:
         limit: int = 4000,
         on_done: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self._sink = sink
-        self._on_done = on_done
-        self._reply_to = reply_to
-        self._thread_root = thread_root
-        self._mentions = (mention,) if mention else ()
-        self._clock = clock
-        self._sleep = sleep
-        self._interval = edit_interval
-        self._max_edits = max_edits
-        self._limit = limit
-        self._buffer = ""
-        self._shown: list[tuple[str, str]] = []  # (event id, text) per message of the answer
-        self._drafts = 0
-        self._last_render = -math.inf
-        self._forbidden = False
-        self._done = asyncio.Event()
-        self._typing = asyncio.create_task(self._type(), name=f"typing:{sink.label}")
+        surface = MatrixSurface(sink, reply_to=reply_to, thread_root=thread_root, mention=mention)
+        super().__init__(
+            surface,
+            clock=clock,
+            sleep=sleep,
+            edit_interval=edit_interval,
+            limit=limit,
+            max_drafts=max_edits,
+            on_done=on_done,
+        )
 
     @property
     def event_ids(self) -> list[str]:
-        return [event_id for event_id, _ in self._shown]
-
-    async def push(self, delta: str) -> None:
-        self._buffer += delta
-        text = self._buffer.strip()
-        # The first draft posts the message; each later one is an edit of the budget.
-        if self._forbidden or not text or self._drafts > self._max_edits:
-            return
-        if self._clock() - self._last_render < self._interval:
-            return
-        self._last_render = self._clock()
-        self._drafts += 1
-        try:
-            await self._render(text)
-        except MatrixSendError as exc:  # the final render tries again
-            self._note_failure(exc)
-
-    async def finish(self, text: str) -> None:
-        try:
-            await self._finish(text)
-        finally:
-            await self._close()
-
-    async def fail(self, notice: str) -> None:
-        try:
-            await self._fail(notice)
-        finally:
-            await self._close()
-
-    async def _close(self) -> None:
-        on_done, self._on_done = self._on_done, None
-        if on_done is not None:
-            await on_done()
-
-    async def _finish(self, text: str) -> None:
-        await self._stop_typing()
-        for attempt in range(FINAL_ATTEMPTS):
-            if self._forbidden:
-                return
-            try:
-                await self._render(text, final=True)
-                return
-            except MatrixSendError as exc:
-                self._note_failure(exc)
-                if exc.errcode == "M_FORBIDDEN":
-                    return
-                if attempt == FINAL_ATTEMPTS - 1:
-                    raise
-                await self._sleep(2.0**attempt)
-
-    async def _fail(self, notice: str) -> None:
-        await self._stop_typing()
-        if self._forbidden:
-            return
-        try:
-            await self._send(notice, index=len(self._shown))
-        except MatrixSendError as exc:
-            self._note_failure(exc)
-
-    async def _render(self, text: str, *, final: bool = False) -> None:
-        chunks = split_message(text, self._limit)
-        for index, chunk in enumerate(chunks):
-            if index < len(self._shown):
-                event_id, shown = self._shown[index]
-                if shown != chunk:
-                    mentions = self._mentions if index == 0 else ()
-                    await self._sink.send(edit_content(event_id, chunk, mentions))
-                    self._shown[index] = (event_id, chunk)
-            else:
-                event_id = await self._send(chunk, index=index)
-                self._shown.append((event_id, chunk))
-        if final:
-            # A streamed draft can have spilled over further than the final text.
-            for event_id, _ in self._shown[len(chunks) :]:
-                with contextlib.suppress(MatrixSendError):
-                    await self._sink.redact(event_id)
-            del self._shown[len(chunks) :]
-
-    async def _send(self, text: str, *, index: int) -> str:
-        content = text_content(text, self._mentions if index == 0 else ())
-        previous = self._shown[index - 1][0] if index > 0 and self._shown else self._reply_to
-        if self._thread_root is not None:
-            # Threads: the relation keeps the answer in the thread; the reply part is what
-            # clients without thread support show.
-            content["m.relates_to"] = {
-                "rel_type": "m.thread",
-                "event_id": self._thread_root,
-                "is_falling_back": True,
-                "m.in_reply_to": {"event_id": previous},
-            }
-        elif index == 0:
-            content["m.relates_to"] = {"m.in_reply_to": {"event_id": self._reply_to}}
-        return await self._sink.send(content)
-
-    def _note_failure(self, exc: MatrixSendError) -> None:
-        if exc.errcode == "M_FORBIDDEN":
-            self._forbidden = True
-            log.warning("not allowed to post in %s (M_FORBIDDEN): reply skipped", self._sink.label)
-        else:
-            log.warning("could not update a reply in %s: %s", self._sink.label, exc)
-
-    async def _type(self) -> None:
-        try:
-            while not self._done.is_set():
-                await self._sink.typing(True, TYPING_MS)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._done.wait(), TYPING_REFRESH)
-            await self._sink.typing(False, 0)
-        except Exception as exc:  # e.g. no permission to type: answer anyway
-            log.debug("no typing notification in %s: %s", self._sink.label, exc)
-
-    async def _stop_typing(self) -> None:
-        self._done.set()
-        await asyncio.wait({self._typing}, timeout=5)
+        return self.handles

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dotenv import dotenv_values
 from nio import AsyncClient, LoginResponse, WhoamiResponse
 
+from adapters.credentials import platform_secret
 from agent.config import Config
 
 log = logging.getLogger(__name__)
@@ -53,25 +53,11 @@ class Credentials:
 def matrix_secrets(config: Config) -> Secrets:
     """``[matrix] password``/``access_token`` (BESEDA_MATRIX__…), else MATRIX_PASSWORD and
     MATRIX_ACCESS_TOKEN from the environment or a ``.env`` file."""
+    matrix = config.matrix
     return Secrets(
-        password=_secret(config, config.matrix.password.get_secret_value(), "MATRIX_PASSWORD"),
-        access_token=_secret(
-            config, config.matrix.access_token.get_secret_value(), "MATRIX_ACCESS_TOKEN"
-        ),
+        password=platform_secret(config, matrix.password, "MATRIX_PASSWORD"),
+        access_token=platform_secret(config, matrix.access_token, "MATRIX_ACCESS_TOKEN"),
     )
-
-
-def _secret(config: Config, configured: str, variable: str) -> str:
-    if configured.strip():
-        return configured.strip()
-    if os.environ.get(variable, "").strip():
-        return os.environ[variable].strip()
-    # Only this one variable is read from .env files (the working directory's wins).
-    for folder in (Path.cwd(), config.base_dir):
-        env_file = folder / ".env"
-        if env_file.is_file() and (value := dotenv_values(env_file).get(variable)):
-            return value.strip()
-    return ""
 
 
 def load_credentials(store: Path) -> Credentials | None:

@@ -16,7 +16,7 @@ from agent.generators import load_generator
 from agent.generators.base import Generator
 from agent.ops.metrics import Metrics
 from agent.ops.observe import Observer
-from agent.ops.server import Health, OpsServer, serve_operations
+from agent.ops.server import Health, OpsServer, ServesHttp, serve_operations
 from agent.ports import PlatformAdapter
 from agent.prompt.retrieval import Knowledge
 from agent.runtime.core import Core
@@ -102,9 +102,11 @@ class App:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         health = Health(adapters, self.generator, self.db)
+        # Webhooks (Telegram's) are served by the same server as /metrics.
+        endpoints = [e for a in adapters if isinstance(a, ServesHttp) for e in a.endpoints()]
         try:
             async with (
-                serve_operations(self.config.metrics, self.metrics, health) as self.ops,
+                serve_operations(self.config.metrics, self.metrics, health, endpoints) as self.ops,
                 asyncio.TaskGroup() as group,
             ):
                 runs = [
@@ -137,6 +139,7 @@ class App:
             log.info("read ahead the state of %d channels", warmed)
         if self.knowledge is not None:
             await self.knowledge.memories.store.warm()  # logs its own failure
+            await self.knowledge.retriever.warm()  # documents for hybrid search, likewise
 
     def _attach_documents(self, adapters: Sequence[PlatformAdapter]) -> None:
         """Adapters that accept attachments (Discord) index them into the channel's scope."""

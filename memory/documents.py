@@ -22,7 +22,8 @@ SUFFIXES = frozenset({".txt", ".md", ".markdown", ".pdf"})
 GLOBAL_SCOPE = "global"
 # Chroma metadata cannot be null: page 0 means "no pages" (txt, md).
 NO_PAGE = 0
-BATCH = 16
+# Chunks embedded and written at once (the embedder gains from batches up to about this).
+BATCH = 128
 
 _PARAGRAPHS = re.compile(r"\n\s*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
@@ -194,42 +195,59 @@ class DocumentIndex:
         files = discover(root)
         known = await self.indexed(scope)
         bar = _progress(len(files), enabled=progress)
+        pending: list[_Prepared] = []
+        changed = False
         try:
             for source, path in files.items():
                 bar.set_postfix_str(source[-40:], refresh=False)
-                await self._ingest_file(source, path, scope, known.get(source), report)
+                prepared = await self._prepare(source, path, scope, known.get(source), report)
+                if prepared is not None:
+                    pending.append(prepared)
+                # Chunks of several files are embedded together: the embedder's batches,
+                # not the files, set the pace (a man page is ~12 chunks).
+                if sum(len(p.items) for p in pending) >= BATCH:
+                    changed = True
+                    await self._write(pending, report)
+                    pending = []
                 bar.update(1)
+            if pending:
+                changed = True
+                await self._write(pending, report)
+            if prune:
+                for source in sorted(set(known) - set(files)):
+                    changed = True
+                    await self.store.delete(known[source][1])
+                    report.removed.append(source)
         finally:
             bar.close()
-        if prune:
-            for source in sorted(set(known) - set(files)):
-                await self.store.delete(known[source][1])
-                report.removed.append(source)
+            if changed:  # also after a failure: what was written is searchable
+                await self.store.mark_changed()
         return report
 
-    async def _ingest_file(
+    async def _prepare(
         self,
         source: str,
         path: Path,
         scope: str,
         previous: tuple[str, list[str]] | None,
         report: IngestReport,
-    ) -> None:
+    ) -> _Prepared | None:
+        """A file's chunks, or None when it is unchanged or unreadable (reported)."""
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
             report.failed.append((source, str(exc)))
-            return
+            return None
         digest = hashlib.sha256(data).hexdigest()
         if previous is not None and previous[0] == digest:
             report.unchanged.append(source)
-            return
+            return None
         try:
             pages = await asyncio.to_thread(read_document, path)
         except UnreadableDocumentError as exc:
             log.warning("skipped %s: %s", source, exc)
             report.failed.append((source, str(exc)))
-            return
+            return None
         count = self.store.embedder.count_tokens
         chunks = await asyncio.to_thread(
             chunk_pages, pages, count, max_tokens=self._chunk_tokens, overlap_tokens=self._overlap
@@ -249,17 +267,29 @@ class DocumentIndex:
             )
             for n, chunk in enumerate(chunks)
         ]
+        return _Prepared(source, items, previous)
+
+    async def _write(self, files: Sequence[_Prepared], report: IngestReport) -> None:
         # New chunks first, then the old ones go: a crash in between leaves duplicates that
         # the next run cleans up, never a missing document.
+        items = [item for prepared in files for item in prepared.items]
         for start in range(0, len(items), BATCH):
             await self.store.add(items[start : start + BATCH])
-        if previous is not None:
-            stale = set(previous[1]) - {i.id for i in items}
-            await self.store.delete(sorted(stale))
-            report.updated.append(source)
-        else:
-            report.added.append(source)
-        report.chunks += len(items)
+        for prepared in files:
+            if prepared.previous is not None:
+                stale = set(prepared.previous[1]) - {i.id for i in prepared.items}
+                await self.store.delete(sorted(stale))
+                report.updated.append(prepared.source)
+            else:
+                report.added.append(prepared.source)
+            report.chunks += len(prepared.items)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    source: str
+    items: list[Item]
+    previous: tuple[str, list[str]] | None
 
 
 class _NoBar:

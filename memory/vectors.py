@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 REINDEX_COMMAND = "python -m agent ingest --reindex"
+# Collection metadata: changed by every write batch of `ingest`, watched by in-memory copies.
+GENERATION_KEY = "generation"
 
 Scalar = str | int | float | bool
 Metadata = Mapping[str, Scalar]
@@ -125,6 +128,7 @@ class ChromaStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._embedder = embedder
+        self._client = client
         self.name = name
         self._clock = clock
         self._filled = False
@@ -350,6 +354,42 @@ class ChromaStore:
 
     async def count(self) -> int:
         return int(await asyncio.to_thread(self._collection.count))
+
+    async def generation(self) -> str:
+        """The collection's generation, as the last :meth:`mark_changed` left it (read from
+        the store, so another process's writes are seen; about half a millisecond)."""
+
+        def read() -> str:
+            metadata = self._client.get_collection(self.name).metadata or {}
+            return str(metadata.get(GENERATION_KEY, ""))
+
+        return await asyncio.to_thread(read)
+
+    async def mark_changed(self) -> None:
+        """Give the collection a new generation: readers that keep a copy read it again."""
+
+        def write() -> None:
+            collection = self._client.get_collection(self.name)
+            # Chroma refuses the hnsw settings again, even unchanged; they stay as they were.
+            metadata = {
+                k: v for k, v in (collection.metadata or {}).items() if not k.startswith("hnsw:")
+            }
+            collection.modify(metadata={**metadata, GENERATION_KEY: uuid.uuid4().hex})
+
+        await asyncio.to_thread(write)
+
+    async def read_all(self) -> tuple[list[str], list[str], list[Metadata], Any]:
+        """Every item: ids, texts, metadata and the matrix of their vectors."""
+        got = await asyncio.to_thread(
+            self._collection.get, include=["embeddings", "documents", "metadatas"]
+        )
+        ids: list[str] = list(got["ids"])
+        texts: list[str] = [t or "" for t in (got.get("documents") or [None] * len(ids))]
+        metadata: list[Metadata] = [
+            dict(m or {}) for m in (got.get("metadatas") or [None] * len(ids))
+        ]
+        vectors = got.get("embeddings")
+        return ids, texts, metadata, vectors if vectors is not None else []
 
 
 def scope_filter(scopes: Sequence[str], extra: Where | None = None) -> Where:

@@ -39,7 +39,7 @@ from memory.history import SqlHistoryStore
 from memory.vectors import ChromaStore, open_client
 from tests.conftest import write_config
 from tests.support import discord_fake as fk
-from tests.support.fakes import FakeGenerator, SteppingClock
+from tests.support.fakes import FakeGenerator, SteppingClock, record_submissions
 from tests.support.retrieval import WordHashEmbedder
 
 ALICE = fk.user(111, "alice")
@@ -677,3 +677,43 @@ async def test_connected_follows_the_gateway_connection(start_bot: StartBot) -> 
     assert bot.adapter.connected
     await bot.adapter.stop()
     assert not bot.adapter.connected
+
+
+async def test_a_context_channel_submits_unaddressed_messages_as_ambient(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot(context_channels=[fk.CHANNEL_ID])
+    submitted = record_submissions(bot.adapter)
+    other = {
+        "id": "124", "channel_id": str(fk.CHANNEL_ID), "author": BOB, "content": "it is green",
+        "timestamp": fk.TIMESTAMP, "edited_timestamp": None, "tts": False,
+        "mention_everyone": False, "mentions": [], "mention_roles": [], "attachments": [],
+        "embeds": [], "pinned": False, "type": 0,
+    }  # fmt: skip
+    await fake.message_create("my favourite colour is green", author=ALICE)
+    await fake.message_create("chatting elsewhere", channel_id=fk.OTHER_CHANNEL_ID)
+    await fake.message_create("a reply to bob", author=ALICE, reference=other)
+    await fake.message_create(f"{MENTION} what is it?", mentions=[fake.bot], author=BOB)
+    assert await bot.answered(1) == ["echo: what is it?"]
+    assert [(i.ambient, i.author_name, i.text) for i in submitted] == [
+        (True, "alice", "my favourite colour is green"),
+        (True, "alice", "a reply to bob"),
+        (False, "bob", "what is it?"),
+    ]
+    assert {i.channel_key for i in submitted} == {f"discord:{fk.CHANNEL_ID}"}
+    assert len(bot.generator.calls) == 1
+
+
+async def test_all_channels_can_be_context_channels(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot(context_channels="all", users=[111])
+    submitted = record_submissions(bot.adapter)
+    await fake.message_create("from a listed user", channel_id=fk.OTHER_CHANNEL_ID)
+    await fake.message_create("from someone else", author=BOB)  # the allow-list still holds
+    await fake.message_create(f"{MENTION} hi", mentions=[fake.bot])
+    await bot.answered(1)
+    assert [(i.ambient, i.text) for i in submitted] == [
+        (True, "from a listed user"),
+        (False, "hi"),
+    ]

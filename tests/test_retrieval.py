@@ -42,6 +42,7 @@ async def make(
         min_score=settings.min_score,
         memory_k=settings.memory_k,
         memory_min_score=settings.memory_min_score,
+        max_tokens=settings.max_tokens,
     )
     config = Config(
         model=ModelConfig(max_tokens=20, temperature=0),
@@ -92,6 +93,32 @@ async def test_document_chunks_are_cited_in_the_volatile_block(
     assert block.endswith("who founded the zorbel station")
     # History keeps the user's own words, without the retrieved material.
     assert second[1].content == "who founded the zorbel station"
+
+
+async def test_a_chunk_the_window_already_shows_is_not_inserted_again(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    core, generator, _, index = await make(history, tmp_path)
+    await ingest(index, tmp_path)
+    await ask(core, inbound("who founded the zorbel station"))
+    await ask(core, inbound(f"I found this: {ZORBEL} Is that right?"))
+    await ask(core, inbound("so who founded the zorbel station"))
+    first, quoted, again = generator.calls
+    assert SOURCES_HEADER in first[-1].content
+    # The window shows the chunk's text (the user quoted it): not inserted again.
+    assert SOURCES_HEADER not in quoted[-1].content
+    assert SOURCES_HEADER not in again[-1].content
+
+
+@pytest.mark.parametrize(("budget", "chunks"), [(1000, 2), (12, 1), (0, 0)])
+async def test_the_volatile_block_keeps_to_its_token_budget(
+    history: SqlHistoryStore, tmp_path: Path, budget: int, chunks: int
+) -> None:
+    core, generator, _, index = await make(history, tmp_path, max_tokens=budget)
+    await ingest(index, tmp_path, {"mast.txt": "The Zorbel station has a radio mast."})
+    await ask(core, inbound("what is at the zorbel station"))
+    block = generator.calls[0][-1].content
+    assert block.count("(zorbel.txt)") + block.count("(mast.txt)") == chunks
 
 
 async def test_remember_list_and_forget(history: SqlHistoryStore, tmp_path: Path) -> None:

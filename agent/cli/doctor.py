@@ -10,6 +10,7 @@ from typing import TextIO
 
 from adapters.matrix_session import device_summary
 from adapters.registry import configured_adapters
+from adapters.telegram import check_bot, telegram_token
 from agent.config import Config, select_backend
 from agent.generators.base import GeneratorError
 from agent.generators.gguf import check_gguf_file, read_metadata
@@ -42,6 +43,8 @@ async def run_doctor(config: Config, out: TextIO) -> int:
     if config.matrix.homeserver and config.matrix.user_id:
         summary = await asyncio.to_thread(device_summary, config)
         checks.append(Check("matrix", True, f"{config.matrix.user_id}: {summary}"))
+    if telegram_token(config):
+        checks.append(Check("telegram", *await check_bot(config)))
     width = max(len(c.name) for c in checks)
     for check in checks:
         mark = "ok " if check.ok else "FAIL"
@@ -125,6 +128,6 @@ def check_platforms(config: Config) -> Check:
         return Check(
             "platforms",
             True,
-            "no Discord or Matrix credentials set: `run` opens the console chat",
+            "no Discord or Matrix credentials set, no Telegram token: `run` opens the console chat",
         )
     return Check("platforms", True, f"credentials found for {', '.join(found)}")

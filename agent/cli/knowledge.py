@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TextIO
@@ -12,6 +13,7 @@ from agent.config import Config
 from agent.events import channel_key
 from agent.prompt.retrieval import Knowledge, open_knowledge, reindex
 from memory.db import Database
+from memory.evaluation import QuestionsFileError, evaluate, load_questions
 from memory.history import SqlHistoryStore
 
 
@@ -74,4 +76,30 @@ async def run_search(
         )
     for n, p in enumerate(passages, 1):
         out.write(f"[{n}] {p.label}  score {p.score:.3f}\n{p.text}\n\n")
+    return 0
+
+
+# Ranked chunks read per question: enough distinct documents for recall@3 and a useful MRR.
+EVAL_CHUNKS = 20
+
+
+async def run_eval(
+    config: Config, channel: str | None, questions_path: str, *, out: TextIO = sys.stdout
+) -> int:
+    """Every question of the file through one retriever (one model load): key=value figures."""
+    try:
+        questions = load_questions(config.resolve_path(questions_path))
+    except QuestionsFileError as exc:
+        out.write(f"{exc}\n")
+        return 1
+    key = channel_key("console", channel) if channel else None
+    async with _knowledge(config) as knowledge:
+        retriever = knowledge.retriever
+
+        async def sources(query: str) -> list[str]:
+            return [p.source for p in await retriever.search(key, query, EVAL_CHUNKS)]
+
+        await sources("warm-up")  # the model loads on first use: not part of the timing
+        report = await evaluate(sources, questions, clock=time.perf_counter)
+    out.write("\n".join(report.lines()) + "\n")
     return 0

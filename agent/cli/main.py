@@ -13,7 +13,7 @@ from adapters.console import ConsoleAdapter
 from adapters.registry import configured_adapters
 from agent.app import BACKGROUND_GRACE_SECONDS, App, settle_heap
 from agent.cli.doctor import run_doctor
-from agent.cli.knowledge import run_ingest, run_search
+from agent.cli.knowledge import run_eval, run_ingest, run_search
 from agent.cli.models import run_models
 from agent.cli.personas import run_persona
 from agent.config import Config, ConfigError, config_path_from, load_config
@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--channel", default=None, help="see what this channel may see")
     search.add_argument("--json", action="store_true", help="machine-readable output")
-    search.add_argument("query")
+    search.add_argument(
+        "--eval", metavar="QUESTIONS.json", default=None,
+        help="run a questions file and print recall@1/3, MRR, cross-language recall",
+    )  # fmt: skip
+    search.add_argument("query", nargs="?", default=None)
     models = commands.add_parser(
         "models", parents=[common], help="download the configured model, or list local models"
     )
@@ -129,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prompt": lambda: _prompt(config, args.channel, args.message, as_json=args.json),
         "doctor": lambda: run_doctor(config, sys.stdout),
         "ingest": lambda: run_ingest(config, args.path, rebuild=args.reindex),
-        "search": lambda: run_search(config, args.channel, args.query, as_json=args.json),
+        "search": lambda: _search(config, args),
         "models": lambda: run_models(config, args.models_action, sys.stdout),
         "persona": lambda: _persona(config, args),
     }
@@ -150,6 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+
+
+async def _search(config: Config, args: argparse.Namespace) -> int:
+    if (args.eval is None) == (args.query is None):
+        print("beseda: search takes a QUERY or --eval QUESTIONS.json", file=sys.stderr)
+        return EXIT_FAILED
+    if args.eval is not None:
+        return await run_eval(config, args.channel, args.eval)
+    return await run_search(config, args.channel, args.query, as_json=args.json)
 
 
 async def _persona(config: Config, args: argparse.Namespace) -> int:

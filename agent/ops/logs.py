@@ -104,6 +104,7 @@ def configured_secrets(config: Config, environ: dict[str, str] | None = None) ->
         env = environ
     secrets = [
         config.discord.token.get_secret_value(),
+        config.telegram.token.get_secret_value(),
         config.model.api_key.get_secret_value(),
     ]
     secrets += [value for name, value in env.items() if SECRET_NAMES.search(name)]

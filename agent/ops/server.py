@@ -2,6 +2,10 @@
 
 Off by default and bound to 127.0.0.1: traffic figures and the model's name are for the
 operator, so expose them to a network only behind something that restricts access.
+
+Adapters that receive webhooks (Telegram's ``[telegram] webhook_url``) add their
+:class:`Endpoint` to the same server; it then runs even with [metrics] off, serving only
+those paths.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -28,6 +33,22 @@ CHECK_TIMEOUT_SECONDS = 5.0
 
 class OpsServerError(Exception):
     """The endpoint cannot start; the message names the [metrics] setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A path an adapter serves (a webhook), e.g. ``POST /telegram/…``."""
+
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@runtime_checkable
+class ServesHttp(Protocol):
+    """Optional for adapters: paths to serve on the operations server while running."""
+
+    def endpoints(self) -> Sequence[Endpoint]: ...
 
 
 class Health:
@@ -92,7 +113,13 @@ class OpsServer:
         return f"http://{self.host}:{self.port}"
 
     @classmethod
-    async def start(cls, config: MetricsConfig, metrics: Metrics, health: Health) -> OpsServer:
+    async def start(
+        cls,
+        config: MetricsConfig,
+        metrics: Metrics,
+        health: Health,
+        endpoints: Sequence[Endpoint] = (),
+    ) -> OpsServer:
         app = web.Application()
 
         async def healthz(_request: web.Request) -> web.Response:
@@ -104,8 +131,11 @@ class OpsServer:
                 body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
 
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/metrics", metrics_text)
+        if config.enabled:
+            app.router.add_get("/healthz", healthz)
+            app.router.add_get("/metrics", metrics_text)
+        for endpoint in endpoints:
+            app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
         # No access log: a scraper every few seconds would drown the events that matter.
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -128,13 +158,17 @@ class OpsServer:
 
 @contextlib.asynccontextmanager
 async def serve_operations(
-    config: MetricsConfig, metrics: Metrics, health: Health
+    config: MetricsConfig,
+    metrics: Metrics,
+    health: Health,
+    endpoints: Sequence[Endpoint] = (),
 ) -> AsyncIterator[OpsServer | None]:
-    """The endpoint while the app serves; None (nothing listens) unless [metrics] enabled."""
-    if not config.enabled:
+    """The endpoint while the app serves; None (nothing listens) unless [metrics] enabled
+    or an adapter has endpoints."""
+    if not config.enabled and not endpoints:
         yield None
         return
-    server = await OpsServer.start(config, metrics, health)
+    server = await OpsServer.start(config, metrics, health, endpoints)
     try:
         yield server
     finally:

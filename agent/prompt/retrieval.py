@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.config import Config
 from agent.prompt.citations import with_sources
+from memory.docsearch import DocumentSearch
 from memory.documents import GLOBAL_SCOPE, NO_PAGE, DocumentIndex
 from memory.embeddings import load_embedder
 from memory.history import HistoryStore
@@ -41,6 +42,7 @@ MEMORY_HEADER = "What you remember here:"
 PRESENCE_TURNS = 50
 # What a query searches with: the text (embedded on the way), or a vector already embedded.
 Query = str | Sequence[float]
+Vector = Sequence[float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,23 +70,33 @@ class Retriever:
         memory_k: int = 5,
         memory_min_score: float = 0.0,
         show_sources: bool = True,
+        hybrid: bool = True,
+        max_tokens: int = 1000,
     ) -> None:
         self._history = history
         self._documents = documents
+        # Hybrid search (memory/docsearch.py); without it, Chroma's similarity alone.
+        self._search = DocumentSearch(documents) if documents is not None and hybrid else None
         self.memories = memories
         self._top_k = top_k
         self._min_score = min_score
         self._memory_k = memory_k
         self._memory_min_score = memory_min_score
         self._show_sources = show_sources
+        self._max_tokens = max_tokens
+        self._count: Callable[[str], int] = lambda text: len(text) // 4 + 1
         # The chunks put in each channel's latest prompt, for the sources line of its answer
         # (a channel's turns are prepared and answered one at a time, in order).
         self._shown: dict[str, list[Passage]] = {}
 
     async def scopes(self, channel_key: str | None) -> list[str]:
         """What a channel may see: global items, its own, and the people taking part in it."""
+        return (await self._scopes_and_recent(channel_key))[0]
+
+    async def _scopes_and_recent(self, channel_key: str | None) -> tuple[list[str], list[str]]:
+        """The scopes, and the texts of the channel's recent turns (what its window shows)."""
         if channel_key is None:
-            return [GLOBAL_SCOPE]
+            return [GLOBAL_SCOPE], []
         platform = channel_key.split(":", 1)[0]
         turns = await self._history.conversation(channel_key, limit=PRESENCE_TURNS)
         # Ambient messages count (their authors spoke here), withdrawn ones do not.
@@ -93,7 +105,11 @@ class Retriever:
             for t in turns
             if t.role == "user" and t.author_id and t.status is not Status.FORGOTTEN
         )
-        return [GLOBAL_SCOPE, channel_key, *(user_scope(platform, a) for a in authors)]
+        scopes = [GLOBAL_SCOPE, channel_key, *(user_scope(platform, a) for a in authors)]
+        start = (await self._history.channel_state(channel_key)).window_start_id or 0
+        # Only turns still in the window (a turn's place is that of the turn it answers).
+        shown = [t.text for t in turns if t.text and (t.in_reply_to_id or t.id) >= start]
+        return scopes, [_normal(text) for text in shown]
 
     async def search(
         self, channel_key: str | None, query: str, k: int | None = None
@@ -128,24 +144,55 @@ class Retriever:
             store = documents or (memories.store if memories else None)
             if store is None:
                 return None
-            scopes = await self.scopes(channel_key)
+            scopes, recent = await self._scopes_and_recent(channel_key)
             passages: list[Passage] = []
             recalled: list[Memory] = []
             if documents and memories:
                 # Embedded once, then both queries at once (Chroma releases the GIL).
                 vector = await asyncio.to_thread(store.embedder.embed_query, text)
                 passages, recalled = await asyncio.gather(
-                    self._passages(scopes, vector, self._top_k), self._recall(scopes, vector)
+                    self._passages(scopes, text, self._top_k, vector),
+                    self._recall(scopes, vector),
                 )
             elif documents:  # embedding and query in one hand-off to a thread
                 passages = await self._passages(scopes, text, self._top_k)
             else:
                 recalled = await self._recall(scopes, text)
+            passages, recalled = self._fit(passages, recalled, recent)
             self._shown[channel_key] = passages
         except Exception:  # a broken vector store must not stop the conversation
             log.exception("retrieval failed in %s; answering without it", channel_key)
             return None
         return format_block(passages, recalled) or None
+
+    def _fit(
+        self, passages: Sequence[Passage], memories: Sequence[Memory], recent: Sequence[str]
+    ) -> tuple[list[Passage], list[Memory]]:
+        """What is new each turn stays small: a chunk whose text the window already shows
+        (a turn quotes it) is left out, and the rest fills ``max_tokens`` best first —
+        memories (short, about the people here), then chunks in rank order. (A memory is
+        kept even when a turn in the window says it: the turn that told it is usually the
+        ``!remember`` command itself.)"""
+        seen = " \n ".join(recent)
+        budget = self._max_tokens
+        kept_memories: list[Memory] = []
+        for memory in memories:
+            cost = self._count(memory.text)
+            if cost <= budget:
+                kept_memories.append(memory)
+                budget -= cost
+        kept: list[Passage] = []
+        for passage in passages:
+            cost = self._count(passage.text)
+            if _normal(passage.text) not in seen and cost <= budget:
+                kept.append(passage)
+                budget -= cost
+        return kept, kept_memories
+
+    def use_tokenizer(self, count: Callable[[str], int]) -> None:
+        """Count the budget in the chat model's tokens (the default guesses 4 characters
+        a token)."""
+        self._count = count
 
     async def _has_items(self, store: ChromaStore | None) -> bool:
         return store is not None and await store.has_items()
@@ -155,10 +202,20 @@ class Retriever:
         passages = self._shown.pop(channel_key, [])
         return with_sources(answer, question, passages) if self._show_sources else answer
 
-    async def _passages(self, scopes: Sequence[str], query: Query, k: int) -> list[Passage]:
+    async def warm(self) -> None:
+        """Read the documents into memory for hybrid search now (``run`` does it at start)."""
+        if self._search is not None:
+            await self._search.warm()
+
+    async def _passages(
+        self, scopes: Sequence[str], text: str, k: int, vector: Vector | None = None
+    ) -> list[Passage]:
         assert self._documents is not None
-        # No "kind" clause: the collection holds only document chunks (see memory/vectors.py).
-        hits = await self._documents.nearest(query, k, scopes)
+        if self._search is not None:
+            hits = await self._search.nearest(text, k, scopes, self._min_score, vector)
+        else:
+            # No "kind" clause: the collection holds only document chunks (memory/vectors.py).
+            hits = await self._documents.nearest(text if vector is None else vector, k, scopes)
         return [
             Passage(
                 str(h.metadata.get("source", "")),
@@ -175,6 +232,10 @@ class Retriever:
         assert self.memories is not None
         found = await self.memories.recall(scopes, query, self._memory_k)
         return [m for m, score in found if score >= self._memory_min_score]
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split()).casefold()
 
 
 def format_block(passages: Sequence[Passage], memories: Sequence[Memory]) -> str:
@@ -255,6 +316,8 @@ async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
         memory_k=r.memory_k,
         memory_min_score=memory_min_score,
         show_sources=r.show_sources,
+        hybrid=r.hybrid,
+        max_tokens=r.max_tokens,
     )
     index = DocumentIndex(
         documents,

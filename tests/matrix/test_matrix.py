@@ -29,7 +29,7 @@ from tests.matrix.peers import (
     room_with_bot,
 )
 from tests.matrix.synapse import SERVER_NAME, Synapse
-from tests.support.fakes import SteppingClock
+from tests.support.fakes import SteppingClock, record_submissions
 
 
 async def test_invite_join_mention_reply(start_bot: StartBot, humans: Any) -> None:
@@ -689,3 +689,21 @@ async def test_a_refused_login_stops_matrix_with_a_clear_failure(
     assert "not-the-password" not in adapter.failure
     assert platform_failures([adapter]) == [adapter.failure]  # `run` exits 1 on these
     assert not adapter.connected
+
+
+async def test_a_context_room_submits_unaddressed_messages_as_ambient(
+    start_bot: StartBot, humans: Any
+) -> None:
+    alice = await humans()
+    bot = await start_bot(context_rooms="all")
+    submitted = record_submissions(bot.adapter)
+    room = await human_room_with_others(alice, bot, humans)
+    await alice.say(room, "my favourite colour is green")
+    name = bot.user_id[1:].split(":")[0]
+    await alice.say(room, f"{name}: what is it?", **{"m.mentions": {"user_ids": [bot.user_id]}})
+    await alice.expect(room, bot.user_id, ["echo: what is it?"])
+    assert [(i.ambient, i.author_id, i.text) for i in submitted] == [
+        (True, alice.user_id, "my favourite colour is green"),
+        (False, alice.user_id, "what is it?"),
+    ]
+    assert len(bot.generator.calls) == 1

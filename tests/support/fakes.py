@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, GenerationStats, SamplingParams, TokenStream
@@ -155,3 +156,29 @@ class SteppingClock:
     def __call__(self) -> float:
         self.now += self.step
         return self.now
+
+
+class RecordedSleeps:
+    """An adapter's own waits (back-off, retry_after): recorded, not waited."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(0)  # a retry loop still lets the others run
+
+
+def record_submissions(adapter: Any) -> list[Inbound]:
+    """What a running adapter submits. Ambient messages stop here (until the core stores them
+    as context it would answer them); the rest reach the core as before."""
+    submitted: list[Inbound] = []
+    forward = adapter._submit
+    assert forward is not None
+
+    async def submit(inbound: Inbound, target: Any) -> object:
+        submitted.append(inbound)
+        return None if inbound.ambient else await forward(inbound, target)
+
+    adapter._submit = submit
+    return submitted

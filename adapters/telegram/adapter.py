@@ -1,0 +1,472 @@
+"""The Telegram adapter (aiogram 3): updates by long polling or a webhook, and intake.
+
+A message is answered in a private chat (``dms``); in a group or supergroup when it mentions
+the bot by ``@username`` (or by a text mention), replies to one of its messages, is one of
+Beseda's ``/commands``, or arrives in an ``all_messages_chats`` chat — and its author passes
+the allow-lists and the per-user rate limit (adapters/intake.py). In a ``context_chats``
+chat the other messages are submitted as ambient context. A forum topic is its own channel
+key (``telegram:<chat id>/<topic id>``, its chat as parent).
+
+Updates are confirmed to Telegram before they are handled (the next ``getUpdates`` carries
+the offset past them), so a restart never answers a message twice; Telegram keeps what
+arrived while Beseda was down for 24 hours, and messages older than ``[recovery]
+max_age_minutes`` from before the start are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiogram import Bot
+from aiogram.client.session.middlewares.request_logging import RequestLogging
+from aiogram.exceptions import (
+    AiogramError,
+    TelegramAPIError,
+    TelegramConflictError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramUnauthorizedError,
+)
+from aiogram.types import Message, ReplyParameters, Update, User
+from aiogram.utils.token import TokenValidationError
+from aiohttp import web
+from pydantic import ValidationError
+
+from adapters.attachments import DocumentsHook, accepts
+from adapters.intake import RATE_NOTICE, AllowLists, Facts, Outcome, decide, listed
+from adapters.streaming import Clock, EditedReply, Sleep
+from adapters.telegram import commands, messages
+from adapters.telegram.markup import TELEGRAM_LIMIT, split_for_telegram
+from adapters.telegram.reply import Origin, TelegramSurface
+from adapters.telegram.session import DownloadError, TokenSafeSession
+from agent.config import TelegramConfig
+from agent.events import Inbound
+from agent.ops.server import Endpoint
+from agent.ports import ReplyTarget
+from agent.runtime.limits import per_window
+
+log = logging.getLogger(__name__)
+
+Submit = Callable[[Inbound, ReplyTarget], Awaitable[object]]
+Now = Callable[[], datetime]
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header's name)
+ALLOWED_UPDATES = ["message"]
+REMEMBERED = 2000
+
+
+class _Lru(OrderedDict[Any, Any]):
+    def remember(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > REMEMBERED:
+            self.popitem(last=False)
+
+
+class TelegramAdapter:
+    def __init__(
+        self,
+        config: TelegramConfig,
+        token: str,
+        *,
+        max_age: timedelta = timedelta(minutes=30),
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        now: Now = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self._token = token
+        self._max_age = max_age
+        self._clock = clock
+        self._sleep = sleep
+        self._now = now
+        self._limiter = per_window(config.rate_limit_messages, config.rate_limit_seconds, clock)
+        self._allow = AllowLists.of(
+            channels=config.chats, users=config.users, admin_users=config.admin_users
+        )
+        self._origins = _Lru()  # message key -> Origin
+        self._seen = _Lru()  # (chat id, message id) -> Message: deeper reply chains
+        self._submit: Submit | None = None
+        self._documents: DocumentsHook | None = None
+        self._drafts = config.drafts
+        self._secret = ""  # the webhook's, new at every start
+        self._started = now()
+        self._stopping = asyncio.Event()
+        self._ready = asyncio.Event()  # connected once, or stopping (reopen waits on it)
+        self._connected = False
+        self._ended = False
+        self._replies = 0
+        self.bot: Bot | None = None
+        self.me: User | None = None
+        # Why Telegram stopped by itself (a rejected token); None while fine.
+        self.failure: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "telegram"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, submit: Submit) -> None:
+        self._submit = submit
+        self._started = self._now()
+        try:
+            bot = Bot(self._token, session=TokenSafeSession(self.config.api_url, self._token))
+        except TokenValidationError:
+            self._fail("the Telegram token is malformed: check TELEGRAM_TOKEN")
+            return
+        if logging.getLogger("aiogram").isEnabledFor(logging.DEBUG):
+            bot.session.middleware(RequestLogging())  # one line per request: method, bot id
+        self.bot = bot
+        serving = asyncio.create_task(self._serve(bot), name="telegram:updates")
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if serving.done() and not serving.cancelled() and (error := serving.exception()):
+                log.error("telegram stopped by an unexpected error; Telegram is off: %r", error)
+        finally:
+            for task in (serving, stopping):
+                task.cancel()
+            await asyncio.gather(serving, stopping, return_exceptions=True)
+            self._ended, self._connected = True, False
+            self._ready.set()
+            # Replies still being rendered (the core drains its queues after stop) keep the
+            # session open; the last one closes it.
+            if not self._replies:
+                await bot.session.close()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._ready.set()  # a recovery waiting for the connection gives up
+
+    def _fail(self, failure: str) -> None:
+        self.failure = failure
+        log.error("%s; Telegram is off", failure)
+        self._ready.set()
+
+    def _backoff(self, failures: int) -> float:
+        """0.5 s, 1 s, 2 s, … up to reconnect_max_seconds."""
+        return float(min(self.config.reconnect_max_seconds, 0.5 * 2 ** min(failures - 1, 30)))
+
+    async def _serve(self, bot: Bot) -> None:
+        failures = 0
+        while self.me is None:
+            try:
+                self.me = await bot.get_me()
+            except (TelegramUnauthorizedError, TelegramNotFound):
+                self._fail("Telegram rejected the bot token: check TELEGRAM_TOKEN")
+                return
+            except TelegramAPIError as exc:  # unreachable, restarting, 429
+                failures += 1
+                log.warning("telegram: cannot reach the Bot API (%s)", exc)
+                await self._sleep(self._retry_delay(exc, failures))
+        self._connected = True
+        self._ready.set()
+        await self._register_commands(bot)
+        if self.config.webhook_url:
+            await self._use_webhook(bot)
+        else:
+            await self._poll(bot)
+
+    def _retry_delay(self, exc: Exception, failures: int) -> float:
+        if isinstance(exc, TelegramRetryAfter):
+            return float(exc.retry_after)
+        return self._backoff(failures)
+
+    async def _register_commands(self, bot: Bot) -> None:
+        if not self.config.commands:
+            return
+        for language, listed_commands in commands.command_lists().items():
+            try:
+                await bot.set_my_commands(listed_commands, language_code=language)
+            except TelegramAPIError as exc:
+                log.warning("telegram: could not register the commands (%s): %s", language, exc)
+                return
+
+    async def _poll(self, bot: Bot) -> None:
+        offset: int | None = None
+        pending: list[Update] = []  # received, confirmed by the next call, then handled
+        failures = 0
+        webhook_cleared = False
+        while True:
+            try:
+                if not webhook_cleared:  # getUpdates is refused while a webhook is set
+                    await bot.delete_webhook(drop_pending_updates=False)
+                    webhook_cleared = True
+                updates = await bot.get_updates(
+                    offset=offset,
+                    timeout=0 if pending else self.config.poll_timeout,
+                    allowed_updates=ALLOWED_UPDATES,
+                    request_timeout=self.config.poll_timeout + 15,
+                )
+            except TelegramUnauthorizedError:
+                self._fail("Telegram rejected the bot token: check TELEGRAM_TOKEN")
+                return
+            except (AiogramError, ValidationError) as exc:  # incl. an undecodable batch
+                failures += 1
+                self._connected = False
+                if isinstance(exc, TelegramConflictError):
+                    # Another process polls with this token, or a webhook was set again.
+                    webhook_cleared = False
+                log.warning("telegram: getUpdates failed (%s); retrying", exc)
+                await self._sleep(self._retry_delay(exc, failures))
+                continue
+            if failures:
+                log.warning("telegram: the Bot API is reachable again; resuming")
+            failures, self._connected = 0, True
+            for update in pending:  # the call above confirmed them: never handled twice
+                await self.handle(update)
+            pending = updates
+            if updates:
+                offset = updates[-1].update_id + 1
+
+    async def _use_webhook(self, bot: Bot) -> None:
+        self._secret = secrets.token_urlsafe(32)
+        failures = 0
+        while True:
+            try:
+                await bot.set_webhook(
+                    self.config.webhook_url,
+                    secret_token=self._secret,
+                    allowed_updates=ALLOWED_UPDATES,
+                    drop_pending_updates=False,  # what arrived while down is still wanted
+                )
+                break
+            except TelegramAPIError as exc:
+                failures += 1
+                log.warning("telegram: could not set the webhook (%s); retrying", exc)
+                await self._sleep(self._retry_delay(exc, failures))
+        await self._stopping.wait()
+
+    def endpoints(self) -> Sequence[Endpoint]:
+        """The webhook's path on the operations server ([metrics] host and port)."""
+        if not self.config.webhook_url:
+            return []
+        path = urlsplit(self.config.webhook_url).path or "/"
+        return [Endpoint("POST", path, self._on_webhook)]
+
+    async def _on_webhook(self, request: web.Request) -> web.Response:
+        bot = self.bot
+        if bot is None or not self._secret or self._stopping.is_set():
+            return web.Response(status=503)  # Telegram delivers it again later
+        given = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self._secret.encode()):
+            log.warning("telegram: refused a webhook call without the secret token")
+            return web.Response(status=401)
+        try:
+            update = Update.model_validate(await request.json(), context={"bot": bot})
+        except (ValueError, ValidationError):
+            log.warning("telegram: skipped a malformed update from the webhook")
+            return web.Response(status=400)
+        await self.handle(update)
+        return web.Response()
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def handle(self, update: Update) -> None:
+        if update.message is None:
+            return
+        try:
+            await self._on_message(update.message)
+        except Exception:  # one bad update never takes the bot down
+            log.exception("could not handle a message in telegram:%s", update.message.chat.id)
+
+    async def _on_message(self, message: Message) -> None:
+        me, user = self.me, message.from_user
+        if self._submit is None or me is None or self._stopping.is_set():
+            return
+        self._seen.remember((message.chat.id, message.message_id), message)
+        if user is None:  # a channel post, or an anonymous group admin
+            return
+        where, parent = messages.channel_of(message)
+        if message.date < self._started and self._now() - message.date > self._max_age:
+            log.info("telegram: skipped a message in %s from before the start: too old", where)
+            return
+        raw = message.text or message.caption or ""
+        entities = message.entities or message.caption_entities
+        parsed = commands.parse(raw, entities, me.username or "")
+        text = messages.strip_mention(parsed.text, me.username)
+        chat_id, direct = str(message.chat.id), message.chat.type == "private"
+        replied = messages.replied(message)
+        facts = Facts(
+            author_id=str(user.id),
+            own=user.id == me.id,
+            bot=user.is_bot,
+            direct=direct,
+            dms_enabled=self.config.dms,
+            allowed=self._allow.admits(
+                str(user.id), server=None if direct else chat_id, channels={chat_id}
+            ),
+            admin=self._allow.is_admin(str(user.id)),
+            mention=messages.mentioned(raw, entities or [], me),
+            reply=replied is not None and replied.from_user is not None
+            and replied.from_user.id == me.id,
+            command=parsed.known,
+            all_messages=listed(self.config.all_messages_chats, chat_id) and not parsed.elsewhere,
+            context=listed(self.config.context_chats, chat_id),
+            empty=not text and message.document is None,
+        )  # fmt: skip
+        decision = decide(facts, self._limiter.check)
+        if decision.outcome is Outcome.IGNORE:
+            log.debug("ignored user %s in %s: %s", user.id, where, decision.reason)
+            return
+        if decision.outcome is Outcome.LIMITED:
+            if decision.notice:
+                await self._say(message, RATE_NOTICE)
+            log.debug("rate-limited user %s in %s", user.id, where)
+            return
+        ambient = decision.outcome is Outcome.AMBIENT
+        indexed = False
+        if not ambient and message.document and self.config.attachments and self._documents:
+            indexed = await self._index_document(message, where)
+        if not text and (ambient or indexed):
+            return  # only a document: its confirmation was the answer
+        # An empty mention, or only a photo, goes on: the core stores it and tells the person
+        # there is nothing to answer.
+        if not ambient and replied is not None and not facts.reply:
+            quoted = await messages.quotes(message, replied, me, self._seen)
+            text = "\n".join([*quoted, text])
+        inbound = Inbound(
+            platform="telegram",
+            channel_key=where,
+            author_id=str(user.id),
+            author_name=messages.author_name(user),
+            text=text,
+            message_id=str(message.message_id),
+            reply_to=str(replied.message_id) if replied is not None else None,
+            thread_id=str(message.message_thread_id) if parent else None,
+            parent_key=parent,
+            is_direct=direct,
+            is_admin=facts.admin,
+            attachments=messages.attachments(message),
+            ambient=ambient,
+            timestamp=message.date,
+        )
+        self._remember(where, message)
+        await self._submit(inbound, self)
+
+    async def _say(self, message: Message, text: str) -> None:
+        """A short notice replying to ``message`` (a failure is only logged)."""
+        bot = self.bot
+        assert bot is not None
+        try:
+            await bot.send_message(
+                message.chat.id,
+                text,
+                message_thread_id=message.message_thread_id if message.is_topic_message else None,
+                reply_parameters=ReplyParameters(
+                    message_id=message.message_id, allow_sending_without_reply=True
+                ),
+            )
+        except TelegramAPIError as exc:
+            log.warning("telegram: could not send a notice in %s: %s", message.chat.id, exc)
+
+    def use_documents(self, hook: DocumentsHook) -> None:
+        """Where documents go (set by the app when the documents pipeline is on)."""
+        self._documents = hook
+
+    async def _index_document(self, message: Message, where: str) -> bool:
+        """Index the message's document; whether it was one (and was answered)."""
+        hook, bot, document = self._documents, self.bot, message.document
+        assert hook is not None
+        assert bot is not None
+        assert document is not None
+        name = document.file_name or "document"
+        if not accepts(name):
+            return False
+        if (document.file_size or 0) > self.config.attachment_max_bytes:
+            await self._say(message, f"{name} is too large for me to index.")
+            return True
+        try:
+            file = await bot.get_file(document.file_id)
+            if file.file_path is None:
+                raise DownloadError("the Bot API gave no file path")
+            data = await bot.download_file(file.file_path)
+            assert data is not None
+            notice = await hook(where, name, data.read())
+        except (TelegramAPIError, DownloadError) as exc:
+            log.warning("telegram: could not fetch %s in %s: %s", name, where, exc)
+            notice = f"I could not index {name}."
+        except Exception:
+            log.exception("telegram: could not index %s in %s", name, where)
+            notice = f"I could not index {name}."
+        await self._say(message, notice)
+        return True
+
+    def _remember(self, where: str, message: Message) -> None:
+        self._origins.remember(
+            (where, str(message.message_id)),
+            Origin(
+                chat_id=message.chat.id,
+                message_id=message.message_id,
+                thread_id=message.message_thread_id if message.is_topic_message else None,
+                direct=message.chat.type == "private",
+            ),
+        )
+
+    # -- replies -----------------------------------------------------------------------------
+
+    async def open_reply(self, inbound: Inbound) -> EditedReply[int]:
+        origin = self._origins.get((inbound.channel_key, inbound.message_id or ""))
+        bot = self.bot
+        if origin is None or bot is None:
+            raise LookupError(f"no Telegram message to answer for {inbound.message_id}")
+        self._replies += 1
+        surface = TelegramSurface(
+            bot,
+            origin,
+            drafts=self._drafts and origin.direct,
+            drafts_refused=self._no_drafts,
+        )
+        interval = self.config.edit_interval if origin.direct else self.config.group_edit_interval
+        return EditedReply(
+            surface,
+            clock=self._clock,
+            sleep=self._sleep,
+            edit_interval=interval,
+            limit=TELEGRAM_LIMIT,
+            split=split_for_telegram,
+            on_done=self._reply_done,
+        )
+
+    def _no_drafts(self) -> None:
+        self._drafts = False
+
+    async def _reply_done(self) -> None:
+        self._replies -= 1
+        if self._ended and not self._replies and self.bot is not None:
+            await self.bot.session.close()
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def reopen(self, channel_key: str, platform_message_id: str | None) -> ReplyTarget | None:
+        """A message stored before a restart: the answer replies to it by id (the Bot API
+        cannot read it back; if it was deleted, the answer is posted without the reply)."""
+        if not channel_key.startswith("telegram:") or not (platform_message_id or "").isdigit():
+            return None
+        chat, _, topic = channel_key.removeprefix("telegram:").partition("/")
+        with contextlib.suppress(ValueError):
+            chat_id, thread_id = int(chat), int(topic) if topic else None
+            await self._ready.wait()
+            if not self._connected or self._stopping.is_set():
+                return None
+            self._origins.remember(
+                (channel_key, platform_message_id),
+                # Private chats have the user's (positive) id; groups negative ones.
+                Origin(chat_id, int(platform_message_id or 0), thread_id, direct=chat_id > 0),
+            )
+            return self
+        return None
