@@ -46,7 +46,12 @@ class ConsoleReply:
             self._out.write(self._label() + text)
         else:  # what the stream did not show: e.g. the sources line added after generation
             streamed = "".join(self._streamed).rstrip()
-            rest = text[len(streamed) :] if text.startswith(streamed) else "\n" + text
+            if text.startswith(streamed):
+                rest = text[len(streamed) :]
+            elif streamed.endswith(text):  # the core took a copied "Name:" off the front
+                rest = ""
+            else:
+                rest = "\n" + text
             self._out.write(rest)
         self._out.write("\n")
         self._out.flush()

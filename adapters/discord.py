@@ -282,10 +282,13 @@ class DiscordAdapter:
             log.debug("rate-limited user %s in %s", author.id, where)
             return
         ambient = decision.outcome is Outcome.AMBIENT
+        indexed = False
         if not ambient and message.attachments and self.config.attachments and self._documents:
-            await self._index_attachments(message, where)
-        if not text:  # only attachments: nothing for the model to answer
-            return
+            indexed = await self._index_attachments(message, where)
+        if not text and (ambient or indexed):
+            return  # only documents: their confirmation was the answer
+        # An empty mention, or one with only an image, goes on: the core stores it and tells
+        # the person there is nothing to answer.
         if not ambient and replied is not None and not facts.reply:
             # The reply chain up to the bot's own message (which is in the history already),
             # oldest first, quoted before the question.
@@ -301,12 +304,15 @@ class DiscordAdapter:
         """Where attachments go (set by the app when the documents pipeline is on)."""
         self._documents = hook
 
-    async def _index_attachments(self, message: discord.Message, where: str) -> None:
+    async def _index_attachments(self, message: discord.Message, where: str) -> bool:
+        """Index the message's documents; whether it had any (each was answered)."""
         hook = self._documents
         assert hook is not None
+        found = False
         for attachment in message.attachments:
             if not accepts(attachment.filename):
                 continue
+            found = True
             if attachment.size > self.config.attachment_max_bytes:
                 notice = f"{attachment.filename} is too large for me to index."
             else:
@@ -316,6 +322,7 @@ class DiscordAdapter:
                     log.exception("could not index %s in %s", attachment.filename, where)
                     notice = f"I could not index {attachment.filename}."
             await message.reply(notice, mention_author=False)
+        return found
 
     async def _parent(self, message: discord.Message) -> discord.Message | None:
         """The message ``message`` replies to; Discord sends only one level, so deeper ones

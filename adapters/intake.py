@@ -51,7 +51,9 @@ class Facts:
     command: bool = False
     all_messages: bool = False  # the channel takes every message
     context: bool = False  # the channel keeps unaddressed messages as ambient context
-    empty: bool = False  # nothing left to answer once the mention is removed
+    # Nothing left once the mention is removed: never ambient context (an addressed one still
+    # goes to the core, which answers it with a notice).
+    empty: bool = False
 
     @property
     def address(self) -> Address | None:
@@ -94,8 +96,8 @@ def decide(facts: Facts, rate: Callable[[str], Verdict]) -> Decision:
         if facts.context and not facts.empty:
             return Decision(Outcome.AMBIENT, "context")
         return Decision(Outcome.IGNORE, "not addressed")
-    if facts.empty:
-        return Decision(Outcome.IGNORE, "nothing to answer")
+    # An addressed message with nothing left to answer still goes on: the core stores it and
+    # tells the person so (it never reaches the model).
     if not facts.admin:
         verdict = rate(facts.author_id)
         if verdict != "ok":

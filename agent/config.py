@@ -160,6 +160,14 @@ class ChatConfig(_Section):
     safety_margin_tokens: int = Field(default=32, ge=0)
     # A single message longer than this is cut (with a visible marker) before it is stored.
     max_message_chars: int = Field(default=20_000, ge=100)
+    # Each person's turn reaches the model as "Name: text" (see README, 'Group chats'):
+    # "auto" once a second person has spoken in the channel's window, "always", or "never".
+    speaker_names: Literal["auto", "always", "never"] = "auto"
+    # Messages not addressed to Beseda in channels that opted in (ambient context): at most
+    # this many between two addressed messages are shown, and all of them together take at
+    # most this share of the prompt's token budget. 0 shows none.
+    ambient_max_turns: int = Field(default=20, ge=0)
+    ambient_share: float = Field(default=0.25, ge=0.0, le=0.9)
 
 
 class ContextConfig(_Section):

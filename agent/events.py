@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+# Letters and symbols that show as nothing (Hangul fillers, the braille blank).
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +50,12 @@ class Inbound:
 def channel_key(platform: str, channel: str) -> str:
     """``"local"`` becomes ``"console:local"``; an already qualified key stays as it is."""
     return channel if ":" in channel else f"{platform}:{channel}"
+
+
+def blank(text: str) -> bool:
+    """Nothing to answer: only whitespace and invisible characters (zero-width spaces and
+    joiners, direction marks, fillers)."""
+    return all(
+        char.isspace() or char in _BLANK_GLYPHS or unicodedata.category(char) in {"Cf", "Cc"}
+        for char in text
+    )

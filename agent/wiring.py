@@ -12,6 +12,7 @@ from agent.prompt.context import ContextBuilder
 from agent.prompt.extraction import MemoryExtractor
 from agent.prompt.personas import Personas, load_registry
 from agent.prompt.retrieval import Knowledge, Retriever, open_knowledge, thresholds
+from agent.prompt.speakers import SpeakerBook
 from agent.prompt.window import WindowKeeper, minute_date_source, zone_clock
 from agent.runtime import chat_commands
 from agent.runtime.background import Background
@@ -52,6 +53,8 @@ def build_core(
         safety_margin=config.chat.safety_margin_tokens,
         evict_fraction=ctx.evict_fraction,
         summarize_at=ctx.summarize_at,
+        ambient_max_turns=config.chat.ambient_max_turns,
+        ambient_share=config.chat.ambient_share,
     )
     background = Background()
     # Raises PersonaError when config.toml names a persona that does not exist.
@@ -69,6 +72,7 @@ def build_core(
         volatile=[minute_date_source(clock, ctx.timezone)] if ctx.date == "minute" else [],
         today=clock if ctx.date == "day" else None,
         personas=personas,
+        speaker_names=config.chat.speaker_names,
     )
     window.add_volatile(personas.lore)
     if retriever is not None:
@@ -96,4 +100,5 @@ def build_core(
         greeting=personas.greeting,
         limits=limits,
         clock=rate_clock,
+        speakers=SpeakerBook(history, config.chat.history_limit),
     )

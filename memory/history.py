@@ -20,6 +20,7 @@ from memory.records import ANSWERED, ChannelState, Status, StoredMessage, Summar
 from memory.turn_cache import TurnCache, tail_floor
 
 NAME_CHARS = 255  # MessageRow.author_name
+SPEAKER_CHARS = 64  # MessageRow.speaker
 # A read of the newest N turns loads N + TAIL_SLACK into the cache, so that reads leaving out
 # the newest few (the window's ``before_id``) are answered from it as well.
 TAIL_SLACK = 20
@@ -40,6 +41,7 @@ class HistoryStore(Protocol):
         platform_message_id: str | None = None,
         in_reply_to_id: int | None = None,
         created_at: datetime | None = None,
+        speaker: str | None = None,
     ) -> StoredMessage: ...
 
     async def update(
@@ -90,6 +92,22 @@ class HistoryStore(Protocol):
 
     async def set_persona(self, channel_key: str, persona: str | None) -> None:
         """Store the channel's run-time persona choice (None: back to the configured one)."""
+        ...
+
+    async def show_speaker_names(self, channel_key: str) -> None:
+        """Speaker names are on in this channel from now on (they are never switched off)."""
+        ...
+
+    async def move_ambient_start(self, channel_key: str, start_id: int) -> None:
+        """Show no ambient turns before ``start_id`` any more (it only moves forward)."""
+        ...
+
+    async def forget_ambient(
+        self, channel_key: str, author_id: str, containing: str | None = None
+    ) -> int:
+        """Withdraw the author's ambient turns in the channel (those whose text contains
+        ``containing``, case-insensitively; None: all): their text is erased and their
+        status becomes FORGOTTEN. How many there were."""
         ...
 
     async def mark_greeted(self, channel_key: str, persona: str) -> bool:
@@ -159,6 +177,7 @@ class SqlHistoryStore:
         platform_message_id: str | None = None,
         in_reply_to_id: int | None = None,
         created_at: datetime | None = None,
+        speaker: str | None = None,
     ) -> StoredMessage:
         with self._turns.writing():
             async with self._db.session() as session, session.begin():
@@ -173,6 +192,7 @@ class SqlHistoryStore:
                     # Display names are unbounded on some platforms; PostgreSQL enforces the
                     # column's length (SQLite does not), so cut it the same way everywhere.
                     "author_name": _storable(author_name, NAME_CHARS),
+                    "speaker": _storable(speaker, SPEAKER_CHARS),
                     "platform_message_id": _storable(platform_message_id),
                     "in_reply_to_id": in_reply_to_id,
                     "created_at": now,
@@ -431,6 +451,55 @@ class SqlHistoryStore:
                 )
             self._channel_ids[channel_key] = channel_id
 
+    async def show_speaker_names(self, channel_key: str) -> None:
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                await session.execute(
+                    update(ChannelRow).where(ChannelRow.id == channel_id).values(speaker_names=True)
+                )
+            self._channel_ids[channel_key] = channel_id
+
+    async def move_ambient_start(self, channel_key: str, start_id: int) -> None:
+        with self._states.writing(channel_key):
+            async with self._db.session() as session, session.begin():
+                channel_id = await self._channel_id(session, channel_key)
+                await session.execute(
+                    update(ChannelRow)
+                    .where(ChannelRow.id == channel_id)
+                    .where(
+                        or_(
+                            ChannelRow.ambient_start_id.is_(None),
+                            ChannelRow.ambient_start_id < start_id,
+                        )
+                    )
+                    .values(ambient_start_id=start_id)
+                )
+            self._channel_ids[channel_key] = channel_id
+
+    async def forget_ambient(
+        self, channel_key: str, author_id: str, containing: str | None = None
+    ) -> int:
+        channel_id = await self._known_channel_id(channel_key)
+        if channel_id is None:
+            return 0
+        async with self._db.engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(MessageRow.id, MessageRow.text).where(
+                        MessageRow.channel_id == channel_id,
+                        MessageRow.author_id == author_id,
+                        MessageRow.status == str(Status.AMBIENT),
+                    )
+                )
+            ).all()
+        # Matched in Python: SQL's case-insensitive LIKE folds only ASCII on SQLite.
+        needle = containing.casefold() if containing is not None else None
+        ids = [id_ for id_, text in rows if needle is None or needle in text.casefold()]
+        for message_id in ids:  # one by one, so the turn cache stays exact
+            await self.update(message_id, text="", status=Status.FORGOTTEN)
+        return len(ids)
+
     async def mark_greeted(self, channel_key: str, persona: str) -> bool:
         try:
             async with self._db.session() as session, session.begin():
@@ -535,6 +604,7 @@ MESSAGE_COLUMNS = (
     MessageRow.platform_message_id,
     MessageRow.in_reply_to_id,
     MessageRow.created_at,
+    MessageRow.speaker,
 )
 
 
@@ -547,9 +617,9 @@ def _stored_rows(rows: Iterable[Any], channel_key: str) -> list[StoredMessage]:
     statuses = _STATUSES
     return [
         StoredMessage(id_, channel_key, role, text, statuses[status], author_id, author_name,
-                      platform_id, reply_to, created)
-        for id_, role, text, status, author_id, author_name, platform_id, reply_to, created
-        in rows
+                      platform_id, reply_to, created, speaker)
+        for id_, role, text, status, author_id, author_name, platform_id, reply_to, created,
+            speaker in rows
     ]  # fmt: skip
 
 
@@ -566,6 +636,7 @@ def _stored(row: Any, channel_key: str) -> StoredMessage:
         platform_message_id=row.platform_message_id,
         in_reply_to_id=row.in_reply_to_id,
         created_at=row.created_at,
+        speaker=row.speaker,
     )
 
 
@@ -579,6 +650,8 @@ def _state(
         None if latest is None else _summary(latest),
         channel.persona,
         channel.greeted_persona,
+        bool(channel.speaker_names),
+        channel.ambient_start_id,
     )
 
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, text
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    false,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -58,6 +69,10 @@ class ChannelRow(Base):
     # persona that posted its greeting here (it greets again only after a switch).
     persona: Mapped[str | None] = mapped_column(String(128))
     greeted_persona: Mapped[str | None] = mapped_column(String(128))
+    # Speaker names are on in this channel's prompts (migration 0006); once on, they stay.
+    speaker_names: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Ambient turns before this id are no longer shown (migration 0006; forward only).
+    ambient_start_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class SummaryRow(Base):
@@ -95,6 +110,8 @@ class MessageRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     author_id: Mapped[str | None] = mapped_column(String(255))
     author_name: Mapped[str | None] = mapped_column(String(255))
+    # The sanitised name the model sees for a user turn (migration 0006; see records.py).
+    speaker: Mapped[str | None] = mapped_column(String(64))
     text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
     platform_message_id: Mapped[str | None] = mapped_column(String(255))

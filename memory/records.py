@@ -25,6 +25,12 @@ class Status(StrEnum):
     MERGED = "merged"
     # A reply cut off by a crash (found still streaming at start); its turn is answered again.
     INTERRUPTED = "interrupted"
+    # A user turn not addressed to Beseda, in a channel that opted into ambient context:
+    # shown to the model as context, never answered (not even after a restart).
+    AMBIENT = "ambient"
+    # An ambient turn its author withdrew (`!forget`, `!forgetme`): its text is erased and
+    # the model no longer sees it.
+    FORGOTTEN = "forgotten"
 
 
 # A user turn counts as answered once an assistant reply to it reached one of these.
@@ -43,6 +49,9 @@ class StoredMessage:
     platform_message_id: str | None
     in_reply_to_id: int | None
     created_at: datetime
+    # How the author is named to the model ("Alice", "Alex #3f2a"): sanitised once, when
+    # the turn is stored, so the turn renders the same for as long as it is in the prompt.
+    speaker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +77,9 @@ class ChannelState:
     persona: str | None = None
     # The persona whose greeting was last posted here.
     greeted_persona: str | None = None
+    # Speaker names are shown here ([chat] speaker_names = "auto" switched them on when a
+    # second person spoke; they stay on, so the prompt changes only once).
+    speaker_names: bool = False
+    # Ambient turns before this id are no longer shown (moved forward in blocks when they
+    # overflow their share; see agent/prompt/ambient.py). None: all are.
+    ambient_start_id: int | None = None

@@ -3,11 +3,16 @@
 A broken card file is skipped (and remembered with its error, for the log and for
 ``persona list``); the others still load. Later sources override earlier ones with the same
 name: built-in < user folder < config.toml.
+
+People name a persona by its id (the file's stem) or by its card's display name, in any
+case: :meth:`Registry.find` compares with Unicode case folding, so "Беседа" finds a card
+named "беседа".
 """
 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,13 +78,42 @@ class Registry:
         log.error("persona card skipped: %s", reason)
 
     def get(self, name: str) -> Entry | None:
+        """The entry with exactly this id (ids stored in the database)."""
         return self.entries.get(name)
+
+    def find(self, name: str) -> list[Entry]:
+        """The entries ``name`` designates: the one with exactly that id; else those whose
+        id, else those whose card name, equals it under case folding. Several when the
+        name is ambiguous."""
+        exact = self.entries.get(name)
+        if exact is not None:
+            return [exact]
+        key = fold(name)
+        by_id = [e for i, e in self.entries.items() if fold(i) == key]
+        if by_id:
+            return by_id
+        return [e for e in self.entries.values() if fold(e.card.name) == key]
+
+    def resolve(self, name: str) -> Entry | None:
+        """The one entry ``name`` designates, or None (unknown or ambiguous)."""
+        found = self.find(name)
+        return found[0] if len(found) == 1 else None
 
     def names(self) -> list[str]:
         return sorted(self.entries)
 
     def unknown(self, name: str) -> str:
-        """The message for a name that is not a loaded persona."""
-        if name in self.skipped:
-            return f"persona {name!r} was skipped: {self.skipped[name]}"
+        """The message for a name that :meth:`resolve` does not find."""
+        found = self.find(name)
+        if len(found) > 1:
+            candidates = ", ".join(f"{e.id} ({e.card.name})" for e in found)
+            return f"persona name {name!r} is ambiguous: {candidates}; use one of the ids"
+        skipped = [k for k in self.skipped if k == name or fold(k) == fold(name)]
+        if skipped:
+            return f"persona {skipped[0]!r} was skipped: {self.skipped[skipped[0]]}"
         return f"unknown persona {name!r} (known: {', '.join(self.names()) or 'none'})"
+
+
+def fold(name: str) -> str:
+    """A persona name for comparison: Unicode case folding, NFC, outer spaces dropped."""
+    return unicodedata.normalize("NFC", name.strip()).casefold()

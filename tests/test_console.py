@@ -38,3 +38,12 @@ async def test_nothing_streamed_shows_the_whole_text() -> None:
     reply = ConsoleReply(out, io.StringIO(), "B> ")
     await reply.finish("Whole")
     assert out.getvalue() == "B> Whole\n"
+
+
+async def test_a_final_text_without_a_copied_name_adds_only_the_newline() -> None:
+    out = io.StringIO()
+    reply = ConsoleReply(out, io.StringIO(), "")
+    for piece in ("Carol: ", "it is ", "red"):
+        await reply.push(piece)
+    await reply.finish("it is red")  # the core took "Carol:" off (see speakers.unlabel)
+    assert out.getvalue() == "Carol: it is red\n"

@@ -92,7 +92,7 @@ async def test_a_reply_that_cannot_be_stored_is_not_shown_as_answered(
 
 async def test_messages_in_one_channel_are_answered_in_order(history: SqlHistoryStore) -> None:
     generator = FakeGenerator()
-    core = make_core(history, generator)
+    core = make_core(history, generator, chat={"speaker_names": "never"})
     adapter = RecordingAdapter()
     # Different authors: one author's waiting messages would be answered together.
     futures = [await core.submit(inbound(f"m{i}", author=f"u{i}"), adapter) for i in range(5)]

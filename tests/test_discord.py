@@ -32,7 +32,7 @@ from agent.config import (
 from agent.events import Inbound
 from agent.generators.base import ChatMessage
 from agent.ports import platform_failures
-from agent.runtime.core import Core
+from agent.runtime.core import NOTHING_NOTICE, Core
 from memory.db import Database
 from memory.documents import DocumentIndex
 from memory.history import SqlHistoryStore
@@ -244,7 +244,12 @@ async def test_allow_lists_admit_listed_users_and_roles_only(
     )
     await fake.message_create(f"{MENTION} from bob", mentions=[fake.bot], author=BOB)
     await bot.answered(2)
-    assert sorted(fake.contents()) == ["echo: from bob", "echo: from carol"]
+    # Whoever the core heard second is named (see tests/test_groups.py); discord.py
+    # dispatches each event in a task of its own, so either may come first.
+    assert sorted(fake.contents()) in (
+        ["echo: bob: from bob", "echo: from carol"],
+        ["echo: carol: from carol", "echo: from bob"],
+    )
     assert "ignored user 111" in caplog.text
 
 
@@ -386,7 +391,7 @@ async def test_a_fast_user_gets_one_polite_notice(
     contents = await bot.answered(4)
     assert contents.count(RATE_NOTICE) == 1
     assert sorted(c for c in contents if c != RATE_NOTICE) == [
-        "echo: m0", "echo: m1", "echo: other"
+        "echo: bob: other", "echo: m0", "echo: m1"
     ]  # fmt: skip
 
 
@@ -528,9 +533,10 @@ async def test_attachments_are_not_fetched_when_disabled(
     bot.adapter.use_documents(hook)
     await fake.message_create(MENTION, mentions=[fake.bot], files={"a.txt": b"x"})
     await fake.message_create(f"{MENTION} see file", mentions=[fake.bot], files={"a.txt": b"x"})
-    assert await bot.answered(1) == ["echo: see file"]
+    # The message with nothing but a file (not indexed here) has nothing to answer.
+    assert await bot.answered(2) == [NOTHING_NOTICE, "echo: see file"]
     assert added == []
-    assert len(bot.generator.calls) == 1  # the message with nothing but a file is not answered
+    assert len(bot.generator.calls) == 1
 
 
 async def test_a_failed_generation_is_told_in_a_reply(

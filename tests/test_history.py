@@ -285,3 +285,53 @@ async def test_nul_characters_are_dropped_on_every_database(history: SqlHistoryS
     assert (again.text, again.author_name, again.author_id) == ("cd", "xy", "1")
     assert summary is not None
     assert [s.text for s in await history.summaries("c:1")] == ["st"]
+
+
+async def test_a_turn_keeps_its_speaker_label(history: SqlHistoryStore) -> None:
+    stored = await history.append(
+        "c:1", "user", "hi", author_id="7", author_name="Alex", speaker="Alex #1a2b"
+    )
+    [read] = await history.conversation("c:1")
+    again = await history.get(stored.id)
+    assert read.speaker == "Alex #1a2b"
+    assert again == read == stored
+    older = await history.append("c:1", "user", "no label", author_id="8", author_name="Bo")
+    assert (await history.conversation("c:1"))[-1].speaker is None
+    assert older.speaker is None
+
+
+async def test_speaker_names_stay_on_once_shown(history: SqlHistoryStore) -> None:
+    await history.append("c:1", "user", "hi")
+    assert not (await history.channel_state("c:1")).speaker_names
+    await history.show_speaker_names("c:1")
+    await history.reset("c:1", after_id=1)
+    assert (await history.channel_state("c:1")).speaker_names
+    assert not (await history.channel_state("c:2")).speaker_names
+
+
+async def test_ambient_turns_are_never_unanswered_and_can_be_withdrawn(
+    history: SqlHistoryStore,
+) -> None:
+    def said(text: str, author: str, status: Status) -> Any:
+        return history.append(
+            "c:1", "user", text, status=status, author_id=author, author_name=author
+        )
+
+    await said("Alice thinks aloud", "alice", Status.AMBIENT)
+    await said("ALICE again, Ünïcode", "alice", Status.AMBIENT)
+    await said("bob's aside", "bob", Status.AMBIENT)
+    asked = await said("a question", "alice", Status.RECEIVED)
+    assert [m.id for m in await history.unanswered()] == [asked.id]
+    # Only the author's own ambient turns, matched case-insensitively (beyond ASCII too).
+    assert await history.forget_ambient("c:1", "alice", "üNÏCODE") == 1
+    assert await history.forget_ambient("c:1", "alice") == 1
+    assert await history.forget_ambient("c:1", "alice") == 0
+    assert await history.forget_ambient("c:9", "alice") == 0
+    rows = [(m.author_id, m.text, m.status) for m in await history.conversation("c:1")]
+    assert rows == [
+        ("alice", "", Status.FORGOTTEN),
+        ("alice", "", Status.FORGOTTEN),
+        ("bob", "bob's aside", Status.AMBIENT),
+        ("alice", "a question", Status.RECEIVED),
+    ]
+    assert [m.id for m in await history.unanswered()] == [asked.id]

@@ -389,3 +389,48 @@ async def test_the_console_labels_replies_with_the_persona_answering(
     await (await core.submit(console.inbound("!persona pirate"), console))
     await (await core.submit(console.inbound("ahoy"), console))
     assert "\nHook> echo: " in out.getvalue()  # not the configured [persona] name
+
+
+def named_cards(**personas: Any) -> Config:
+    cards = {
+        "pirate": PIRATE,
+        "vasilisa": PersonaCard(name="Vasilisa"),
+        "captain": PersonaCard(name="Captain Hook"),
+        "twin-a": PersonaCard(name="Twin"),
+        "twin-b": PersonaCard(name="twin"),
+    }
+    return make_config(**{**personas, "cards": cards})
+
+
+async def test_a_persona_is_found_by_id_or_display_name_in_any_case(
+    history: SqlHistoryStore,
+) -> None:
+    core = build_core(named_cards(), history, FakeGenerator())
+    adapter = RecordingAdapter()
+
+    async def switch(name: str) -> str:
+        return await ask(core, adapter, message(f"!persona {name}", admin=True))
+
+    assert await switch("Vasilisa") == "Persona here is now vasilisa (Vasilisa)."
+    assert await switch("VASILISA") == "Persona here is now vasilisa (Vasilisa)."
+    assert await switch("PIRATE") == "Persona here is now pirate (Hook)."
+    assert await switch("hook") == "Persona here is now pirate (Hook)."
+    assert await switch("captain hook") == "Persona here is now captain (Captain Hook)."
+    # Unicode case folding: the built-in card named "Беседа".
+    assert await switch("БЕСЕДА") == "Persona here is now beseda-ru (Беседа)."
+    assert await switch("беседа") == "Persona here is now beseda-ru (Беседа)."
+    assert (await history.channel_state("discord:100")).persona == "beseda-ru"  # the id
+    ambiguous = await switch("TWIN")
+    assert "ambiguous" in ambiguous
+    assert "twin-a (Twin)" in ambiguous
+    assert "twin-b (twin)" in ambiguous
+    assert (await history.channel_state("discord:100")).persona == "beseda-ru"  # unchanged
+
+
+async def test_config_assigns_personas_by_display_name(history: SqlHistoryStore) -> None:
+    config = named_cards(default="беседа", channels={"discord:1": "VASILISA"})
+    personas = Personas(config, load_registry(config), history, FakeGenerator())
+    assert (await personas.choose(Place("discord:1"))).entry.id == "vasilisa"
+    assert (await personas.choose(Place("discord:2"))).entry.id == "beseda-ru"
+    with pytest.raises(PersonaError, match=r"channels.discord:1: persona name 'Twin' is ambig"):
+        build_core(named_cards(channels={"discord:1": "Twin"}), history, FakeGenerator())

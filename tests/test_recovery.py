@@ -247,3 +247,43 @@ async def test_a_restart_reads_channel_states_ahead_and_serves_if_it_cannot(
     read, queried = await restart_and_probe(path, monkeypatch, warm_fails=True)
     assert (read, queried) == (ChannelState(window_start_id=stored.id), ["chat:1"])
     assert "could not read channel states ahead" in caplog.text
+
+
+async def test_ambient_messages_are_never_answered_not_even_after_sigkill(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    crashing = _driver(data, "stall", subprocess.PIPE)
+    assert crashing.stdin is not None
+    assert crashing.stderr is not None
+    # Two messages Bob wrote without addressing the bot (a "~ " line: see the driver), then
+    # a question to it; the process dies while answering that.
+    crashing.stdin.write("~ lunch at noon?\n~ the usual place\nwhen is lunch?\n")
+    crashing.stdin.flush()
+    line = await asyncio.wait_for(asyncio.to_thread(crashing.stderr.readline), 60)
+    assert line.strip() == "STALLED"
+    crashing.send_signal(signal.SIGKILL)
+    crashing.communicate(timeout=30)
+    asides = [
+        ("user", "lunch at noon?", Status.AMBIENT),
+        ("user", "the usual place", Status.AMBIENT),
+    ]
+    assert await _history_rows(data) == [
+        *asides,
+        ("user", "when is lunch?", Status.RECEIVED),
+        ("assistant", "", Status.STREAMING),
+    ]
+    # The restart answers the question, once, seeing the asides with their author...
+    restarted = _driver(data, "recall", subprocess.DEVNULL)
+    out, err = await asyncio.to_thread(restarted.communicate, timeout=60)
+    assert restarted.returncode == 0, err
+    recalled = "saw: Bob: lunch at noon? | Bob: the usual place | you: when is lunch?"
+    assert out.strip() == recalled
+    # ...and never the asides themselves, then or at the next start.
+    third = _driver(data, "recall", subprocess.DEVNULL)
+    out, err = await asyncio.to_thread(third.communicate, timeout=60)
+    assert third.returncode == 0, err
+    assert out.strip() == ""
+    rows = await _history_rows(data)
+    assert rows[:2] == asides
+    assert [r for r in rows if r[2] == Status.DONE] == [("assistant", recalled, Status.DONE)]

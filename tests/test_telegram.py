@@ -34,7 +34,7 @@ from agent.config import (
 from agent.events import Inbound
 from agent.generators.base import ChatMessage
 from agent.ports import platform_failures
-from agent.runtime.core import Core
+from agent.runtime.core import NOTHING_NOTICE, Core
 from agent.runtime.recovery import find_pending, resume
 from memory.db import Database
 from memory.documents import DocumentIndex
@@ -208,9 +208,12 @@ async def test_in_groups_it_answers_mentions_replies_and_commands_only(
     await fake.send("/help@other_bot", chat=tf.GROUP)
     await fake.send(f"/help@{tf.BOT_USERNAME}", chat=tf.GROUP)
     texts = await bot.answered(3, tf.GROUP_ID)
-    assert texts[1] == "echo: and a reply"
+    # Bob is the second person here: his turn carries his name (README, "Group chats").
+    assert texts[1] == "echo: Bob: and a reply"
     assert texts[2].startswith("Commands:")
-    assert [c[-1].content for c in bot.generator.calls] == ["what is two plus two?", "and a reply"]
+    assert [c[-1].content for c in bot.generator.calls] == [
+        "what is two plus two?", "Bob: and a reply"
+    ]  # fmt: skip
     stored = await bot.core._history.conversation(GROUP_KEY)
     assert [m.author_name for m in stored if m.role == "user"] == ["Alice Smith", "Bob"]
 
@@ -739,3 +742,12 @@ def test_the_commented_config_block_is_valid_and_the_readme_names_every_key(
     section = readme[readme.index("## Telegram") :]
     for key in TelegramConfig.model_fields:
         assert f"`{key}`" in section, key
+
+
+async def test_a_mention_with_nothing_else_gets_a_notice_and_no_generation(
+    start_bot: StartBot, fake: tf.TelegramFake
+) -> None:
+    bot = await start_bot()
+    await fake.send(f"{MENTION} \u200b", chat=tf.GROUP)
+    assert await bot.answered(1, tf.GROUP_ID) == [NOTHING_NOTICE]
+    assert bot.generator.calls == []

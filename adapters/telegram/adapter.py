@@ -329,10 +329,13 @@ class TelegramAdapter:
             log.debug("rate-limited user %s in %s", user.id, where)
             return
         ambient = decision.outcome is Outcome.AMBIENT
+        indexed = False
         if not ambient and message.document and self.config.attachments and self._documents:
-            await self._index_document(message, where)
-        if not text:  # only a document: nothing for the model to answer
-            return
+            indexed = await self._index_document(message, where)
+        if not text and (ambient or indexed):
+            return  # only a document: its confirmation was the answer
+        # An empty mention, or only a photo, goes on: the core stores it and tells the person
+        # there is nothing to answer.
         if not ambient and replied is not None and not facts.reply:
             quoted = await messages.quotes(message, replied, me, self._seen)
             text = "\n".join([*quoted, text])
@@ -375,17 +378,18 @@ class TelegramAdapter:
         """Where documents go (set by the app when the documents pipeline is on)."""
         self._documents = hook
 
-    async def _index_document(self, message: Message, where: str) -> None:
+    async def _index_document(self, message: Message, where: str) -> bool:
+        """Index the message's document; whether it was one (and was answered)."""
         hook, bot, document = self._documents, self.bot, message.document
         assert hook is not None
         assert bot is not None
         assert document is not None
         name = document.file_name or "document"
         if not accepts(name):
-            return
+            return False
         if (document.file_size or 0) > self.config.attachment_max_bytes:
             await self._say(message, f"{name} is too large for me to index.")
-            return
+            return True
         try:
             file = await bot.get_file(document.file_id)
             if file.file_path is None:
@@ -400,6 +404,7 @@ class TelegramAdapter:
             log.exception("telegram: could not index %s in %s", name, where)
             notice = f"I could not index {name}."
         await self._say(message, notice)
+        return True
 
     def _remember(self, where: str, message: Message) -> None:
         self._origins.remember(

@@ -65,7 +65,7 @@ def _list(config: Config, out: TextIO) -> int:
 
 def _show(config: Config, name: str, out: TextIO) -> int:
     registry = load_registry(config)
-    entry = registry.get(name)
+    entry = registry.resolve(name)
     if entry is None:
         raise CardError(registry.unknown(name))
     out.write(f"# {entry.id}: {entry.source}\n")

@@ -13,6 +13,11 @@ The window only changes by appending, until it overflows: then a large block of 
 turns is evicted at once, never one message per turn. Summarising the next block starts in
 the background before that, so the summary and the eviction usually land together and the
 prefix changes once per block.
+
+In a group chat each user turn names its author (``Alice: text``, see speakers.py). Ambient
+turns (messages not addressed to Beseda, in channels that opted in) are bounded to
+``ambient_max_turns`` and ``ambient_share`` of the budget in a way that keeps the prefix
+stable (see ambient.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.events import blank
 from agent.generators.base import ChatMessage, Generator, GeneratorError, SamplingParams
+from agent.prompt import ambient
+from agent.prompt.speakers import label_of, named
 from memory.records import ChannelState, Status, StoredMessage
 
 CUT_MARKER = "\n[… cut: the message was too long for the context window]"
@@ -65,6 +73,13 @@ class Prompt:
     # The persona the prompt was built for, and its sampler preset (None: the default).
     persona: str | None = None
     params: SamplingParams | None = None
+    # User turns carry their authors' names.
+    names: bool = False
+    # Set when ambient turns overflowed their share: the channel's new ambient start.
+    ambient_start: int | None = None
+    # With names: the names the prompt shows (people, and the persona's own), which a reply
+    # must not start with (see speakers.unlabel).
+    speakers: tuple[str, ...] = ()
 
 
 def anchor(message: StoredMessage) -> int:
@@ -82,6 +97,8 @@ class ContextBuilder:
         safety_margin: int,
         evict_fraction: float = 0.67,
         summarize_at: float = 0.75,
+        ambient_max_turns: int = 20,
+        ambient_share: float = 0.25,
     ) -> None:
         self._generator = generator
         self._system_prompt = system_prompt
@@ -89,8 +106,21 @@ class ContextBuilder:
         self._margin = safety_margin
         self._evict_fraction = evict_fraction
         self._summarize_at = summarize_at
-        # Token counts of stored turns by id: a turn's text never changes once it is done.
-        self._turn_tokens: dict[int, int] = {}
+        self._ambient_max_turns = ambient_max_turns
+        self._ambient_share = ambient_share
+        # Token counts of stored turns by (id, named): a turn's text never changes once it
+        # is done, and its label is stored with it.
+        self._turn_tokens: dict[tuple[int, bool], int] = {}
+
+    @property
+    def shows_ambient(self) -> bool:
+        return self._ambient_max_turns > 0 and self._ambient_share > 0
+
+    def visible(self, message: StoredMessage) -> bool:
+        """Whether a stored turn can appear in a prompt at all."""
+        if message.status is Status.AMBIENT and not self.shows_ambient:
+            return False
+        return _usable(message)
 
     @property
     def budget(self) -> int:
@@ -126,10 +156,14 @@ class ContextBuilder:
         volatile: Sequence[str] = (),
         today: str | None = None,
         persona: PromptPersona | None = None,
+        speaker: str | None = None,
+        names: bool = False,
     ) -> Prompt:
         """The prompt for ``new_text`` given the window's turns (oldest first).
 
-        ``persona`` replaces the system prompt given at construction (per channel).
+        ``persona`` replaces the system prompt given at construction (per channel). With
+        ``names``, every user turn is shown with its author's label, the new message with
+        ``speaker``.
         """
         state = state or ChannelState()
         gen = self._generator
@@ -143,11 +177,13 @@ class ContextBuilder:
                 f"the system prompt and summary need {base} tokens but only {budget} are "
                 "available: shorten the persona, lower [model] max_tokens or raise [model] n_ctx"
             )
+        if names:
+            new_text = named(speaker, new_text)
         new_message, cut = self._new_message(system, base, budget, new_text, volatile)
         fixed = gen.count_prompt_tokens([system, new_message])
-        turns = [m for m in history if _usable(m)]
+        turns, ambient_start = self._with_ambient(history, state, names, budget)
         history_budget = budget - fixed
-        costs = [self._cost(m) for m in turns]
+        costs = [self._cost(m, names) for m in turns]
 
         block = self._evict_fraction * history_budget
         evicted_to = None
@@ -157,7 +193,7 @@ class ContextBuilder:
             evicted_to = anchor(turns[count - 1])
             turns, costs = turns[count:], costs[count:]
         while True:
-            messages = (system, *(_as_chat(m) for m in turns), new_message)
+            messages = (system, *(_as_chat(m, names) for m in turns), new_message)
             tokens = gen.count_prompt_tokens(messages)
             if tokens <= budget or not turns:
                 break
@@ -182,6 +218,9 @@ class ContextBuilder:
             summarize_to=summarize_to,
             persona=persona.key if persona is not None else None,
             params=persona.params if persona is not None else None,
+            names=names,
+            ambient_start=ambient_start,
+            speakers=_speakers(turns, speaker, persona) if names else (),
         )
 
     def _new_message(
@@ -196,15 +235,34 @@ class ContextBuilder:
         fitted, cut = self._fit_text(text, budget - base)
         return ChatMessage("user", fitted), cut
 
-    def _cost(self, message: StoredMessage) -> int:
-        cached = self._turn_tokens.get(message.id)
+    def _cost(self, message: StoredMessage, names: bool) -> int:
+        key = (message.id, names)
+        cached = self._turn_tokens.get(key)
         if cached is None:
             # The template's tokens per turn (role markers) are estimated as 4.
-            cached = self._generator.count_tokens(message.text) + 4
+            cached = self._generator.count_tokens(_as_chat(message, names).content) + 4
             if len(self._turn_tokens) > 100_000:
                 self._turn_tokens.clear()
-            self._turn_tokens[message.id] = cached
+            self._turn_tokens[key] = cached
         return cached
+
+    def _with_ambient(
+        self, history: Sequence[StoredMessage], state: ChannelState, names: bool, budget: int
+    ) -> tuple[list[StoredMessage], int | None]:
+        """The usable turns with ambient ones bounded (see ambient.py), and the channel's
+        new ambient start when they overflowed."""
+        most, cap = self._ambient_max_turns, int(self._ambient_share * budget)
+        start = state.ambient_start_id
+        turns = [m for m in history if _usable(m) and ambient.shown(m, start)]
+
+        def cost(message: StoredMessage) -> int:
+            return self._cost(message, names)
+
+        turns = ambient.bound_runs(turns, cost, most, cap)
+        moved = ambient.next_start(turns, cost, most, cap, keep=1 - self._evict_fraction)
+        if moved is not None:
+            turns = [m for m in turns if ambient.shown(m, moved)]
+        return turns, moved
 
     def _fit_text(self, text: str, available: int) -> tuple[str, bool]:
         """Cut ``text`` (with a visible marker) to at most ``available`` tokens."""
@@ -233,15 +291,26 @@ def _oldest_exchanges(turns: Sequence[StoredMessage], costs: Sequence[int], at_l
     return count
 
 
+def _speakers(
+    turns: Sequence[StoredMessage], speaker: str | None, persona: PromptPersona | None
+) -> tuple[str, ...]:
+    labels = [label_of(m) for m in turns if m.role == "user"]
+    labels += [speaker, persona.name if persona is not None else None]
+    return tuple(dict.fromkeys(label for label in labels if label))
+
+
 def _same_exchange(turns: Sequence[StoredMessage], index: int) -> bool:
     return 0 < index < len(turns) and anchor(turns[index]) == anchor(turns[index - 1])
 
 
 def _usable(message: StoredMessage) -> bool:
     if message.role == "user":
-        return True
+        # Withdrawn ambient turns and messages with nothing in them are not shown.
+        return message.status is not Status.FORGOTTEN and not blank(message.text)
     return message.role == "assistant" and message.status is Status.DONE and bool(message.text)
 
 
-def _as_chat(message: StoredMessage) -> ChatMessage:
-    return ChatMessage("assistant" if message.role == "assistant" else "user", message.text)
+def _as_chat(message: StoredMessage, names: bool) -> ChatMessage:
+    if message.role == "assistant":
+        return ChatMessage("assistant", message.text)
+    return ChatMessage("user", named(label_of(message), message.text) if names else message.text)

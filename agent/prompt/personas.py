@@ -16,6 +16,7 @@ from agent.config import Config, PersonaConfig
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, Generator, SamplingParams
 from agent.prompt.context import PromptPersona
+from agent.prompt.speakers import clean_name
 from memory.history import HistoryStore
 from personas.card import PersonaCard, render_macros
 from personas.prompt import field_sizes, lore_text, system_text, triggered, within_budget
@@ -122,8 +123,13 @@ class Personas:
         for table in ("platforms", "servers", "channels"):
             named += [(f"{table}.{k}", v) for k, v in getattr(self._config, table).items()]
         for key, name in named:
-            if self.registry.get(name) is not None:
+            found = self.registry.resolve(name)
+            if found is not None:
+                if key == "default":
+                    self.default_id = found.id
                 continue
+            if self.registry.find(name):  # several cards answer to it
+                raise PersonaError(f"{where} {key}: {self.registry.unknown(name)}")
             if name in self.registry.skipped and key != "default":
                 # The card file is broken: the rest of the agent still starts.
                 log.error(
@@ -188,7 +194,8 @@ class Personas:
         return self._configured(self._config.channels.get(channel_key), f"channels.{channel_key}")
 
     def _configured(self, name: str | None, key: str) -> Choice | None:
-        entry = self.registry.get(name) if name else None
+        # config.toml may name a card by its id or its display name, in any case.
+        entry = self.registry.resolve(name) if name else None
         return Choice(entry, f"[personas] {key}") if entry is not None else None
 
     def place(self, channel_key: str, inbound: Inbound | None = None) -> Place:
@@ -197,11 +204,12 @@ class Personas:
         return self._places.get(channel_key) or Place(channel_key)
 
     async def switch(self, place: Place, name: str) -> Entry | None:
-        """Store ``name`` as the channel's persona (RESET: back to config.toml's)."""
-        if name == RESET:
+        """Store the persona ``name`` designates (its id or card name, in any case) as the
+        channel's (RESET: back to config.toml's); None if it is unknown or ambiguous."""
+        if name.casefold() == RESET:
             await self._history.set_persona(place.channel_key, None)
             return (await self.choose(place)).entry
-        entry = self.registry.get(name)
+        entry = self.registry.resolve(name)
         if entry is not None:
             await self._history.set_persona(place.channel_key, entry.id)
         return entry
@@ -211,7 +219,9 @@ class Personas:
     async def prompt_persona(self, channel_key: str, inbound: Inbound | None) -> PromptPersona:
         """The WindowKeeper's PersonaSource."""
         choice = await self.choose(self.place(channel_key, inbound))
-        user = inbound.author_name if inbound is not None and inbound.author_name else ANONYMOUS
+        # {{user}}: the person being answered, named as their turns are (a display name is
+        # platform text: it must not smuggle a role marker into the system prompt).
+        user = (clean_name(inbound.author_name) if inbound is not None else "") or ANONYMOUS
         self._active[channel_key] = (choice.entry.card, user)
         return self._render(choice.entry, user)
 

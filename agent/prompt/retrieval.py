@@ -20,6 +20,7 @@ from memory.documents import GLOBAL_SCOPE, NO_PAGE, DocumentIndex
 from memory.embeddings import load_embedder
 from memory.history import HistoryStore
 from memory.memories import Memory, MemoryStore, user_scope
+from memory.records import Status
 from memory.vectors import (
     ChromaStore,
     VectorStoreError,
@@ -98,7 +99,12 @@ class Retriever:
             return [GLOBAL_SCOPE], []
         platform = channel_key.split(":", 1)[0]
         turns = await self._history.conversation(channel_key, limit=PRESENCE_TURNS)
-        authors = dict.fromkeys(t.author_id for t in turns if t.role == "user" and t.author_id)
+        # Ambient messages count (their authors spoke here), withdrawn ones do not.
+        authors = dict.fromkeys(
+            t.author_id
+            for t in turns
+            if t.role == "user" and t.author_id and t.status is not Status.FORGOTTEN
+        )
         scopes = [GLOBAL_SCOPE, channel_key, *(user_scope(platform, a) for a in authors)]
         start = (await self._history.channel_state(channel_key)).window_start_id or 0
         # Only turns still in the window (a turn's place is that of the turn it answers).

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from agent.generators.base import ChatMessage, Generator, SamplingParams
+from agent.prompt.speakers import label_of
 from memory.records import StoredMessage
 
 # (system instruction, heading of the previous summary, heading of the new turns, request)
@@ -48,7 +49,7 @@ def summary_prompt(
     language = dominant_language([t.text for t in turns])
     system, previous_heading, new_heading, request = _INSTRUCTIONS[language]
     lines = [
-        f"{assistant_name if t.role == 'assistant' else (t.author_name or 'user')}: {t.text}"
+        f"{assistant_name if t.role == 'assistant' else (label_of(t) or 'user')}: {t.text}"
         for t in turns
     ]
     parts = [f"{previous_heading}\n{previous}"] if previous else []

@@ -11,22 +11,24 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from agent.events import Inbound
 from agent.generators.base import Generator
 from agent.prompt.context import ContextBuilder, Prompt, PromptPersona, anchor
 from agent.prompt.jobs import BackgroundJobs
+from agent.prompt.speakers import clean_name
 from agent.prompt.summarizer import summarize
 from memory.history import HistoryStore
-from memory.records import ChannelState, StoredMessage, Summary
+from memory.records import ChannelState, Status, StoredMessage, Summary
 
 log = logging.getLogger(__name__)
 
 # A source of volatile prompt material (date, memories, documents) for one message.
 VolatileSource = Callable[[str, str], Awaitable[str | None]]
 Clock = Callable[[], datetime]
+SpeakerNames = Literal["auto", "always", "never"]
 
 
 class PersonaSource(Protocol):
@@ -64,6 +66,7 @@ class WindowKeeper:
         volatile: Sequence[VolatileSource] = (),
         today: Clock | None = None,
         personas: PersonaSource | None = None,
+        speaker_names: SpeakerNames = "auto",
     ) -> None:
         self._history = history
         self._builder = builder
@@ -79,6 +82,7 @@ class WindowKeeper:
         # Without personas every channel gets the builder's own system prompt.
         self._personas = personas
         self._names: dict[str, str] = {}
+        self._speaker_names = speaker_names
         # The furthest anchor a queued or running summary job will cover, per channel.
         self._summarizing: dict[str, int] = {}
 
@@ -93,13 +97,27 @@ class WindowKeeper:
 
     async def preview(self, channel_key: str, text: str, inbound: Inbound | None = None) -> Prompt:
         """The prompt ``text`` would get now; changes nothing."""
-        return (await self._plan(channel_key, None, text, inbound))[0]
+        speaker = clean_name(inbound.author_name) if inbound is not None else None
+        return (await self._plan(channel_key, None, text, inbound, speaker))[0]
 
     async def prepare(
-        self, channel_key: str, message_id: int, text: str, inbound: Inbound | None = None
+        self,
+        channel_key: str,
+        message_id: int,
+        text: str,
+        inbound: Inbound | None = None,
+        speaker: str | None = None,
     ) -> Prompt:
-        """The prompt for stored user turn ``message_id``; evicts and schedules summaries."""
-        prompt, state, summary = await self._plan(channel_key, message_id, text, inbound)
+        """The prompt for stored user turn ``message_id`` (whose author's label is
+        ``speaker``); evicts and schedules summaries."""
+        prompt, state, summary = await self._plan(channel_key, message_id, text, inbound, speaker)
+        if prompt.names and not state.speaker_names and self._speaker_names == "auto":
+            # A second person spoke: names stay on from now on, so the prefix changes once.
+            await self._history.show_speaker_names(channel_key)
+            log.info("speaker names on in %s", channel_key)
+        if prompt.ambient_start is not None:
+            await self._history.move_ambient_start(channel_key, prompt.ambient_start)
+            log.info("ambient context of %s starts at %d", channel_key, prompt.ambient_start)
         epoch = state.epoch
         shown_id = summary.id if summary is not None and summary != state.summary else None
         if prompt.evicted_to is not None:
@@ -126,7 +144,12 @@ class WindowKeeper:
         return prompt
 
     async def _plan(
-        self, channel_key: str, before_id: int | None, text: str, inbound: Inbound | None
+        self,
+        channel_key: str,
+        before_id: int | None,
+        text: str,
+        inbound: Inbound | None,
+        speaker: str | None,
     ) -> tuple[Prompt, ChannelState, Summary | None]:
         """Build the prompt; returns it with the state read and the summary it shows.
 
@@ -134,6 +157,7 @@ class WindowKeeper:
         the turns it covers leave the window in the same step: one prefix change per block.
         """
         state, turns = await self._window(channel_key, before_id)
+        names = self._names_on(state, turns, inbound)
         persona = None
         if self._personas is not None:
             # Before the volatile sources: the lorebook reads the persona chosen here.
@@ -159,6 +183,8 @@ class WindowKeeper:
                 volatile=volatile,
                 today=today,
                 persona=persona,
+                speaker=speaker,
+                names=names,
             )
 
         prompt = build(turns, shown)
@@ -170,6 +196,24 @@ class WindowKeeper:
                 prompt = replace(prompt, evicted_to=ready.last_message_id)
             shown = ready
         return prompt, state, shown
+
+    def _names_on(
+        self, state: ChannelState, turns: Sequence[StoredMessage], inbound: Inbound | None
+    ) -> bool:
+        """Speaker names in this prompt ([chat] speaker_names): "auto" shows them once two
+        people have spoken in the window, and from then on."""
+        if self._speaker_names != "auto":
+            return self._speaker_names == "always"
+        if state.speaker_names:
+            return True
+        people = {
+            t.author_id
+            for t in turns
+            if t.role == "user" and t.author_id and self._builder.visible(t)
+        }
+        if inbound is not None and inbound.author_id:
+            people.add(inbound.author_id)
+        return len(people) > 1
 
     async def _window(
         self, channel_key: str, before_id: int | None
@@ -221,7 +265,13 @@ class WindowKeeper:
         turns = await self._history.conversation(
             channel_key, since_id=since, before_id=up_to + 1, limit=self._history_limit
         )
-        turns = [t for t in turns if t.role in {"user", "assistant"} and t.text]
+        # Ambient messages stay out of summaries: a summary cannot be edited, and !forgetme
+        # promises that the model no longer sees a person's ambient messages.
+        turns = [
+            t
+            for t in turns
+            if t.role in {"user", "assistant"} and t.text and t.status is not Status.AMBIENT
+        ]
         if not turns:
             return
         async with self._background.preemptible():

@@ -145,18 +145,42 @@ async def _aboutme(invocation: Invocation, deps: CommandDeps) -> str:
 
 
 async def _forget(invocation: Invocation, deps: CommandDeps) -> str:
-    if deps.retriever is None or deps.retriever.memories is None:
-        return NO_MEMORY
     if not invocation.args:
         return f"Usage: {PREFIX}forget <text>"
+    # Your own messages here that were context only (ambient) and contain the text.
+    withdrawn = 0
+    if invocation.author_id:
+        withdrawn = await deps.history.forget_ambient(
+            invocation.channel_key, invocation.author_id, invocation.args
+        )
+    lines = [_withdrawn(withdrawn)] if withdrawn else []
+    if deps.retriever is None or deps.retriever.memories is None:
+        return "\n".join(lines) if lines else NO_MEMORY
     scopes = [invocation.channel_key]
     if invocation.author_id:
         platform = invocation.channel_key.split(":", 1)[0]
         scopes.append(user_scope(platform, invocation.author_id))
     gone = await deps.retriever.memories.forget(scopes, invocation.args, deps.forget_min_score)
-    if not gone:
-        return "I remember nothing like that here."
-    return "Forgotten:\n" + "\n".join(f"- {m.text}" for m in gone)
+    if gone:
+        lines += ["Forgotten:", *(f"- {m.text}" for m in gone)]
+    return "\n".join(lines) if lines else "I remember nothing like that here."
+
+
+async def _forgetme(invocation: Invocation, deps: CommandDeps) -> str:
+    if not invocation.author_id:
+        return "I cannot tell who you are here, so I cannot tell your messages apart."
+    withdrawn = await deps.history.forget_ambient(invocation.channel_key, invocation.author_id)
+    if not withdrawn:
+        return "I keep none of your messages here as background."
+    return _withdrawn(withdrawn)
+
+
+def _withdrawn(count: int) -> str:
+    what = "message" if count == 1 else "messages"
+    return (
+        f"I no longer see {count} of your {what} written here without addressing me "
+        "(their text is erased)."
+    )
 
 
 async def _memories(invocation: Invocation, deps: CommandDeps) -> str:
@@ -182,11 +206,11 @@ async def _persona(invocation: Invocation, deps: CommandDeps) -> str:
         return f"Persona here: {here.id} ({here.card.name}), {choice.reason}."
     if not invocation.is_admin:
         return "Only admins can switch the persona."
-    name = invocation.args.split()[0]
+    name = invocation.args  # a card's name may have spaces: "Captain Hook"
     entry = await deps.personas.switch(place, name)
     if entry is None:
         return f"Cannot switch: {deps.personas.registry.unknown(name)}."
-    if name == RESET:
+    if name.casefold() == RESET:
         return f"Persona here is back to the configured one: {entry.id} ({entry.card.name})."
     return f"Persona here is now {entry.id} ({entry.card.name})."
 
@@ -225,8 +249,15 @@ COMMANDS: dict[str, Command] = {
         Command(
             "forget",
             "forget <text>",
-            "forget the closest fact remembered here or about you",
+            "forget the closest fact remembered here or about you, and your background "
+            "messages here that contain the text",
             _forget,
+        ),
+        Command(
+            "forgetme",
+            "forgetme",
+            "erase every message you wrote here without addressing me, so I no longer see it",
+            _forgetme,
         ),
         Command("memories", "memories", "list what I remember here", _memories),
         Command(

@@ -12,7 +12,14 @@ generator's ``concurrency`` replies at once). When a message arrives (see README
   notice per episode or burst — answering later would pile up exactly the work the limit
   is there to refuse;
 - if the same author already has a reply waiting in the channel, the message joins it: one
-  reply answers them all, the earlier turns are marked MERGED.
+  reply answers them all, the earlier turns are marked MERGED;
+- an ambient message (not addressed to Beseda, in a channel that opted in) is stored as
+  context, AMBIENT, and never answered; a message with nothing in it to answer (only
+  whitespace or invisible characters, e.g. a mention with only an image) is stored as
+  SKIPPED with a short notice.
+
+Every user turn is stored with its author's label (agent/prompt/speakers.py), which the
+prompt shows in group chats.
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from agent.events import Inbound
+from agent.events import Inbound, blank
 from agent.generators.base import GenerationStats, Generator, SamplingParams
 from agent.ports import ReplyStream, ReplyTarget
 from agent.prompt.context import Prompt
+from agent.prompt.speakers import SpeakerBook, unlabel
 from agent.prompt.window import WindowKeeper
 from agent.runtime import chat_commands
 from agent.runtime.background import Background
@@ -54,6 +62,9 @@ RATE_NOTICE = (
 CHANNEL_RATE_NOTICE = (
     "This channel is writing faster than I can answer: I'll leave some messages "
     "unanswered for a little while."
+)
+NOTHING_NOTICE = (
+    "There is nothing in your message for me to answer: please write your question as text."
 )
 STOPPED_MARK = "(stopped)"
 STOPPED_NOTICE = "Stopped."
@@ -92,6 +103,8 @@ class _Turn:
     inbound: Inbound
     text: str
     message_id: int
+    # The author's label, as stored with the turn.
+    speaker: str | None = None
 
 
 @dataclass(slots=True)
@@ -142,8 +155,10 @@ class Core:
         greeting: Callable[[Inbound], Awaitable[str | None]] | None = None,
         limits: Limits | None = None,
         clock: Clock = time.monotonic,
+        speakers: SpeakerBook | None = None,
     ) -> None:
         self._history = history
+        self._speakers = speakers or SpeakerBook(history)
         self._deps = deps or chat_commands.CommandDeps(history)
         # Called with each answered message (e.g. to queue memory extraction).
         self._after_reply = after_reply
@@ -175,9 +190,15 @@ class Core:
             raise CoreClosedError("Beseda is shutting down")
         text = self.clean_text(inbound.text)
         command = chat_commands.parse(text)
+        if inbound.ambient:
+            return await self._store_ambient(inbound, text, command)
         if command is not None and command[0] == chat_commands.STOP:
             return await self._stop(inbound, text, target)
-        skip = self._refusal(inbound, command)
+        if command is None and blank(text):
+            skip: tuple[str, str | None] | None = ("nothing to answer", NOTHING_NOTICE)
+        else:
+            skip = self._refusal(inbound, command)
+        speaker = None if command else await self._label(inbound)
         stored = await self._history.append(
             inbound.channel_key,
             "command" if command else "user",
@@ -187,6 +208,7 @@ class Core:
             author_name=inbound.author_name.replace("\x00", ""),
             platform_message_id=inbound.message_id,
             created_at=inbound.timestamp,
+            speaker=speaker,
         )
         if skip:
             log.info("skipped message %d in %s: %s", stored.id, inbound.channel_key, skip[0])
@@ -195,7 +217,31 @@ class Core:
             return _settled(Reply("", Status.SKIPPED, stored.id, error=skip[0]))
         if len(inbound.text.replace("\x00", "")) > self._max_chars:
             await self._notice(inbound, target, stored.id, CUT_NOTICE.format(limit=self._max_chars))
-        return self._enqueue(_Turn(inbound, text, stored.id), target, command)
+        return self._enqueue(_Turn(inbound, text, stored.id, speaker), target, command)
+
+    async def _store_ambient(
+        self, inbound: Inbound, text: str, command: tuple[str, str] | None
+    ) -> asyncio.Future[Reply]:
+        """Context only: stored for later prompts, never answered, no notice, no rate limit
+        (it asks nothing of the model). A command is never run from here: adapters send
+        commands as addressed messages."""
+        shown = command is None and not blank(text)
+        stored = await self._history.append(
+            inbound.channel_key,
+            "command" if command else "user",
+            text,
+            status=Status.AMBIENT if shown else Status.SKIPPED,
+            author_id=inbound.author_id.replace("\x00", ""),
+            author_name=inbound.author_name.replace("\x00", ""),
+            platform_message_id=inbound.message_id,
+            created_at=inbound.timestamp,
+            speaker=await self._label(inbound) if shown else None,
+        )
+        return _settled(Reply("", stored.status, stored.id))
+
+    async def _label(self, inbound: Inbound) -> str:
+        author_id = inbound.author_id.replace("\x00", "")
+        return await self._speakers.label(inbound.channel_key, author_id, inbound.author_name)
 
     def clean_text(self, text: str) -> str:
         """What is stored and answered: no NUL bytes (PostgreSQL rejects them), bounded size."""
@@ -382,7 +428,9 @@ class Core:
             stream = await job.target.open_reply(inbound)
             # The prompt's history ends before the first of the merged turns.
             first = job.turns[0].message_id
-            prompt = await self.window.prepare(inbound.channel_key, first, job.text, inbound)
+            prompt = await self.window.prepare(
+                inbound.channel_key, first, job.text, inbound, job.turns[-1].speaker
+            )
             assistant = await asyncio.shield(row)  # !stop must not cancel the write
             tokens = self._generator.stream(prompt.messages, prompt.params or self._params)
             stats = tokens.stats
@@ -417,7 +465,8 @@ class Core:
             stored_id = stored.id if stored is not None else None
             return Reply(partial, Status.FAILED, job.user_message_id, stored_id, stats, reason)
 
-        return await self._complete(job, assistant.id, stream, "".join(parts).strip(), stats)
+        text = unlabel("".join(parts).strip(), prompt.speakers)
+        return await self._complete(job, assistant.id, stream, text, stats)
 
     async def _complete(
         self,
@@ -485,12 +534,12 @@ class Core:
     # -- recovery (see agent/runtime/recovery.py) ------------------------------------------
 
     def resume(
-        self, inbound: Inbound, message_id: int, target: ReplyTarget
+        self, inbound: Inbound, message_id: int, target: ReplyTarget, speaker: str | None = None
     ) -> asyncio.Future[Reply]:
         """Queue an already stored user turn (found unanswered after a restart)."""
         if self._closed:
             raise CoreClosedError("Beseda is shutting down")
-        return self._enqueue(_Turn(inbound, inbound.text, message_id), target)
+        return self._enqueue(_Turn(inbound, inbound.text, message_id, speaker), target)
 
     async def close(self, grace: float) -> None:
         """Take no new messages; let in-flight replies finish for ``grace`` s, then cancel."""

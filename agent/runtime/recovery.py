@@ -79,7 +79,10 @@ async def resume(
             continue
         reopened.append((message, platform, target))
     # Queued together, with no await in between, so one author's turns join one reply.
-    return [core.resume(_inbound(m, platform), m.id, target) for m, platform, target in reopened]
+    return [
+        core.resume(_inbound(m, platform), m.id, target, m.speaker)
+        for m, platform, target in reopened
+    ]
 
 
 async def _reopen(adapter: Reopener | None, message: StoredMessage) -> ReplyTarget | None:

@@ -25,13 +25,17 @@ def make_core(
     persona: str = TEST_PERSONA,
     max_chars: int = 20_000,
     limits: dict[str, float] | None = None,
+    chat: dict[str, object] | None = None,
     **context: object,
 ) -> Core:
-    """``context`` goes to [context] over ``date = "off"`` (e.g. ``summaries=False``)."""
+    """``context`` goes to [context] over ``date = "off"`` (e.g. ``summaries=False``),
+    ``chat`` to [chat] (e.g. ``{"speaker_names": "never"}``)."""
     config = Config(
         model=ModelConfig(max_tokens=max_tokens, temperature=0),
         persona=PersonaConfig(system_prompt=persona),
-        chat=ChatConfig(safety_margin_tokens=margin, max_message_chars=max_chars),
+        chat=ChatConfig.model_validate(
+            {"safety_margin_tokens": margin, "max_message_chars": max_chars, **(chat or {})}
+        ),
         context=ContextConfig.model_validate({"date": "off", **context}),
         limits=LimitsConfig.model_validate(limits or {}),
     )

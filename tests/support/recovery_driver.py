@@ -1,8 +1,12 @@
 """Runs the real App with the console adapter (one message per stdin line), for the crash
-tests in test_recovery.py: ``python -m tests.support.recovery_driver DATA_DIR stall|answer``.
+tests in test_recovery.py:
+``python -m tests.support.recovery_driver DATA_DIR stall|answer|recall``.
 
 ``stall`` writes one word of each reply, says STALLED on stderr and then hangs (the test
-kills it with SIGKILL); ``answer`` answers "answer to: <message>" at once.
+kills it with SIGKILL); ``answer`` answers "answer to: <message>" at once; ``recall``
+answers "saw: " and every user turn of its prompt, joined by " | ". A line starting with "~ " is
+an ambient message from Bob (context only, as a platform marks messages not addressed to
+the bot in a channel that opted in).
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from agent.config import (
     RetrievalConfig,
     StorageConfig,
 )
+from agent.events import Inbound
 from agent.generators.base import ChatMessage, GenerationStats, SamplingParams, TokenStream
 from tests.support.fakes import FakeGenerator
 
 
 class DriverGenerator(FakeGenerator):
-    def __init__(self, stall: bool) -> None:
-        super().__init__(lambda messages: f"answer to: {messages[-1].content}", concurrency=1)
+    def __init__(self, stall: bool, recall: bool = False) -> None:
+        super().__init__(recalled if recall else answered, concurrency=1)
         self._stall = stall
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
@@ -44,6 +49,24 @@ class DriverGenerator(FakeGenerator):
         yield "never"
 
 
+def answered(messages: Sequence[ChatMessage]) -> str:
+    return f"answer to: {messages[-1].content}"
+
+
+def recalled(messages: Sequence[ChatMessage]) -> str:
+    return "saw: " + " | ".join(m.content for m in messages if m.role == "user")
+
+
+class AsideConsole(ConsoleAdapter):
+    def inbound(self, text: str) -> Inbound:
+        if not text.startswith("~ "):
+            return super().inbound(text)
+        return Inbound(
+            platform="console", channel_key=self.channel_key, author_id="bob",
+            author_name="Bob", text=text[2:], ambient=True,
+        )  # fmt: skip
+
+
 async def main(data_dir: Path, mode: str) -> None:
     config = Config(
         storage=StorageConfig(data_dir=data_dir),
@@ -52,8 +75,9 @@ async def main(data_dir: Path, mode: str) -> None:
         retrieval=RetrievalConfig(enabled=False),
         recovery=RecoveryConfig(max_age_minutes=60),
     )
-    async with App.open(config, generator=DriverGenerator(stall=mode == "stall")) as app:
-        console = ConsoleAdapter(
+    generator = DriverGenerator(stall=mode == "stall", recall=mode == "recall")
+    async with App.open(config, generator=generator) as app:
+        console = AsideConsole(
             channel="local",
             user_name="you",
             assistant_name="Beseda",
