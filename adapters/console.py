@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from agent.events import Inbound, channel_key
 from agent.ports import ReplyTarget
+
+log = logging.getLogger(__name__)
 
 QUIT_WORDS = frozenset({"/quit", "/exit"})
 
@@ -158,7 +161,11 @@ class ConsoleAdapter:
                     continue
                 if self._interactive and text in QUIT_WORDS:
                     break
-                reply = await submit(self.inbound(text), self)
+                try:
+                    reply = await submit(self.inbound(text), self)
+                except Exception:  # told already (e.g. the database is full); next line
+                    log.exception("could not take a message on %s", self.channel_key)
+                    continue
                 if isinstance(reply, asyncio.Future):
                     # The next prompt appears only after the answer (or a stop).
                     await asyncio.wait([reply, stopped], return_when=asyncio.FIRST_COMPLETED)

@@ -20,17 +20,19 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from adapters import discord_json
 from adapters.attachments import DocumentsHook, accepts
 from adapters.credentials import platform_secret
+from adapters.discord_catchup import CatchUp
 from adapters.discord_reply import Editable, discord_reply
 from adapters.intake import RATE_NOTICE, AllowLists, Facts, Outcome, decide, listed
 from adapters.quotes import quote, reply_chain
 from adapters.streaming import Clock, EditedReply, Sleep
 from agent.config import Config, DiscordConfig
 from agent.events import Attachment, Inbound
-from agent.ports import ReplyTarget
+from agent.ports import Ledger, ReplyTarget
 from agent.runtime import chat_commands
-from agent.runtime.limits import per_window
+from agent.runtime.limits import Verdict, per_window
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ def _inbound(
     )
 
 
+def _unlimited(_user: str) -> Verdict:
+    return "ok"
+
+
 def _quote(message: discord.Message) -> str:
     return quote(message.author.display_name, message.content) if message.content else ""
 
@@ -110,8 +116,9 @@ class _Client(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
 
-    async def on_ready(self) -> None:
+    async def on_ready(self) -> None:  # after every IDENTIFY: a new session, nothing replayed
         self.adapter.ready.set()
+        self.adapter.catch_up.start(self)
 
 
 class DiscordAdapter:
@@ -147,6 +154,8 @@ class DiscordAdapter:
         self.failure: str | None = None
         # Set once the gateway is ready, or when stopping (recovery waits on it).
         self.ready = asyncio.Event()
+        # Messages written while the bot was away, answered on every new session.
+        self.catch_up = CatchUp(self._replay)
 
     @property
     def name(self) -> str:
@@ -168,6 +177,7 @@ class DiscordAdapter:
 
     async def run(self, submit: Submit) -> None:
         self._submit = submit
+        discord_json.install()  # a payload orjson refuses must not end the connection
         # Nothing the bot sends pings anyone: not @everyone/@here, roles or users, even when
         # the model repeats a flood of mentions from a message.
         options = {"allowed_mentions": discord.AllowedMentions.none(), **self._options}
@@ -193,6 +203,7 @@ class DiscordAdapter:
     async def stop(self) -> None:
         self._stopped = True
         self.ready.set()  # a recovery waiting for the connection gives up now
+        await self.catch_up.cancel()
         if self.client is not None:
             await self.client.close()
 
@@ -204,8 +215,12 @@ class DiscordAdapter:
         try:
             synced = await client.tree.sync()
             log.info("synced %d slash commands", len(synced))
-        except discord.HTTPException as exc:  # e.g. missing applications.commands scope
-            log.warning("could not sync slash commands: %s", exc)
+        except Exception as exc:  # e.g. no applications.commands scope, an odd answer
+            # A nicety: never worth the bot. The ! commands work as messages regardless.
+            log.warning(
+                "could not sync slash commands (%s: %s); running without them",
+                type(exc).__name__, exc,
+            )  # fmt: skip
 
     def _slash_command(
         self, command: chat_commands.Command
@@ -228,12 +243,24 @@ class DiscordAdapter:
     # -- intake ------------------------------------------------------------------------------
 
     async def on_message(self, message: discord.Message) -> None:
+        await self.catch_up.wait()  # missed messages first: each channel in order
         try:
             await self._on_message(message)
         except Exception:  # one bad event never takes the bot down
             log.exception("could not handle a message in discord:%s", message.channel.id)
 
-    async def _on_message(self, message: discord.Message) -> None:
+    async def _replay(self, message: discord.Message) -> None:
+        """A message missed while away (adapters/discord_catchup.py)."""
+        try:
+            await self._on_message(message, replay=True)
+        except Exception:
+            log.exception("could not handle a missed message in discord:%s", message.channel.id)
+
+    def use_ledger(self, ledger: Ledger) -> None:
+        """Where the catch-up reads what is stored (set by the app)."""
+        self.catch_up.ledger = ledger
+
+    async def _on_message(self, message: discord.Message, *, replay: bool = False) -> None:
         client = self.client
         me = client.user if client is not None else None
         if self._stopped or self._submit is None or me is None:
@@ -272,7 +299,8 @@ class DiscordAdapter:
             context=listed(self.config.context_channels, *channel_ids),
             empty=not text and not message.attachments,
         )
-        decision = decide(facts, self._limiter.check)
+        # Missed messages were written over a longer time: no per-user rate limit.
+        decision = decide(facts, _unlimited if replay else self._limiter.check)
         if decision.outcome is Outcome.IGNORE:
             log.debug("ignored user %s in %s: %s", author.id, where, decision.reason)
             return

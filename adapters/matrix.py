@@ -166,12 +166,13 @@ class MatrixAdapter:
 
     async def run(self, submit: Submit) -> None:
         self._submit = submit
+        self._ended = False  # run again after an error (the app's supervisor restarts it)
         loop = asyncio.create_task(self._serve(), name="matrix:sync")
         stopping = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait({loop, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if loop.done() and not loop.cancelled() and (error := loop.exception()) is not None:
-                log.error("matrix stopped by an unexpected error; Matrix is off", exc_info=error)
+                raise error  # the supervisor logs it and runs Matrix again
         finally:
             for task in (loop, stopping):
                 task.cancel()

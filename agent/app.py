@@ -20,10 +20,13 @@ from agent.ops.server import Health, OpsServer, ServesHttp, serve_operations
 from agent.ports import PlatformAdapter
 from agent.prompt.retrieval import Knowledge
 from agent.runtime.core import Core
+from agent.runtime.ledger import HistoryLedger
 from agent.runtime.recovery import Pending, find_pending, resume
+from agent.runtime.supervisor import Backoff, Supervisor
 from agent.wiring import build_core, build_knowledge
 from memory.db import Database
 from memory.history import SqlHistoryStore
+from memory.instance import serving_lock
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +55,21 @@ class App:
         self.observer = Observer(self.metrics)
         # The /healthz and /metrics endpoint while serving with [metrics] enabled.
         self.ops: OpsServer | None = None
+        # How adapters are restarted after an error; the supervisor of the last serve().
+        self.backoff = Backoff()
+        self.supervisor: Supervisor | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, config: Config, generator: Generator | None = None) -> AsyncIterator[App]:
+    async def open(
+        cls, config: Config, generator: Generator | None = None, *, serving: bool = False
+    ) -> AsyncIterator[App]:
         """Open the database (migrating it), load the model, wire the core; on leaving, close
         everything in reverse order of creation, also when opening failed halfway.
 
         A ``generator`` given here is owned by the app from now on: it is closed with it.
+        ``serving`` (``run``): hold the database's serving lock first, so that a second
+        ``run`` on it refuses to start (memory/instance.py) before it loads a model.
         """
         # tabby_url/tabby_key pick the remote backend and its sampling defaults (temperature 0).
         config = select_backend(config)
@@ -67,6 +77,8 @@ class App:
         async with contextlib.AsyncExitStack() as stack:
             db = Database(config.database_url)
             stack.push_async_callback(db.close)
+            if serving:
+                await stack.enter_async_context(serving_lock(db))
             if generator is not None:
                 stack.push_async_callback(generator.aclose)
             await db.migrate()
@@ -81,7 +93,8 @@ class App:
             yield cls(config, db, generator, core, knowledge)
 
     async def serve(self, adapters: Sequence[PlatformAdapter]) -> None:
-        """Run until every adapter has finished or SIGINT/SIGTERM; then drain and return."""
+        """Run until every adapter has finished for good or SIGINT/SIGTERM; then drain and
+        return. ``self.supervisor`` tells afterwards how each adapter ended."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
@@ -97,11 +110,18 @@ class App:
         self._attach_documents(adapters)
         # Settle what a crash left behind before any adapter takes new messages.
         max_age = timedelta(minutes=self.config.recovery.max_age_minutes)
+        self._attach_ledger(adapters, max_age)
         pending = await find_pending(self.core.history, max_age)
         await self._warm()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        health = Health(adapters, self.generator, self.db)
+        supervisor = self.supervisor = Supervisor(
+            adapters,
+            lambda adapter: self.observer.submit_for(adapter.name, self.core.submit),
+            backoff=self.backoff,
+            on_change=self.metrics.adapter_changed,
+        )
+        health = Health(adapters, self.generator, self.db, supervisor=supervisor)
         # Webhooks (Telegram's) are served by the same server as /metrics.
         endpoints = [e for a in adapters if isinstance(a, ServesHttp) for e in a.endpoints()]
         try:
@@ -109,15 +129,15 @@ class App:
                 serve_operations(self.config.metrics, self.metrics, health, endpoints) as self.ops,
                 asyncio.TaskGroup() as group,
             ):
+                # Supervised: an adapter that raises is restarted; nothing else notices.
                 runs = [
-                    group.create_task(a.run(self.observer.submit_for(a.name, self.core.submit)))
-                    for a in adapters
+                    group.create_task(supervisor.run(entry), name=f"adapter:{entry.name}")
+                    for entry in supervisor.adapters
                 ]
                 group.create_task(self._stop_when(stop, runs))
                 recovery = group.create_task(self._recover(pending, adapters))
                 await stop.wait()
-                for adapter in adapters:
-                    await adapter.stop()
+                await supervisor.stop()
                 await recovery  # queued before the drain below, so answered within grace
                 if self._signals == 0:
                     # The input ended (a pipe, /quit): finish the summaries it started.
@@ -150,6 +170,14 @@ class App:
             use_documents = getattr(adapter, "use_documents", None)
             if callable(use_documents):
                 use_documents(hook)
+
+    def _attach_ledger(self, adapters: Sequence[PlatformAdapter], max_age: timedelta) -> None:
+        """Adapters that catch up on missed messages (Discord) read the history for it."""
+        ledger = HistoryLedger(self.core.history, max_age)
+        for adapter in adapters:
+            use_ledger = getattr(adapter, "use_ledger", None)
+            if callable(use_ledger):
+                use_ledger(ledger)
 
     async def _recover(self, pending: Pending, adapters: Sequence[PlatformAdapter]) -> None:
         try:

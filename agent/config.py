@@ -311,7 +311,8 @@ class RecoveryConfig(_Section):
     """What happens at start to messages a crash left unanswered (see README, 'Recovery')."""
 
     # Unanswered messages younger than this are answered after a restart (where the platform
-    # can reply to them); older ones are marked skipped. 0 = mark all of them skipped.
+    # can reply to them); older ones are marked skipped. 0 = mark all of them skipped. Also
+    # how far back Discord catches up on messages written while it was away (0: no catch-up).
     max_age_minutes: float = Field(default=30.0, ge=0.0)
 
 

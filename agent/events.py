@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from typing import Any
+
+from memory.text import valid_text
 
 # Letters and symbols that show as nothing (Hangul fillers, the braille blank).
 _BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
@@ -59,3 +62,25 @@ def blank(text: str) -> bool:
         char.isspace() or char in _BLANK_GLYPHS or unicodedata.category(char) in {"Cf", "Cc"}
         for char in text
     )
+
+
+def valid_inbound(inbound: Inbound) -> Inbound:
+    """The event with valid text in every field (message, names, ids, keys, file names):
+    lone surrogates, which JSON escapes and command lines can carry, become U+FFFD before
+    anything stores, embeds, tokenises or prints them (see memory/text.py). Matrix ids in
+    relations are whatever a client sent, so the keys are checked too."""
+    changes: dict[str, Any] = {}
+    for name in _TEXT_FIELDS:
+        value = getattr(inbound, name)
+        if isinstance(value, str) and (valid := valid_text(value)) is not value:
+            changes[name] = valid
+    attachments = tuple(
+        replace(a, filename=valid_text(a.filename), content_type=valid_text(a.content_type))
+        for a in inbound.attachments
+    )
+    if attachments != inbound.attachments:
+        changes["attachments"] = attachments
+    return replace(inbound, **changes) if changes else inbound
+
+
+_TEXT_FIELDS = tuple(f.name for f in fields(Inbound) if f.name not in {"attachments", "timestamp"})

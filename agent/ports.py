@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from agent.events import Inbound
@@ -30,8 +32,19 @@ class ReplyTarget(Protocol):
     async def open_reply(self, inbound: Inbound) -> ReplyStream: ...
 
 
+class PermanentAdapterError(Exception):
+    """Raised by an adapter's ``run`` when trying again cannot help (a rejected token, a
+    missing intent, a configuration error): the adapter stops for good. The message says
+    what to fix. Any other exception from ``run`` is logged and the adapter restarted
+    (agent/runtime/supervisor.py)."""
+
+
 class PlatformAdapter(ReplyTarget, Protocol):
-    """A platform connection. ``run`` delivers events to ``submit`` until ``stop``."""
+    """A platform connection. ``run`` delivers events to ``submit`` until ``stop``.
+
+    ``run`` may raise: the app restarts the adapter with back-off, so ``run`` must be
+    callable again on the same object.
+    """
 
     @property
     def name(self) -> str: ...
@@ -40,6 +53,34 @@ class PlatformAdapter(ReplyTarget, Protocol):
 
     async def stop(self) -> None:
         """Stop intake: no new events after this returns."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelMark:
+    """The newest message stored from a platform in one channel: where a catch-up starts."""
+
+    channel_key: str
+    message_id: str | None  # the platform's id
+    at: datetime
+
+
+class Ledger(Protocol):
+    """What an adapter catching up on messages it missed (while down, or across a gateway
+    reconnect that replays nothing) reads from the history; agent/runtime/ledger.py."""
+
+    @property
+    def max_age(self) -> timedelta:
+        """Missed messages older than this are left unanswered ([recovery] max_age_minutes);
+        zero: no catch-up."""
+        ...
+
+    async def active_channels(self, platform: str) -> list[ChannelMark]:
+        """The platform's recently active channels, most recent first."""
+        ...
+
+    async def stored(self, channel_key: str, message_ids: Sequence[str]) -> set[str]:
+        """Which of these platform message ids are stored (taken in) already."""
         ...
 
 

@@ -30,8 +30,30 @@ class DatabaseError(Exception):
     """The database cannot be used; the message names [storage] database_url."""
 
 
+class StorageError(Exception):
+    """The database refused a write while running: read-only, full, locked or unreachable.
+    The message says which, in a few words a person can be shown."""
+
+
+def storage_error(exc: BaseException) -> StorageError:
+    """``exc`` (from a write) as a StorageError whose message says what happened, briefly;
+    the driver's own text, which may quote a statement, stays in the chained exception."""
+    raw = str(getattr(exc, "orig", None) or exc).lower()
+    if any(word in raw for word in ("readonly", "read-only", "read only")):
+        reason = "the database is read-only"
+    elif any(word in raw for word in ("is full", "no space left", "disk full")):
+        reason = "the database is full (no space left)"
+    elif any(word in raw for word in ("locked", "lock timeout", "busy")):
+        reason = "the database is locked by another program"
+    else:
+        reason = "the database is unavailable"
+    return StorageError(reason)
+
+
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, lock_timeout: float = 30.0) -> None:
+        """``lock_timeout``: seconds a SQLite write waits for another writer's lock before
+        it fails as "locked"."""
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -47,7 +69,7 @@ class Database:
                 options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
             else:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            options["connect_args"] = {"timeout": 30}
+            options["connect_args"] = {"timeout": lock_timeout}
         try:
             self.engine: AsyncEngine = create_async_engine(parsed, **options)
         except (ArgumentError, ImportError) as exc:

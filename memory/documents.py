@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memory.text import valid_text
 from memory.vectors import ChromaStore, Item
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,11 @@ class IngestReport:
 
 
 def read_document(path: Path) -> list[Page]:
-    """The text of ``path`` by page. Raises :class:`UnreadableDocumentError`."""
+    """The text of ``path`` by page, valid (a PDF's text map may hold lone surrogates).
+    Raises :class:`UnreadableDocumentError`."""
     suffix = path.suffix.lower()
     if suffix == ".pdf":
-        return _read_pdf(path)
+        return [Page(page.number, valid_text(page.text)) for page in _read_pdf(path)]
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -151,13 +153,17 @@ def _join(units: Sequence[tuple[str, int]]) -> str:
 
 
 def discover(root: Path) -> dict[str, Path]:
-    """Supported files under ``root`` (a folder or one file), keyed by their source name."""
+    """Supported files under ``root`` (a folder or one file), keyed by their source name.
+
+    A file name that is not valid UTF-8 reaches Python with surrogates in it
+    (``surrogateescape``); its source name, stored in Chroma, has U+FFFD there instead.
+    """
     if root.is_file():
-        return {root.name: root}
+        return {valid_text(root.name): root}
     if not root.is_dir():
         return {}
     return {
-        path.relative_to(root).as_posix(): path
+        valid_text(path.relative_to(root).as_posix()): path
         for path in sorted(root.rglob("*"))
         if path.is_file() and path.suffix.lower() in SUFFIXES and not path.name.startswith(".")
     }

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any, Protocol, overload
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from memory.channel_cache import ChannelCache
-from memory.db import Database
+from memory.db import Database, storage_error
 from memory.models import ChannelRow, MessageRow, SummaryRow, utcnow
 from memory.records import ANSWERED, ChannelState, Status, StoredMessage, Summary
+from memory.text import storable
 from memory.turn_cache import TurnCache, tail_floor
 
 NAME_CHARS = 255  # MessageRow.author_name
@@ -26,6 +27,18 @@ SPEAKER_CHARS = 64  # MessageRow.speaker
 TAIL_SLACK = 20
 # Channels whose state ``warm()`` reads ahead at start: the most recently active ones.
 WARM_CHANNELS = 1000
+
+
+class DuplicateMessageError(Exception):
+    """The platform message is stored in this channel already: it was taken in before (by a
+    reconnect's catch-up, a redelivery, another process) and must not be answered again."""
+
+    def __init__(self, existing: StoredMessage) -> None:
+        super().__init__(
+            f"message {existing.platform_message_id} of {existing.channel_key} is stored "
+            f"already (id {existing.id})"
+        )
+        self.existing = existing
 
 
 class HistoryStore(Protocol):
@@ -42,7 +55,11 @@ class HistoryStore(Protocol):
         in_reply_to_id: int | None = None,
         created_at: datetime | None = None,
         speaker: str | None = None,
-    ) -> StoredMessage: ...
+    ) -> StoredMessage:
+        """Store a turn. Raises :class:`DuplicateMessageError` when ``platform_message_id``
+        is stored in the channel already, :class:`~memory.db.StorageError` when the
+        database refuses the write (read-only, full, locked, unreachable)."""
+        ...
 
     async def update(
         self, message_id: int, *, text: str | None = None, status: Status | None = None
@@ -128,6 +145,18 @@ class HistoryStore(Protocol):
         """Mark replies left streaming (by a crash) interrupted; how many there were."""
         ...
 
+    async def known_platform_ids(self, channel_key: str, message_ids: Sequence[str]) -> set[str]:
+        """Which of these platform message ids are stored in the channel already."""
+        ...
+
+    async def latest_from_platform(
+        self, platform: str, *, since: datetime, limit: int
+    ) -> list[StoredMessage]:
+        """Per channel of ``platform`` where a message with a platform id was stored since
+        ``since``: the newest such message; the most recently active channels first, at
+        most ``limit`` (what a catch-up after downtime starts from)."""
+        ...
+
     async def unanswered(
         self, *, since: datetime | None = None, before: datetime | None = None
     ) -> list[StoredMessage]:
@@ -179,6 +208,36 @@ class SqlHistoryStore:
         created_at: datetime | None = None,
         speaker: str | None = None,
     ) -> StoredMessage:
+        try:
+            return await self._append(
+                channel_key, role, text, status=status, author_id=author_id,
+                author_name=author_name, platform_message_id=platform_message_id,
+                in_reply_to_id=in_reply_to_id, created_at=created_at, speaker=speaker,
+            )  # fmt: skip
+        except IntegrityError:
+            # The unique index (channel, platform id) refused a second copy (migration 0007).
+            if platform_message_id is not None and (
+                existing := await self._platform_message(channel_key, platform_message_id)
+            ):
+                raise DuplicateMessageError(existing) from None
+            raise
+        except (DBAPIError, OSError) as exc:  # read-only, full, locked, unreachable
+            raise storage_error(exc) from exc
+
+    async def _append(
+        self,
+        channel_key: str,
+        role: str,
+        text: str,
+        *,
+        status: Status,
+        author_id: str | None,
+        author_name: str | None,
+        platform_message_id: str | None,
+        in_reply_to_id: int | None,
+        created_at: datetime | None,
+        speaker: str | None,
+    ) -> StoredMessage:
         with self._turns.writing():
             async with self._db.session() as session, session.begin():
                 channel_id = await self._channel_id(session, channel_key)
@@ -186,14 +245,14 @@ class SqlHistoryStore:
                 values = {
                     "channel_id": channel_id,
                     "role": role,
-                    "text": _storable(text),
+                    "text": storable(text),
                     "status": str(status),
-                    "author_id": _storable(author_id),
+                    "author_id": storable(author_id),
                     # Display names are unbounded on some platforms; PostgreSQL enforces the
                     # column's length (SQLite does not), so cut it the same way everywhere.
-                    "author_name": _storable(author_name, NAME_CHARS),
-                    "speaker": _storable(speaker, SPEAKER_CHARS),
-                    "platform_message_id": _storable(platform_message_id),
+                    "author_name": storable(author_name, NAME_CHARS),
+                    "speaker": storable(speaker, SPEAKER_CHARS),
+                    "platform_message_id": storable(platform_message_id),
                     "in_reply_to_id": in_reply_to_id,
                     "created_at": now,
                     "updated_at": now,
@@ -213,21 +272,24 @@ class SqlHistoryStore:
     async def update(
         self, message_id: int, *, text: str | None = None, status: Status | None = None
     ) -> None:
-        text = None if text is None else _storable(text)
+        text = None if text is None else storable(text)
         values: dict[str, object] = {"updated_at": utcnow()}
         if text is not None:
             values["text"] = text
         if status is not None:
             values["status"] = str(status)
-        with self._turns.writing():
-            async with self._db.session() as session, session.begin():
-                # One statement (every reply is updated at least once).
-                channel_id = await session.scalar(
-                    update(MessageRow)
-                    .where(MessageRow.id == message_id)
-                    .values(**values)
-                    .returning(MessageRow.channel_id)
-                )
+        try:
+            with self._turns.writing():
+                async with self._db.session() as session, session.begin():
+                    # One statement (every reply is updated at least once).
+                    channel_id = await session.scalar(
+                        update(MessageRow)
+                        .where(MessageRow.id == message_id)
+                        .values(**values)
+                        .returning(MessageRow.channel_id)
+                    )
+        except (DBAPIError, OSError) as exc:
+            raise storage_error(exc) from exc
         if channel_id is None:
             raise KeyError(message_id)
         self._turns.updated(channel_id, message_id, text, status)
@@ -419,7 +481,7 @@ class SqlHistoryStore:
                     return None
                 row = SummaryRow(
                     channel_id=channel.id,
-                    text=_storable(text),
+                    text=storable(text),
                     first_message_id=first_id,
                     last_message_id=last_id,
                     epoch=epoch,
@@ -554,6 +616,54 @@ class SqlHistoryStore:
         finally:
             self._turns.clear()
 
+    async def _platform_message(
+        self, channel_key: str, platform_message_id: str
+    ) -> StoredMessage | None:
+        async with self._db.session() as session:
+            found = (
+                await session.execute(
+                    select(MessageRow, ChannelRow.key)
+                    .join(ChannelRow, ChannelRow.id == MessageRow.channel_id)
+                    .where(ChannelRow.key == channel_key)
+                    .where(MessageRow.platform_message_id == storable(platform_message_id))
+                )
+            ).first()
+        return None if found is None else _stored(found[0], found[1])
+
+    async def known_platform_ids(self, channel_key: str, message_ids: Sequence[str]) -> set[str]:
+        wanted = {storable(m): m for m in message_ids}
+        if not wanted:
+            return set()
+        channel_id = await self._known_channel_id(channel_key)
+        if channel_id is None:
+            return set()
+        async with self._db.engine.connect() as connection:
+            found = await connection.scalars(
+                select(MessageRow.platform_message_id)
+                .where(MessageRow.channel_id == channel_id)
+                .where(MessageRow.platform_message_id.in_(list(wanted)))
+            )
+            return {wanted[m] for m in found if m is not None}
+
+    async def latest_from_platform(
+        self, platform: str, *, since: datetime, limit: int
+    ) -> list[StoredMessage]:
+        newest = (
+            select(func.max(MessageRow.id))
+            .where(MessageRow.platform_message_id.is_not(None), MessageRow.created_at >= since)
+            .group_by(MessageRow.channel_id)
+        )
+        query = (
+            select(MessageRow, ChannelRow.key)
+            .join(ChannelRow, ChannelRow.id == MessageRow.channel_id)
+            .where(ChannelRow.platform == platform, MessageRow.id.in_(newest))
+            .order_by(MessageRow.id.desc())
+            .limit(limit)
+        )
+        async with self._db.session() as session:
+            rows = (await session.execute(query)).all()
+            return [_stored(row, key) for row, key in rows]
+
     async def unanswered(
         self, *, since: datetime | None = None, before: datetime | None = None
     ) -> list[StoredMessage]:
@@ -578,19 +688,6 @@ class SqlHistoryStore:
         async with self._db.session() as session:
             rows = (await session.execute(query)).all()
             return [_stored(row, key) for row, key in rows]
-
-
-@overload
-def _storable(value: str, limit: int | None = None) -> str: ...
-@overload
-def _storable(value: None, limit: int | None = None) -> None: ...
-def _storable(value: str | None, limit: int | None = None) -> str | None:
-    """PostgreSQL refuses NUL characters (SQLite keeps them): drop them on every database,
-    whoever wrote the text (a platform, the model)."""
-    if value is None:
-        return None
-    value = value.replace("\x00", "")
-    return value if limit is None else value[:limit]
 
 
 # What a StoredMessage holds of a MessageRow.

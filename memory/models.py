@@ -103,6 +103,9 @@ class MessageRow(Base):
             text("coalesce(in_reply_to_id, id)"),
             "id",
         ),
+        # A platform message is stored once per channel (migration 0007): the check that
+        # no message is answered twice, across reconnects, restarts and processes.
+        Index("ux_messages_platform_id", "channel_id", "platform_message_id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

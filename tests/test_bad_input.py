@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import io
+import os
+from dataclasses import replace
 from pathlib import Path
 
 from adapters.attachments import channel_documents
+from agent.cli.personas import run_persona
+from agent.config import load_config
 from agent.runtime import chat_commands
 from agent.runtime.core import CUT_NOTICE, Core
 from memory.documents import DocumentIndex
 from memory.history import SqlHistoryStore
 from memory.records import Status
+from memory.text import loads_valid, valid_text
 from memory.vectors import ChromaStore, open_client
+from personas.card import load_card
+from tests.conftest import write_config
 from tests.support import discord_fake as fk
 from tests.support.core import make_core
 from tests.support.fakes import FakeGenerator, RecordingAdapter, inbound
@@ -51,6 +59,68 @@ async def test_nul_bytes_are_removed_from_text_and_names(history: SqlHistoryStor
     [user, _] = await history.conversation("test:1")
     assert (user.text, user.author_name) == ("nulhere", "evil")
     await still_answers(core, adapter)
+
+
+async def test_lone_surrogates_become_u_fffd_in_text_names_and_ids(
+    history: SqlHistoryStore,
+) -> None:
+    """Python's json turns "\\ud800" into a lone surrogate, a command line turns undecodable
+    bytes into them; no database driver, tokenizer or terminal takes one."""
+    generator = FakeGenerator()
+    core = make_core(history, generator, summaries=False)
+    adapter = RecordingAdapter()
+    hostile = replace(inbound("abc\ud800def \U0001f600", author="ev\udcffil"), message_id="m\udfff")
+    reply = await (await core.submit(hostile, adapter))
+    assert reply.status is Status.DONE
+    assert reply.text == "echo: abc\ufffddef \U0001f600"  # what the model saw was valid too
+    [user, _] = await history.conversation("test:1")
+    assert (user.text, user.author_name, user.author_id) == (
+        "abc\ufffddef \U0001f600",
+        "ev\ufffdil",
+        "ev\ufffdil",
+    )
+    assert user.platform_message_id == "m\ufffd"
+    # A surrogate pair written as two code points is the character it spells.
+    assert valid_text("\ud83d\ude00") == "\U0001f600"
+    # Platform JSON read with loads_valid (Telegram's answers) never holds a lone one.
+    escaped = '{"t\\ud800": ["a\\udfffb", "\\ud83d\\ude00", "\\u00e9"]}'
+    for raw in (escaped, escaped.encode()):
+        assert loads_valid(raw) == {"t\ufffd": ["a\ufffdb", "\U0001f600", "\u00e9"]}
+    # Whatever writes to the store directly (a summary, the model's text) is made valid too.
+    await history.update(user.id, text="x\ud800")
+    assert (await history.get(user.id)).text == "x\ufffd"  # type: ignore[union-attr]
+    await still_answers(core, adapter)
+
+
+async def test_a_document_with_an_undecodable_file_name_is_indexed(tmp_path: Path) -> None:
+    store = ChromaStore(open_client(tmp_path / "chroma"), "documents", WordHashEmbedder())
+    index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=8)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    # Not UTF-8: Python names it with a surrogate (surrogateescape), which Chroma refuses.
+    (folder / os.fsdecode(b"notes-\xff.txt")).write_text("Otters hold hands.\n", "utf-8")
+    report = await index.ingest(folder)
+    assert report.failed == []
+    assert list(await index.indexed()) == ["notes-\ufffd.txt"]
+
+
+def test_a_persona_card_with_a_lone_surrogate_is_imported_as_valid_text(tmp_path: Path) -> None:
+    card = tmp_path / "card.json"
+    card.write_text(
+        '{"name": "Evil\\ud800", "description": "bad \\udfff text", "character_book": '
+        '{"entries": [{"keys": ["k"], "content": "lore \\ud800"}]}}',
+        encoding="utf-8",
+    )
+    config = load_config(write_config(tmp_path / "c.toml"), environ={})
+    out = io.StringIO()
+    assert run_persona(config, "import", out, file=str(card)) == 0
+    [written] = (tmp_path / "personas").glob("*.toml")
+    imported = load_card(written)
+    assert imported.name == "Evil\ufffd"
+    assert imported.description == "bad \ufffd text"
+    assert imported.lorebook is not None
+    assert imported.lorebook.entries[0].content == "lore \ufffd"
+    assert "(Evil\ufffd)" in out.getvalue()
 
 
 async def test_invalid_utf8_attachment_is_rejected_with_a_notice(tmp_path: Path) -> None:

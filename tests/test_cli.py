@@ -89,6 +89,23 @@ def test_chat_remembers_the_channel_across_runs(config: Path) -> None:
     assert len(stored_rows(config)) == 4
 
 
+def test_an_undecodable_argument_is_answered_not_a_traceback(config: Path) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape): the
+    SQLite driver refused them with a UnicodeEncodeError traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(config), "chat", b"abc\xed\xa0\x80def"],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=HANG,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    assert b"Traceback" not in result.stderr
+    assert result.stdout.strip()
+    user = stored_rows(config)[0]
+    assert (user[1], user[3]) == ("user", "abc\ufffd\ufffd\ufffddef")
+
+
 def test_same_question_in_fresh_channels_gives_the_same_reply(config: Path) -> None:
     one = beseda(config, "chat", "--channel", "a", "Name a colour.")
     two = beseda(config, "chat", "--channel", "b", "Name a colour.")

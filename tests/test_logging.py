@@ -167,7 +167,8 @@ async def test_a_conversation_logs_events_but_no_message_text_or_secret(
             await failed_replies(2)
             assert app.ops is not None
             async with aiohttp.ClientSession() as http, http.get(app.ops.url + "/healthz") as r:
-                assert (r.status, (await r.json())["adapters"]) == (200, {"discord": True})
+                running = {"state": "running", "connected": True, "restarts": 0}
+                assert (r.status, (await r.json())["adapters"]) == (200, {"discord": running})
         finally:
             await adapter.stop()
             await asyncio.wait_for(serving, 20)

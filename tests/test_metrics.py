@@ -24,6 +24,7 @@ from agent.ops.metrics import ERROR_KINDS, Metrics
 from agent.ops.server import Health, OpsServer, OpsServerError
 from agent.ports import ReplyTarget
 from agent.runtime.core import Reply
+from agent.runtime.supervisor import Backoff
 from memory.db import Database
 from memory.records import Status
 from tests.conftest import write_config
@@ -122,7 +123,9 @@ async def start_app(tmp_path: Path) -> AsyncIterator[Start]:
     apps = contextlib.AsyncExitStack()
 
     async def start(
-        generator: FakeGenerator | None = None, adapters: list[ScriptedAdapter] | None = None
+        generator: FakeGenerator | None = None,
+        adapters: list[ScriptedAdapter] | None = None,
+        backoff: Backoff | None = None,
     ) -> Running:
         path = write_config(
             tmp_path / "config.toml",
@@ -134,6 +137,7 @@ async def start_app(tmp_path: Path) -> AsyncIterator[Start]:
             App.open(load_config(path, environ={}), generator or FakeGenerator())
         )
         adapters = adapters or [ScriptedAdapter()]
+        app.backoff = backoff or app.backoff
         serving = asyncio.create_task(app.serve(adapters))
         for _ in range(500):
             if app.ops is not None or serving.done():
@@ -243,7 +247,7 @@ async def test_healthz_is_200_when_every_part_is_up_and_503_otherwise(start_app:
     assert status == 200
     assert report == {
         "status": "ok",
-        "adapters": {"scripted": True},
+        "adapters": {"scripted": {"state": "running", "connected": True, "restarts": 0}},
         "generator": {"name": "fake", "ready": True},
         "database": {"reachable": True},
     }
@@ -251,7 +255,9 @@ async def test_healthz_is_200_when_every_part_is_up_and_503_otherwise(start_app:
     status, report = await running.get("/healthz")
     assert status == 503
     assert report["status"] == "unhealthy"
-    assert report["adapters"] == {"scripted": False}
+    assert report["adapters"] == {
+        "scripted": {"state": "running", "connected": False, "restarts": 0}
+    }
 
 
 def closed_port() -> int:

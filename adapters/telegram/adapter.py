@@ -7,10 +7,13 @@ the allow-lists and the per-user rate limit (adapters/intake.py). In a ``context
 chat the other messages are submitted as ambient context. A forum topic is its own channel
 key (``telegram:<chat id>/<topic id>``, its chat as parent).
 
-Updates are confirmed to Telegram before they are handled (the next ``getUpdates`` carries
-the offset past them), so a restart never answers a message twice; Telegram keeps what
-arrived while Beseda was down for 24 hours, and messages older than ``[recovery]
-max_age_minutes`` from before the start are skipped.
+Updates are handled, then confirmed to Telegram (the next ``getUpdates`` carries the offset
+past them), so a stop or a crash in the middle of a batch loses nothing: the batch comes
+again, and the history's once-only check on the platform message id refuses what was taken
+in already (memory/migrations/versions/0007_platform_message_ids.py), so nothing is answered
+twice either. Telegram keeps what arrived while Beseda was down for 24 hours; messages older
+than ``[recovery] max_age_minutes`` from before the start are skipped. An update aiogram
+cannot read is skipped with a log line, never retried forever.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from aiogram import Bot
 from aiogram.client.session.middlewares.request_logging import RequestLogging
 from aiogram.exceptions import (
     AiogramError,
+    ClientDecodeError,
     TelegramAPIError,
     TelegramConflictError,
     TelegramNotFound,
@@ -54,6 +58,7 @@ from agent.events import Inbound
 from agent.ops.server import Endpoint
 from agent.ports import ReplyTarget
 from agent.runtime.limits import per_window
+from memory.text import loads_valid
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +127,7 @@ class TelegramAdapter:
 
     async def run(self, submit: Submit) -> None:
         self._submit = submit
+        self._ended = False  # run again after an error (the app's supervisor restarts it)
         self._started = self._now()
         try:
             bot = Bot(self._token, session=TokenSafeSession(self.config.api_url, self._token))
@@ -136,7 +142,7 @@ class TelegramAdapter:
         try:
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if serving.done() and not serving.cancelled() and (error := serving.exception()):
-                log.error("telegram stopped by an unexpected error; Telegram is off: %r", error)
+                raise error  # the supervisor logs it and runs Telegram again
         finally:
             for task in (serving, stopping):
                 task.cancel()
@@ -198,7 +204,6 @@ class TelegramAdapter:
 
     async def _poll(self, bot: Bot) -> None:
         offset: int | None = None
-        pending: list[Update] = []  # received, confirmed by the next call, then handled
         failures = 0
         webhook_cleared = False
         while True:
@@ -206,32 +211,45 @@ class TelegramAdapter:
                 if not webhook_cleared:  # getUpdates is refused while a webhook is set
                     await bot.delete_webhook(drop_pending_updates=False)
                     webhook_cleared = True
-                updates = await bot.get_updates(
-                    offset=offset,
-                    timeout=0 if pending else self.config.poll_timeout,
-                    allowed_updates=ALLOWED_UPDATES,
-                    request_timeout=self.config.poll_timeout + 15,
-                )
+                # The offset confirms the batch handled before: not earlier, or a stop or a
+                # crash while handling it would lose the rest.
+                updates, last = await self._get_updates(bot, offset)
             except TelegramUnauthorizedError:
                 self._fail("Telegram rejected the bot token: check TELEGRAM_TOKEN")
                 return
-            except (AiogramError, ValidationError) as exc:  # incl. an undecodable batch
+            except (AiogramError, ValidationError) as exc:  # incl. an answer that is no JSON
                 failures += 1
                 self._connected = False
                 if isinstance(exc, TelegramConflictError):
                     # Another process polls with this token, or a webhook was set again.
                     webhook_cleared = False
-                log.warning("telegram: getUpdates failed (%s); retrying", exc)
+                log.warning("telegram: getUpdates failed (%s); retrying", _brief(exc))
                 await self._sleep(self._retry_delay(exc, failures))
                 continue
             if failures:
                 log.warning("telegram: the Bot API is reachable again; resuming")
             failures, self._connected = 0, True
-            for update in pending:  # the call above confirmed them: never handled twice
+            for update in updates:
                 await self.handle(update)
-            pending = updates
-            if updates:
-                offset = updates[-1].update_id + 1
+            if self._stopping.is_set():
+                return  # unconfirmed: what was not taken in comes again at the next start
+            if last is not None:
+                offset = last + 1
+
+    async def _get_updates(self, bot: Bot, offset: int | None) -> tuple[list[Update], int | None]:
+        """The next batch and the last update id in it (of a readable update or not)."""
+        try:
+            updates = await bot.get_updates(
+                offset=offset,
+                timeout=self.config.poll_timeout,
+                allowed_updates=ALLOWED_UPDATES,
+                request_timeout=self.config.poll_timeout + 15,
+            )
+        except ClientDecodeError as exc:
+            # One update aiogram cannot read (malformed, or newer than aiogram) fails the
+            # whole batch, and would fail it again at every retry: read them one by one.
+            return _readable(exc, bot)
+        return updates, updates[-1].update_id if updates else None
 
     async def _use_webhook(self, bot: Bot) -> None:
         self._secret = secrets.token_urlsafe(32)
@@ -267,7 +285,9 @@ class TelegramAdapter:
             log.warning("telegram: refused a webhook call without the secret token")
             return web.Response(status=401)
         try:
-            update = Update.model_validate(await request.json(), context={"bot": bot})
+            update = Update.model_validate(
+                await request.json(loads=loads_valid), context={"bot": bot}
+            )
         except (ValueError, ValidationError):
             log.warning("telegram: skipped a malformed update from the webhook")
             return web.Response(status=400)
@@ -470,3 +490,35 @@ class TelegramAdapter:
             )
             return self
         return None
+
+
+def _readable(error: ClientDecodeError, bot: Bot) -> tuple[list[Update], int | None]:
+    """The updates of a batch aiogram refused as a whole, without the ones it cannot read
+    (each skipped with a log line). An answer that is no batch at all raises ``error``."""
+    data = error.data
+    batch = data.get("result") if isinstance(data, dict) and data.get("ok") else None
+    if not isinstance(batch, list):
+        raise error
+    updates: list[Update] = []
+    last: int | None = None
+    for raw in batch:
+        update_id = raw.get("update_id") if isinstance(raw, dict) else None
+        if isinstance(update_id, int):
+            last = update_id if last is None else max(last, update_id)
+        try:
+            updates.append(Update.model_validate(raw, context={"bot": bot}))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            log.warning("telegram: skipped update %s that cannot be read (%s)", update_id, problems)
+    if last is None:
+        raise error  # nothing to confirm past: try again
+    return updates, last
+
+
+def _brief(error: Exception) -> str:
+    """An error for a log line: a decode error without the whole answer it could not read."""
+    if isinstance(error, ClientDecodeError):
+        return f"{error.message}: {type(error.original).__name__}: {error.original}"
+    return str(error)

@@ -5,6 +5,10 @@ of every file download (``/file/bot<token>/…``). aiohttp's errors can carry th
 (a failed download's ``ClientResponseError`` prints it), and aiogram chains them to its own
 errors, so a traceback in a log would show the token. Here every such error is raised again
 with the token replaced and without the chained original.
+
+Answers are decoded with every string made valid: a ``"\\ud800"`` escape in a message, a
+name or a file name becomes U+FFFD before aiogram sees it (memory/text.py), so no lone
+surrogate reaches a log line, a notice sent back, or the history.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods import TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiohttp import ClientError, ClientResponseError
+
+from memory.text import loads_valid
 
 if TYPE_CHECKING:
     from aiogram import Bot
@@ -40,7 +46,8 @@ def redact(text: str, token: str) -> str:
 
 class TokenSafeSession(AiohttpSession):
     def __init__(self, api_url: str, token: str, **kwargs: Any) -> None:
-        super().__init__(api=TelegramAPIServer.from_base(api_url.rstrip("/")), **kwargs)
+        api = TelegramAPIServer.from_base(api_url.rstrip("/"))
+        super().__init__(api=api, json_loads=loads_valid, **kwargs)
         self._token = token
 
     async def make_request(

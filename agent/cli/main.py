@@ -26,12 +26,18 @@ from agent.prompt.personas import PersonaError
 from agent.runtime.core import Reply
 from memory.db import DatabaseError
 from memory.embeddings import EmbedderError
+from memory.instance import holder
 from memory.records import Status
 from memory.vectors import VectorStoreError
 from personas.card import CardError
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
+# `chat` beside a running `run`: works, but the bot's caches do not see what it stores.
+BESIDE_RUN = (
+    "note: Beseda ({holder}) is serving this database; this exchange is stored, but that "
+    "process may not show it in its prompts for this channel until it restarts"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,13 +198,15 @@ def _console(
 
 
 async def _run(config: Config) -> int:
-    async with App.open(config) as app:
+    async with App.open(config, serving=True) as app:
         settle_heap()
         console = lambda: _console(config, None, interactive=sys.stdin.isatty(), app=app)  # noqa: E731
         adapters = configured_adapters(config, console)
         await app.serve(adapters)
-    failures = platform_failures(adapters)
-    if failures and len(failures) == len(adapters):  # nothing was served: say so, fail
+    supervisor = app.supervisor
+    failures = supervisor.failures() if supervisor is not None else platform_failures(adapters)
+    # Non-zero only when every adapter stopped for good: nothing was served; say why.
+    if failures and len(failures) == len(adapters):
         for failure in failures:
             print(f"beseda: {failure}", file=sys.stderr)
         return EXIT_FAILED
@@ -207,6 +215,8 @@ async def _run(config: Config) -> int:
 
 async def _chat(config: Config, channel: str | None, message: str, *, stats: bool) -> int:
     async with App.open(config) as app:
+        if (who := await holder(app.db)) is not None:
+            print(f"beseda: {BESIDE_RUN.format(holder=who)}", file=sys.stderr)
         console = _console(config, channel, interactive=False)
         reply: Reply = await (await app.core.submit(console.inbound(message), console))
         sys.stdout.flush()  # the answer is out; a summary it triggered may still be written

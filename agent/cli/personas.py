@@ -7,9 +7,10 @@ from typing import TextIO
 
 from agent.config import Config
 from agent.prompt.personas import load_registry, section_persona_id, user_folder
+from memory.text import valid_json
 from personas.card import CardError, dump_card
 from personas.prompt import system_text
-from personas.sillytavern import import_card, slug
+from personas.sillytavern import convert, read_card_data, slug
 
 
 def run_persona(
@@ -32,7 +33,9 @@ def run_persona(
 
 def _import(config: Config, path: Path, name: str | None, out: TextIO, *, force: bool) -> int:
     """Convert a SillyTavern card (JSON or PNG) to TOML in the user's persona folder."""
-    card = import_card(path)  # CardError: reported by the caller with the file and field
+    # CardError: reported by the caller with the file and field. A card is JSON, which may
+    # carry lone surrogates ("\ud800"): they become U+FFFD (memory/text.py).
+    card = convert(valid_json(read_card_data(path)), str(path))
     target_dir = user_folder(config)
     target = target_dir / f"{slug(name or card.name)}.toml"
     if target.exists() and not force:

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from agent.runtime.supervisor import ADAPTER_STATES, Supervised
 
 # Error kinds (label values of beseda_errors_total); each is documented in README, Operations.
 SUBMIT_ERROR = "submit"  # the message could not be stored or queued
@@ -63,10 +72,28 @@ class Metrics:
             "beseda_completion_tokens", "Tokens generated for replies.", registry=r
         )
         self.errors = Counter("beseda_errors", "Failures, by kind.", ["kind"], registry=r)
+        self.adapter_state = Enum(
+            "beseda_adapter_state", "Each adapter's state: running, restarting (its run "
+            "failed; waiting to run it again), stopped, failed (for good).",
+            ["adapter"], states=list(ADAPTER_STATES), registry=r,
+        )  # fmt: skip
+        self.adapter_restarts = Counter(
+            "beseda_adapter_restarts", "Adapters run again after an error, per adapter.",
+            ["adapter"], registry=r,
+        )  # fmt: skip
+        self._restarts: dict[str, int] = {}
         for kind in ("evaluated", "reused"):
             self.prompt_tokens.labels(kind)
         for kind in ERROR_KINDS:
             self.errors.labels(kind)
+
+    def adapter_changed(self, entry: Supervised) -> None:
+        """The supervisor's report: an adapter changed state or was restarted."""
+        self.adapter_state.labels(entry.name).state(str(entry.state))
+        restarts = self.adapter_restarts.labels(entry.name)
+        if entry.restarts > self._restarts.get(entry.name, 0):
+            restarts.inc(entry.restarts - self._restarts.get(entry.name, 0))
+        self._restarts[entry.name] = entry.restarts
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -24,6 +24,7 @@ from agent.config import MetricsConfig
 from agent.generators.base import Generator
 from agent.ops.metrics import Metrics
 from agent.ports import PlatformAdapter, is_connected
+from agent.runtime.supervisor import AdapterState, Supervisor
 from memory.db import Database
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class ServesHttp(Protocol):
 
 
 class Health:
-    """What /healthz reports: adapters connected, generator ready, database reachable."""
+    """What /healthz reports: each adapter's state, connection and restarts; generator
+    ready; database reachable."""
 
     def __init__(
         self,
@@ -60,24 +62,40 @@ class Health:
         generator: Generator,
         db: Database,
         *,
+        supervisor: Supervisor | None = None,
         timeout: float = CHECK_TIMEOUT_SECONDS,
     ) -> None:
         self._adapters = adapters
         self._generator = generator
         self._db = db
+        self._supervisor = supervisor
         self._timeout = timeout
 
     async def report(self) -> dict[str, Any]:
-        adapters = {a.name: is_connected(a) for a in self._adapters}
+        adapters = {a.name: self._adapter(a) for a in self._adapters}
         generator_ready, database_reachable = await asyncio.gather(
             self._generator_ready(), self._database_reachable()
         )
-        healthy = all(adapters.values()) and generator_ready and database_reachable
+        healthy = (
+            all(a["state"] == AdapterState.RUNNING and a["connected"] for a in adapters.values())
+            and generator_ready
+            and database_reachable
+        )
         return {
             "status": "ok" if healthy else "unhealthy",
             "adapters": adapters,
             "generator": {"name": self._generator.name, "ready": generator_ready},
             "database": {"reachable": database_reachable},
+        }
+
+    def _adapter(self, adapter: PlatformAdapter) -> dict[str, Any]:
+        entry = self._supervisor.state(adapter) if self._supervisor is not None else None
+        state = entry.state if entry is not None else AdapterState.RUNNING
+        return {
+            "state": str(state),
+            # Only a running adapter can be connected (a failed one may keep a stale flag).
+            "connected": state is AdapterState.RUNNING and is_connected(adapter),
+            "restarts": entry.restarts if entry is not None else 0,
         }
 
     async def _generator_ready(self) -> bool:

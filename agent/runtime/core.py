@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from agent.events import Inbound, blank
+from agent.events import Inbound, blank, valid_inbound
 from agent.generators.base import GenerationStats, Generator, SamplingParams
 from agent.ports import ReplyStream, ReplyTarget
 from agent.prompt.context import Prompt
@@ -42,8 +42,10 @@ from agent.runtime import chat_commands
 from agent.runtime.background import Background
 from agent.runtime.limits import Buckets, Clock, Verdict
 from agent.runtime.scheduler import Scheduler
-from memory.history import HistoryStore
+from memory.db import StorageError
+from memory.history import DuplicateMessageError, HistoryStore
 from memory.records import Status, StoredMessage
+from memory.text import valid_text
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,12 @@ CHANNEL_RATE_NOTICE = (
 NOTHING_NOTICE = (
     "There is nothing in your message for me to answer: please write your question as text."
 )
+STORAGE_NOTICE = "Sorry, I can't take messages right now: {reason}. Please try again later."
 STOPPED_MARK = "(stopped)"
 STOPPED_NOTICE = "Stopped."
 NOTHING_TO_STOP = "Nothing to stop: I am not writing a reply here."
+# Reply.error of a platform message delivered again: it is stored already, not answered.
+DUPLICATE = "duplicate"
 # Several turns of one author answered together are shown to the model as one message.
 MERGE_SEPARATOR = "\n"
 
@@ -188,6 +193,7 @@ class Core:
         """
         if self._closed:
             raise CoreClosedError("Beseda is shutting down")
+        inbound = valid_inbound(inbound)  # what a platform sent may not even be valid text
         text = self.clean_text(inbound.text)
         command = chat_commands.parse(text)
         if inbound.ambient:
@@ -198,18 +204,27 @@ class Core:
             skip: tuple[str, str | None] | None = ("nothing to answer", NOTHING_NOTICE)
         else:
             skip = self._refusal(inbound, command)
-        speaker = None if command else await self._label(inbound)
-        stored = await self._history.append(
-            inbound.channel_key,
-            "command" if command else "user",
-            text,
-            status=Status.SKIPPED if skip else Status.RECEIVED,
-            author_id=inbound.author_id.replace("\x00", ""),
-            author_name=inbound.author_name.replace("\x00", ""),
-            platform_message_id=inbound.message_id,
-            created_at=inbound.timestamp,
-            speaker=speaker,
-        )
+        try:
+            speaker = None if command else await self._label(inbound)
+            stored = await self._history.append(
+                inbound.channel_key,
+                "command" if command else "user",
+                text,
+                status=Status.SKIPPED if skip else Status.RECEIVED,
+                author_id=inbound.author_id.replace("\x00", ""),
+                author_name=inbound.author_name.replace("\x00", ""),
+                platform_message_id=inbound.message_id,
+                created_at=inbound.timestamp,
+                speaker=speaker,
+            )
+        except DuplicateMessageError as exc:
+            return _taken_already(exc)
+        except StorageError as exc:
+            # Not stored, so not answered, ever: the person must know, to send it again.
+            cause = getattr(exc.__cause__, "orig", None) or exc.__cause__  # no statement
+            log.error("cannot store a message in %s: %s (%r)", inbound.channel_key, exc, cause)
+            await self._tell(inbound, target, STORAGE_NOTICE.format(reason=exc))
+            raise
         if skip:
             log.info("skipped message %d in %s: %s", stored.id, inbound.channel_key, skip[0])
             if skip[1]:
@@ -226,17 +241,24 @@ class Core:
         (it asks nothing of the model). A command is never run from here: adapters send
         commands as addressed messages."""
         shown = command is None and not blank(text)
-        stored = await self._history.append(
-            inbound.channel_key,
-            "command" if command else "user",
-            text,
-            status=Status.AMBIENT if shown else Status.SKIPPED,
-            author_id=inbound.author_id.replace("\x00", ""),
-            author_name=inbound.author_name.replace("\x00", ""),
-            platform_message_id=inbound.message_id,
-            created_at=inbound.timestamp,
-            speaker=await self._label(inbound) if shown else None,
-        )
+        try:
+            stored = await self._history.append(
+                inbound.channel_key,
+                "command" if command else "user",
+                text,
+                status=Status.AMBIENT if shown else Status.SKIPPED,
+                author_id=inbound.author_id.replace("\x00", ""),
+                author_name=inbound.author_name.replace("\x00", ""),
+                platform_message_id=inbound.message_id,
+                created_at=inbound.timestamp,
+                speaker=await self._label(inbound) if shown else None,
+            )
+        except DuplicateMessageError as exc:  # a catch-up delivers ambient messages again too
+            return _taken_already(exc)
+        except StorageError as exc:
+            # Nobody asked anything, so nobody is told; the adapter logs the failure.
+            log.error("cannot store an ambient message in %s: %s", inbound.channel_key, exc)
+            raise
         return _settled(Reply("", stored.status, stored.id))
 
     async def _label(self, inbound: Inbound) -> str:
@@ -244,8 +266,9 @@ class Core:
         return await self._speakers.label(inbound.channel_key, author_id, inbound.author_name)
 
     def clean_text(self, text: str) -> str:
-        """What is stored and answered: no NUL bytes (PostgreSQL rejects them), bounded size."""
-        text = text.replace("\x00", "")
+        """What is stored and answered: valid text (no lone surrogates), no NUL bytes
+        (PostgreSQL rejects them), bounded size."""
+        text = valid_text(text).replace("\x00", "")
         if len(text) > self._max_chars:
             text = text[: self._max_chars] + f"\n[… cut: longer than {self._max_chars} characters]"
         return text
@@ -300,15 +323,26 @@ class Core:
         except Exception:
             log.exception("could not deliver a notice in %s", inbound.channel_key)
 
+    async def _tell(self, inbound: Inbound, target: ReplyTarget, text: str) -> None:
+        """Deliver an error notice that cannot be stored; a platform failure is only logged."""
+        try:
+            stream = await target.open_reply(inbound)
+            await stream.fail(text)
+        except Exception:
+            log.exception("could not deliver a notice in %s", inbound.channel_key)
+
     async def _stop(
         self, inbound: Inbound, text: str, target: ReplyTarget
     ) -> asyncio.Future[Reply]:
         """``!stop``: cancel the channel's reply in progress, ahead of everything queued."""
-        stored = await self._history.append(
-            inbound.channel_key, "command", text, author_id=inbound.author_id,
-            author_name=inbound.author_name, platform_message_id=inbound.message_id,
-            created_at=inbound.timestamp,
-        )  # fmt: skip
+        try:
+            stored = await self._history.append(
+                inbound.channel_key, "command", text, author_id=inbound.author_id,
+                author_name=inbound.author_name, platform_message_id=inbound.message_id,
+                created_at=inbound.timestamp,
+            )  # fmt: skip
+        except DuplicateMessageError as exc:
+            return _taken_already(exc)
         channel = self._channels.get(inbound.channel_key)
         answering = channel.answering if channel is not None else None
         if answering is not None and not answering[1].done():
@@ -487,11 +521,14 @@ class Core:
             return Reply("", Status.FAILED, job.user_message_id, assistant_id, stats, "empty")
         try:
             await self._history.update(assistant_id, text=text, status=Status.DONE)
-        except Exception:
+        except Exception as exc:
             # Not shown as answered when it is not stored as answered: recovery would
             # answer the message again after a restart.
+            reason = "the reply could not be stored"
+            if isinstance(exc, StorageError):  # say why, when it is a known condition
+                reason = f"{reason}: {exc}"
             with contextlib.suppress(Exception):
-                await stream.fail(FAILED_NOTICE.format(reason="the reply could not be stored"))
+                await stream.fail(FAILED_NOTICE.format(reason=reason))
             raise
         try:
             await stream.finish(text)
@@ -584,6 +621,17 @@ async def _show_stopped(stream: ReplyStream | None, partial: str) -> None:
             await stream.finish(f"{partial} {STOPPED_MARK}")
         else:
             await stream.fail(STOPPED_MARK)
+
+
+def _taken_already(duplicate: DuplicateMessageError) -> asyncio.Future[Reply]:
+    """A platform message delivered again (a catch-up after a reconnect, a redelivery):
+    it was stored, hence handled, before; never answered twice."""
+    first = duplicate.existing
+    log.info(
+        "ignored message %s in %s: taken in before (stored as %d)",
+        first.platform_message_id, first.channel_key, first.id,
+    )  # fmt: skip
+    return _settled(Reply("", Status.SKIPPED, first.id, error=DUPLICATE))
 
 
 def _settled(reply: Reply) -> asyncio.Future[Reply]:

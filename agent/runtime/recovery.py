@@ -9,7 +9,7 @@ the adapter cannot reopen it, it is marked SKIPPED with a log line.
 
 Every pending turn thus ends DONE-answered, FAILED, or SKIPPED: a second restart finds
 nothing to do for it (never answered twice), and nothing is dropped without a status. This
-assumes one serving process per database.
+assumes one serving process per database, which ``run`` enforces (memory/instance.py).
 """
 
 from __future__ import annotations

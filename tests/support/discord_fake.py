@@ -2,18 +2,21 @@
 
 The unmodified discord.py client is pointed at it (``Route.BASE`` and
 ``DiscordWebSocket.DEFAULT_GATEWAY``). It records every REST request and every gateway
-opcode the bot sends, and lets a test dispatch events, drop the connection or make the next
-matching request fail (403, 429 with ``retry_after``, 5xx).
+opcode the bot sends, and lets a test dispatch events, drop the connection (or forget the
+session, so that the RESUME fails into a new IDENTIFY), break the next HELLO, or make the
+next matching request fail (403, 429 with ``retry_after``, 5xx). Ids are snowflakes of the
+time they are made, as on Discord (discord.py reads a message's time from its id), and a
+channel's messages can be read back through REST (history, ``after``/``before``/``limit``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -31,8 +34,20 @@ BOT_ROLE_ID = 500_000_000_000_000_002  # the role Discord manages for the bot's 
 MESSAGE_CONTENT = 1 << 15  # the privileged intent bit
 TIMESTAMP = "2026-01-01T00:00:00.000000+00:00"
 
+DISCORD_EPOCH_MS = 1_420_070_400_000
+
 # Opcodes of the gateway.
 DISPATCH, HEARTBEAT, IDENTIFY, RESUME, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 0, 1, 2, 6, 9, 10, 11
+
+
+def snowflake(at: datetime, low: int = 0) -> int:
+    return ((int(at.timestamp() * 1000) - DISCORD_EPOCH_MS) << 22) | (low & 0x3FFFFF)
+
+
+def snowflake_time(snowflake_id: int) -> str:
+    """The ISO timestamp a snowflake was made at (what Discord sends as ``timestamp``)."""
+    seconds = ((snowflake_id >> 22) + DISCORD_EPOCH_MS) / 1000
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 def user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
@@ -51,6 +66,7 @@ class Request:
     method: str
     path: str
     body: Any
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,7 +90,7 @@ class DiscordFake:
         # Messages "people" sent (MESSAGE_CREATE), readable through REST like the bot's own.
         self.received: dict[int, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}  # the CDN: attachment id -> content
-        self._ids = itertools.count(700_000_000_000_000_001)
+        self._last_id = 0
         self._ws: web.WebSocketResponse | None = None
         self._seq = 0
         self._session = "fake-session-1"
@@ -86,6 +102,9 @@ class DiscordFake:
         self.bot = user(BOT_ID, "beseda", bot=True)
         # False: the bot's Message Content intent is not enabled in the developer portal.
         self.message_content_allowed = True
+        # HELLOs still to send without a heartbeat interval (a payload the client chokes on).
+        self.broken_hellos = 0
+        self._sessions = 1
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -139,6 +158,11 @@ class DiscordFake:
         if self._ws is not None and not self._ws.closed:
             await self._ws.send_str(json.dumps(payload))
 
+    async def send_raw(self, frame: str) -> None:
+        """Send a gateway frame as it is (e.g. one that is not JSON)."""
+        assert self._ws is not None
+        await self._ws.send_str(frame)
+
     async def drop(self, code: int = 4000) -> None:
         """Close the gateway connection as Discord does on a hiccup (the client may RESUME)."""
         self._ready.clear()
@@ -146,8 +170,20 @@ class DiscordFake:
         if ws is not None:
             await ws.close(code=code, message=b"dropped by the fake")
 
-    def next_id(self) -> int:
-        return next(self._ids)
+    def forget_sessions(self) -> None:
+        """Sessions are lost (as after a long outage): the next RESUME is refused with
+        INVALID_SESSION, the client identifies anew, and missed events are not replayed."""
+        self._sessions += 1
+        self._session = f"fake-session-{self._sessions}"
+        self._events.clear()
+
+    def next_id(self, at: datetime | None = None) -> int:
+        """A new snowflake: made now (always above the last one), or at ``at``."""
+        if at is not None:
+            self._last_id += 1
+            return snowflake(at, self._last_id)
+        self._last_id = max(self._last_id + 1, snowflake(datetime.now(UTC)))
+        return self._last_id
 
     async def message_create(
         self,
@@ -162,10 +198,12 @@ class DiscordFake:
         reference: dict[str, Any] | None = None,
         files: dict[str, bytes] | None = None,
         dispatch: bool = True,
+        at: datetime | None = None,
     ) -> int:
         """Dispatch MESSAGE_CREATE as Discord would; returns the message id. With
-        ``dispatch=False`` the message is only stored, as if sent while the bot was away."""
-        message_id = self.next_id()
+        ``dispatch=False`` the message is only stored, as if sent while the bot was away
+        (``at``: written then)."""
+        message_id = self.next_id(at)
         attachments = []
         for name, data in (files or {}).items():
             file_id = str(self.next_id())
@@ -186,7 +224,7 @@ class DiscordFake:
             "channel_id": str(channel_id),
             "author": author or user(111, "alice"),
             "content": content,
-            "timestamp": TIMESTAMP,
+            "timestamp": snowflake_time(message_id),
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,
@@ -376,7 +414,11 @@ class DiscordFake:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._ws = ws
-        await ws.send_str(json.dumps({"op": HELLO, "d": {"heartbeat_interval": 41250}}))
+        hello: dict[str, Any] = {"heartbeat_interval": 41250}
+        if self.broken_hellos:
+            self.broken_hellos -= 1
+            hello = {}
+        await ws.send_str(json.dumps({"op": HELLO, "d": hello}))
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
                 break
@@ -447,7 +489,7 @@ class DiscordFake:
                 body = json.loads(raw)
             elif request.content_type.startswith("multipart/"):
                 body = {"multipart": raw.decode("utf-8", "replace")}
-        self.requests.append(Request(request.method, path, body))
+        self.requests.append(Request(request.method, path, body, dict(request.query)))
         response = self._respond(request, path, body)
         await self._notify()
         return response
@@ -463,7 +505,39 @@ class DiscordFake:
                 if failure.times <= 0:
                     self.failures.remove(failure)
                 return _json(failure.body, failure.status, failure.headers)
+        if request.method == "GET":
+            if match := re.fullmatch(r"/channels/(\d+)/messages", path):
+                return _json(self._history(int(match[1]), request.query))
+            if match := re.fullmatch(r"/channels/(\d+)", path):
+                return self._channel(int(match[1]))
         return self._route(request.method, path, body)
+
+    def _history(self, channel_id: int, query: Mapping[str, str]) -> list[dict[str, Any]]:
+        """GET /channels/{id}/messages: up to ``limit`` messages next to ``after`` (or
+        before ``before``, or the newest), newest first, as Discord answers."""
+        limit = int(query.get("limit", "50"))
+        messages = sorted(
+            (
+                m
+                for m in [*self.received.values(), *self.messages.values()]
+                if m["channel_id"] == str(channel_id)
+            ),
+            key=lambda m: int(m["id"]),
+        )
+        if "after" in query:
+            chosen = [m for m in messages if int(m["id"]) > int(query["after"])][:limit]
+        elif "before" in query:
+            chosen = [m for m in messages if int(m["id"]) < int(query["before"])][-limit:]
+        else:
+            chosen = messages[-limit:]
+        return chosen[::-1]
+
+    def _channel(self, channel_id: int) -> web.Response:
+        """GET /channels/{id}: the direct-message channel (guild channels come with the
+        guild; a DM channel is fetched when it is not cached)."""
+        if channel_id != DM_CHANNEL_ID:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        return _json({"id": str(DM_CHANNEL_ID), "type": 1, "recipients": [user(111, "alice")]})
 
     def _route(self, method: str, path: str, body: Any) -> web.Response:  # noqa: PLR0911, PLR0912
         if (method, path) == ("GET", "/gateway/bot"):
@@ -558,7 +632,7 @@ class DiscordFake:
             "channel_id": str(channel_id),
             "author": self.bot,
             "content": body.get("content") or "",
-            "timestamp": TIMESTAMP,
+            "timestamp": snowflake_time(message_id),
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,

@@ -76,7 +76,7 @@ async def main(data_dir: Path, mode: str) -> None:
         recovery=RecoveryConfig(max_age_minutes=60),
     )
     generator = DriverGenerator(stall=mode == "stall", recall=mode == "recall")
-    async with App.open(config, generator=generator) as app:
+    async with App.open(config, generator=generator, serving=True) as app:  # as `run` does
         console = AsideConsole(
             channel="local",
             user_name="you",

@@ -56,9 +56,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def chroma_server(chroma: Path, data: Path) -> Iterator[str]:
-    """A real ``chroma run`` on loopback; yields its URL and stops it afterwards."""
-    port = free_port()
+def chroma_server(chroma: Path, data: Path, port: int = 0) -> Iterator[str]:
+    """A real ``chroma run`` on loopback (on ``port``, else a free one); yields its URL and
+    stops it afterwards."""
+    port = port or free_port()
     log = (data.parent / "chroma-server.log").open("wb")
     process = subprocess.Popen(
         [str(chroma), "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],

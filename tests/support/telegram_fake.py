@@ -9,7 +9,8 @@ modified" for an edit that changes nothing), deleteMessage, sendChatAction, send
 setMyCommands, getFile and the file download ``/file/bot<token>/<path>``. HTML is checked
 like Telegram does (only its tags, balanced, entities escaped; at most 4,096 UTF-16 units
 of text). Any method can be made to fail next (400, 403, 429 with
-``parameters.retry_after``, 5xx). Every request is recorded.
+``parameters.retry_after``, 5xx) or answer bytes that are not UTF-8; an update can be
+delivered as given (one aiogram cannot read). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from pathlib import PurePosixPath
 from typing import Any
 
 import aiohttp
@@ -151,6 +153,7 @@ class TelegramFake:
         self.token = token
         self.calls: list[Call] = []
         self.failures: list[Failure] = []
+        self.garbled: dict[str, int] = {}  # method -> answers left that are not UTF-8
         self.sent: dict[tuple[int, int], Sent] = {}
         self.received: dict[tuple[int, int], dict[str, Any]] = {}  # people's messages
         self.files: dict[str, tuple[str, bytes | None]] = {}  # file id -> (path, content)
@@ -206,6 +209,10 @@ class TelegramFake:
     ) -> None:
         self.failures.append(Failure(method, ApiError(status, description, **parameters), times))
 
+    def garble_next(self, method: str, times: int = 1) -> None:
+        """The next answers to ``method`` are not UTF-8 (a broken proxy in front of the API)."""
+        self.garbled[method] = self.garbled.get(method, 0) + times
+
     def calls_of(self, method: str) -> list[dict[str, Any]]:
         return [c.params for c in self.calls if c.method == method]
 
@@ -219,7 +226,8 @@ class TelegramFake:
     def add_file(self, name: str, content: bytes | None) -> dict[str, Any]:
         """A document people can send; content None: the download fails (404)."""
         file_id = f"file-{len(self.files) + 1}"
-        self.files[file_id] = (f"documents/{file_id}_{name}", content)
+        # Telegram's file paths keep only the extension of the name the person gave.
+        self.files[file_id] = (f"documents/{file_id}{PurePosixPath(name).suffix}", content)
         return {
             "file_id": file_id,
             "file_unique_id": f"u{file_id}",
@@ -271,6 +279,12 @@ class TelegramFake:
         await self._deliver({"update_id": next(self._update_ids), "message": message})
         return message_id
 
+    async def deliver(self, update: dict[str, Any]) -> int:
+        """An update as given (fields aiogram may not read), with the next update id."""
+        update_id = next(self._update_ids)
+        await self._deliver({"update_id": update_id, **update})
+        return update_id
+
     def _topic_root(self, chat: dict[str, Any], thread_id: int) -> dict[str, Any]:
         return {
             "message_id": thread_id,
@@ -320,6 +334,11 @@ class TelegramFake:
         async with self._changed:
             self.calls.append(Call(method, params))
             self._changed.notify_all()
+        if self.garbled.get(method):
+            self.garbled[method] -= 1
+            return web.Response(
+                body=b'{"ok": true, "result": "\xff\xfe"}', content_type="application/json"
+            )
         try:
             self._maybe_fail(method)
             handler = getattr(self, f"_m_{method}", None)
