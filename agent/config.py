@@ -168,6 +168,9 @@ class ChatConfig(_Section):
     # most this share of the prompt's token budget. 0 shows none.
     ambient_max_turns: int = Field(default=20, ge=0)
     ambient_share: float = Field(default=0.25, ge=0.0, le=0.9)
+    # Beseda's own words (notices, command answers; README, "Languages") when neither the
+    # persona's language nor the messages tell: "auto" (English), "en" or "ru".
+    language: Literal["auto", "en", "ru"] = "auto"
 
 
 class ContextConfig(_Section):
