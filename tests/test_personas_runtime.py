@@ -424,9 +424,9 @@ async def test_a_persona_is_found_by_id_or_display_name_in_any_case(
     assert await switch("PIRATE") == "Persona here is now pirate (Hook)."
     assert await switch("hook") == "Persona here is now pirate (Hook)."
     assert await switch("captain hook") == "Persona here is now captain (Captain Hook)."
-    # Unicode case folding: the built-in card named "Беседа" (asked for in Russian, so
-    # answered in Russian).
-    assert await switch("БЕСЕДА") == "Теперь здесь персона beseda-ru (Беседа)."
+    # Unicode case folding: the built-in card named "Беседа". A persona's name says nothing
+    # about the language; once the Russian persona speaks, Beseda's words are Russian.
+    assert await switch("БЕСЕДА") == "Persona here is now beseda-ru (Беседа)."
     assert await switch("беседа") == "Теперь здесь персона beseda-ru (Беседа)."
     assert (await history.channel_state("discord:100")).persona == "beseda-ru"  # the id
     ambiguous = await switch("TWIN")

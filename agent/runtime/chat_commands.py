@@ -81,6 +81,12 @@ class Command:
     def takes_args(self) -> bool:
         return self.arg is not None
 
+    @property
+    def in_words(self) -> bool:
+        """The argument is the person's own words (a fact), not a name: it tells their
+        language."""
+        return self.arg is not None and self.arg is not texts.ARG_NAME
+
 
 def parse(text: str) -> tuple[str, str] | None:
     """``("reset", "")`` for ``"!reset"``; None when the text is not a known command."""

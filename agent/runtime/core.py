@@ -68,7 +68,8 @@ STOPPED_NOTICE = texts.STOPPED.en
 NOTHING_TO_STOP = texts.NOTHING_TO_STOP.en
 # How many recent messages of a channel tell its language when the message itself does not
 # ("!help", "2+2").
-LANGUAGE_LOOKBACK = 6
+LANGUAGE_LOOKBACK = 30
+_SAID_BY_PEOPLE = frozenset({"user", "assistant", "command"})
 # Reply.error of a platform message delivered again: it is stored already, not answered.
 DUPLICATE = "duplicate"
 # Several turns of one author answered together are shown to the model as one message.
@@ -294,7 +295,8 @@ class Core:
                 recent = await self._history.conversation(
                     inbound.channel_key, limit=LANGUAGE_LOOKBACK
                 )
-                said += [m.text for m in reversed(recent) if m.role in {"user", "assistant"}]
+                # Not Beseda's notices: lists of ids and names outweigh their few words.
+                said += [_said(m.text) for m in reversed(recent) if m.role in _SAID_BY_PEOPLE]
         return choose(persona, said, self._language_setting)
 
     def _refusal(
@@ -642,9 +644,13 @@ def _say(verdict: Verdict, notice: Text) -> Text | None:
 
 
 def _said(text: str) -> str:
-    """What a message says in its own words: a command's arguments, not its (English) name."""
+    """What a message says in its own words: a command's text argument, not its (English)
+    name nor a persona's name."""
     command = chat_commands.parse(text)
-    return command[1] if command is not None else text
+    if command is None:
+        return text
+    name, args = command
+    return args if chat_commands.COMMANDS[name].in_words else ""
 
 
 async def _show_stopped(stream: ReplyStream | None, partial: str, mark: str) -> None:
