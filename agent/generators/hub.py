@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agent.config import Config, load_dotenv_into_environ
 from agent.generators.base import GeneratorError
-from agent.generators.catalog import with_named_model
+from agent.generators.catalog import named_entry, with_named_model
 from agent.generators.gguf import bundled_model_path, check_gguf_file
 
 COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
@@ -39,6 +39,13 @@ class HubFile:
     revision: str
     sha256: str
     cache_dir: Path
+    # [model] name, when the catalog chose the file: `models pull NAME` fetches it.
+    name: str = ""
+
+    @property
+    def pull(self) -> str:
+        """The command that downloads it."""
+        return f"python -m agent models pull {self.name}".strip()
 
     @property
     def storage(self) -> Path:
@@ -86,7 +93,13 @@ def hub_file(config: Config) -> HubFile | None:
         revision=model.revision or DEFAULT_REVISION,
         sha256=model.sha256.lower(),
         cache_dir=models_dir(config),
+        name=model.name if model.name and model.hf_repo == _catalog_repo(config) else "",
     )
+
+
+def _catalog_repo(config: Config) -> str:
+    entry = named_entry(config)
+    return entry.hf_repo if entry is not None else ""
 
 
 def ensure_model(config: Config, *, download: bool = True) -> Path:
@@ -99,7 +112,7 @@ def ensure_model(config: Config, *, download: bool = True) -> Path:
         if not download:
             raise GeneratorError(
                 f"[model] hf_repo: {spec.wanted} is not downloaded yet (looked in "
-                f"{spec.cache_dir}); run `python -m agent models pull`"
+                f"{spec.cache_dir}); run `{spec.pull}`"
             )
         path = download_model(spec)
     try:
@@ -247,7 +260,7 @@ def _offline_message(spec: HubFile, endpoint: str, exc: BaseException) -> str:
     return (
         f"[model] hf_repo: cannot download {spec.wanted} from {endpoint} ({reason[:200]}), "
         f"and it is not in {spec.cache_dir} yet. Connect to the network and run "
-        "`python -m agent models pull` (HF_ENDPOINT selects a mirror), or download the file "
+        f"`{spec.pull}` (HF_ENDPOINT selects a mirror), or download the file "
         "by hand and set [model] path to it instead of hf_repo"
     )
 

@@ -38,6 +38,8 @@ class FakeHub:
     # False: resolve serves the bytes itself, as the hub does for small non-LFS files.
     cdn_redirect: bool = True
     requests: list[HubRequest] = field(default_factory=list)
+    # The sha256 model_info announces for a file, where it is not the served bytes' own.
+    announced: dict[str, str] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
     _cut_done: bool = False
@@ -150,7 +152,11 @@ class _Handler(BaseHTTPRequestHandler):
             {
                 "rfilename": name,
                 "size": len(data),
-                "lfs": {"sha256": _sha(data), "size": len(data), "pointerSize": 134},
+                "lfs": {
+                    "sha256": self.fake.announced.get(name, _sha(data)),
+                    "size": len(data),
+                    "pointerSize": 134,
+                },
             }
             for name, data in self.fake.files.items()
         ]
