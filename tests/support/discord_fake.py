@@ -266,7 +266,9 @@ class DiscordFake:
         ids = {"id": str(message_id), "channel_id": str(channel_id), "guild_id": str(GUILD_ID)}
         await self.dispatch("MESSAGE_DELETE", ids)
 
-    async def slash(self, name: str, options: dict[str, str] | None = None) -> int:
+    async def slash(
+        self, name: str, options: dict[str, str] | None = None, locale: str = "en-US"
+    ) -> int:
         """Dispatch INTERACTION_CREATE for a slash command used by alice in the main channel."""
         interaction_id = self.next_id()
         await self.dispatch(
@@ -298,7 +300,7 @@ class DiscordFake:
                     ],
                 },
                 "app_permissions": "0",
-                "locale": "en-US",
+                "locale": locale,
                 "guild_locale": "en-US",
                 "entitlements": [],
                 "authorizing_integration_owners": {"0": str(GUILD_ID)},
