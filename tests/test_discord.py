@@ -15,7 +15,8 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.attachments import channel_documents
-from adapters.discord import RATE_NOTICE, DiscordAdapter, discord_adapter, discord_token
+from adapters.discord import DiscordAdapter, discord_adapter, discord_token
+from adapters.intake import RATE_NOTICE
 from adapters.registry import configured_adapters
 from adapters.split import split_parts
 from agent.app import App, build_core

@@ -164,15 +164,23 @@ async def test_admin_switches_and_others_are_refused(history: SqlHistoryStore) -
     assert "unknown persona 'nobody'" in unknown
     switched = await ask(core, adapter, message("!persona beseda-ru", admin=True))
     assert switched == "Persona here is now beseda-ru (Беседа)."
+    # Beseda's own words follow the persona's language from now on (agent/i18n).
     listed = await ask(core, adapter, message("!personas"))
-    assert "- beseda-ru: Беседа [ru] (here)" in listed
+    assert listed.startswith("Персоны:\n")
+    assert "- beseda-ru: Беседа [ru] (здесь)" in listed
     assert "- pirate: Hook" in listed
     await ask(core, adapter, message("привет"))
     russian = Registry.load([BUILTIN_DIR]).get("beseda-ru")
     assert russian is not None
     assert generator.calls[-1][0].content == system_text(russian.card, "alice")
     back = await ask(core, adapter, message("!persona reset", admin=True))
-    assert back == "Persona here is back to the configured one: pirate (Hook)."
+    assert back == "Здесь снова персона из настроек: pirate (Hook)."
+    # The configured persona has no language, and "!persona" has no words of its own: the
+    # channel's latest messages ("привет") tell the language.
+    shown = await ask(core, adapter, message("!persona"))
+    assert shown == (
+        "Персона здесь: pirate (Hook), так задано в config.toml: [personas] channels.discord:100."
+    )
     # Commands and their answers never reach the model.
     assert all("!persona" not in m.content for call in generator.calls for m in call)
 
@@ -416,9 +424,10 @@ async def test_a_persona_is_found_by_id_or_display_name_in_any_case(
     assert await switch("PIRATE") == "Persona here is now pirate (Hook)."
     assert await switch("hook") == "Persona here is now pirate (Hook)."
     assert await switch("captain hook") == "Persona here is now captain (Captain Hook)."
-    # Unicode case folding: the built-in card named "Беседа".
+    # Unicode case folding: the built-in card named "Беседа". A persona's name says nothing
+    # about the language; once the Russian persona speaks, Beseda's words are Russian.
     assert await switch("БЕСЕДА") == "Persona here is now beseda-ru (Беседа)."
-    assert await switch("беседа") == "Persona here is now beseda-ru (Беседа)."
+    assert await switch("беседа") == "Теперь здесь персона beseda-ru (Беседа)."
     assert (await history.channel_state("discord:100")).persona == "beseda-ru"  # the id
     ambiguous = await switch("TWIN")
     assert "ambiguous" in ambiguous

@@ -34,4 +34,4 @@ def telegram_adapter(config: Config) -> TelegramAdapter | None:
     from adapters.telegram.adapter import TelegramAdapter  # noqa: PLC0415 - imports aiogram
 
     max_age = timedelta(minutes=config.recovery.max_age_minutes)
-    return TelegramAdapter(config.telegram, token, max_age=max_age)
+    return TelegramAdapter(config.telegram, token, max_age=max_age, language=config.chat.language)

@@ -47,7 +47,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from adapters.attachments import DocumentsHook, accepts
-from adapters.intake import RATE_NOTICE, AllowLists, Facts, Outcome, decide, listed
+from adapters.intake import AllowLists, Facts, Outcome, decide, listed, rate_notice
 from adapters.streaming import Clock, EditedReply, Sleep
 from adapters.telegram import commands, messages
 from adapters.telegram.markup import TELEGRAM_LIMIT, split_for_telegram
@@ -87,9 +87,12 @@ class TelegramAdapter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         now: Now = lambda: datetime.now(UTC),
+        language: str = "auto",
     ) -> None:
         self.config = config
         self._token = token
+        # [chat] language: notices the adapter writes itself, when the message does not tell.
+        self.language = language
         self._max_age = max_age
         self._clock = clock
         self._sleep = sleep
@@ -345,7 +348,7 @@ class TelegramAdapter:
             return
         if decision.outcome is Outcome.LIMITED:
             if decision.notice:
-                await self._say(message, RATE_NOTICE)
+                await self._say(message, rate_notice(text, self.language))
             log.debug("rate-limited user %s in %s", user.id, where)
             return
         ambient = decision.outcome is Outcome.AMBIENT

@@ -3,7 +3,8 @@
 ``/help`` and ``/help@beseda_bot`` become ``!help``; ``/start`` (what a client sends when
 someone opens the bot) is ``!help`` too; a command addressed to another bot
 (``/help@other_bot``) is not for Beseda. The list is registered with ``setMyCommands`` in
-English (the default) and in Russian (``language_code="ru"``).
+English (the default) and in Russian (``language_code="ru"``), both from
+the message catalog (agent/i18n).
 """
 
 from __future__ import annotations
@@ -13,26 +14,14 @@ from dataclasses import dataclass
 
 from aiogram.types import BotCommand, MessageEntity
 
+from agent.i18n import Lang
 from agent.runtime import chat_commands
 
 # Telegram accepts 1-32 lower-case letters, digits and underscores.
 _VALID = re.compile(r"^[a-z0-9_]{1,32}$")
 ALIASES = {"start": "help"}
-
-# The Russian descriptions. TODO(i18n): take them from the en/ru message catalogs once those
-# exist (agent/i18n); until then they live here.
-RUSSIAN = {
-    "help": "список команд",
-    "reset": "начать разговор здесь заново (история сохраняется)",
-    "summary": "сводка того, что вышло за пределы контекста",
-    "remember": "запомнить факт в этом чате",
-    "aboutme": "запомнить факт о вас — во всех чатах, где вы со мной говорите",
-    "forget": "забыть ближайший запомненный факт",
-    "memories": "что я помню в этом чате",
-    "persona": "персона этого чата; админы: сменить на NAME",
-    "personas": "список персон",
-    "stop": "остановить ответ, который я пишу",
-}
+# Telegram's longest command description.
+DESCRIPTION_LIMIT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +49,11 @@ def parse(text: str, entities: list[MessageEntity] | None, username: str) -> Par
 def command_lists() -> dict[str | None, list[BotCommand]]:
     """language code (None: everyone else) -> the commands with their descriptions."""
     commands = [c for c in chat_commands.COMMANDS.values() if _VALID.match(c.name)]
-    return {
-        None: [BotCommand(command=c.name, description=(c.help or c.name)[:256]) for c in commands],
-        "ru": [
-            BotCommand(command=c.name, description=RUSSIAN.get(c.name, c.help or c.name)[:256])
+    lists: dict[str | None, list[BotCommand]] = {}
+    languages: tuple[tuple[str | None, Lang], ...] = ((None, "en"), ("ru", "ru"))
+    for code, lang in languages:
+        lists[code] = [
+            BotCommand(command=c.name, description=c.help(lang)[:DESCRIPTION_LIMIT])
             for c in commands
-        ],
-    }
+        ]
+    return lists

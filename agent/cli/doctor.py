@@ -13,6 +13,7 @@ from adapters.registry import configured_adapters
 from adapters.telegram import telegram_token
 from agent.config import Config, select_backend
 from agent.generators.base import GeneratorError
+from agent.generators.catalog import with_named_model
 from agent.generators.gguf import check_gguf_file, read_metadata
 from agent.generators.hub import resolve_model_path
 from agent.generators.openai_compat import check_server
@@ -93,6 +94,7 @@ async def _check_server(config: Config) -> Check:
 
 def _check_model(config: Config) -> Check:
     try:
+        config = with_named_model(config)  # [model] name: the catalog's file and template
         # Never downloads: a hub model that is not there yet is reported with the command.
         path = resolve_model_path(config, download=False)
         check_gguf_file(path)
@@ -103,6 +105,11 @@ def _check_model(config: Config) -> Check:
         if config.model.hf_repo
         else ("[model] path" if config.model.path else "bundled")
     )
+    if config.model.name:
+        origin = f"[model] name {config.model.name}, {origin}"
+    if config.model.hf_repo:
+        # Nobody can tell this file from another of the same name: say so.
+        origin += ", sha256 verified" if config.model.sha256 else ", sha256 UNVERIFIED"
     size_mb = path.stat().st_size / 1e6
     try:
         metadata = read_metadata(path)

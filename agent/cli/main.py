@@ -19,6 +19,8 @@ from agent.cli.personas import run_persona
 from agent.config import Config, ConfigError, config_path_from, load_config
 from agent.events import Inbound, channel_key
 from agent.generators.base import Generator, GeneratorError
+from agent.generators.catalog import RUSSIAN_MODEL
+from agent.i18n import catalog as texts
 from agent.ops.logs import setup_logging
 from agent.ops.server import OpsServerError
 from agent.ports import platform_failures
@@ -93,11 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
         "models", parents=[common], help="download the configured model, or list local models"
     )
     models_actions = models.add_subparsers(dest="models_action", metavar="ACTION", required=True)
-    models_actions.add_parser(
-        "pull", parents=[common], help="download what [model] needs, without starting the bot"
+    pull = models_actions.add_parser(
+        "pull",
+        parents=[common],
+        help="download what [model] needs (or catalog model NAME), without starting the bot",
     )
-    models_actions.add_parser(
+    pull.add_argument("model_name", nargs="?", default=None, metavar="NAME")
+    listed = models_actions.add_parser(
         "list", parents=[common], help="local GGUF models: size, quantisation, context, template"
+    )
+    listed.add_argument(
+        "--catalog", action="store_true", help="the models known by name ([model] name)"
     )
     persona = commands.add_parser(
         "persona", parents=[common], help="import SillyTavern cards, list and show personas"
@@ -140,7 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": lambda: run_doctor(config, sys.stdout),
         "ingest": lambda: run_ingest(config, args.path, rebuild=args.reindex),
         "search": lambda: _search(config, args),
-        "models": lambda: run_models(config, args.models_action, sys.stdout),
+        "models": lambda: run_models(
+            config,
+            args.models_action,
+            sys.stdout,
+            name=getattr(args, "model_name", None),
+            catalog=getattr(args, "catalog", False),
+        ),
         "persona": lambda: _persona(config, args),
     }
     try:
@@ -194,7 +208,18 @@ def _console(
         stderr=sys.stderr,
         interactive=interactive,
         speaker=app.core.window.speaker if app is not None else None,
+        russian_hint=russian_hint(config),
     )
+
+
+def russian_hint(config: Config) -> str | None:
+    """What the console says once to someone writing Russian to the bundled model, which does
+    not speak it; None when another model is configured."""
+    model = config.model
+    if model.backend != "llama_cpp" or model.path or model.hf_repo or model.name:
+        return None
+    command = f"python -m agent models pull {RUSSIAN_MODEL}"
+    return texts.RUSSIAN_MODEL_HINT("ru", command=command, model=RUSSIAN_MODEL)
 
 
 async def _run(config: Config) -> int:

@@ -1,4 +1,5 @@
-"""``python -m agent models {pull,list}``: fetch the configured model, show the local ones."""
+"""``python -m agent models {pull [NAME],list [--catalog]}``: fetch the configured model (or
+one from the catalog by name), show the local ones or the catalog."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TextIO
 from agent.config import Config
 from agent.generators import gguf
 from agent.generators.base import GeneratorError
+from agent.generators.catalog import catalog_for, with_named_model
 from agent.generators.hub import (
     cached_model,
     download_model,
@@ -22,13 +24,20 @@ from agent.generators.hub import (
 )
 
 
-async def run_models(config: Config, action: str, out: TextIO) -> int:
+async def run_models(
+    config: Config, action: str, out: TextIO, *, name: str | None = None, catalog: bool = False
+) -> int:
     if action == "pull":
-        return await asyncio.to_thread(_pull, config, out)
+        return await asyncio.to_thread(_pull, config, out, name)
+    if catalog:
+        return await asyncio.to_thread(_catalog, config, out)
     return await asyncio.to_thread(_list, config, out)
 
 
-def _pull(config: Config, out: TextIO) -> int:
+def _pull(config: Config, out: TextIO, name: str | None = None) -> int:
+    if name:
+        # The catalog's file, whatever [model] downloads otherwise (models_dir still applies).
+        config = with_named_model(_without_file(config), name)
     spec = hub_file(config)
     if spec is None:
         where = f"[model] path = {config.model.path}" if config.model.path else "the bundled model"
@@ -45,7 +54,36 @@ def _pull(config: Config, out: TextIO) -> int:
         path = cached
     verify_sha256(path, spec)
     out.write(f"{spec.wanted}: {path}\n")
+    if not spec.sha256:
+        out.write("sha256 unverified: no checksum is known for this file to check it against\n")
+    if name:
+        out.write(f'to use it, set [model] name = "{config.model.name}" in {config.source.name}\n')
     return 0
+
+
+def _catalog(config: Config, out: TextIO) -> int:
+    """Every model the catalog knows by name, and whether it is downloaded already."""
+    for entry in catalog_for(config).values():
+        named = with_named_model(_without_file(config), entry.name)
+        spec = hub_file(named)
+        here = spec is not None and cached_model(spec) is not None
+        mark = "*" if config.model.name == entry.name else " "
+        checksum = "sha256 verified" if entry.verified else "sha256 unverified"
+        template = "own chat template" if entry.chat_template else "template from the GGUF"
+        licence = entry.licence or "licence unknown"
+        out.write(
+            f"{mark} {entry.name}: {entry.title}\n"
+            f"    {entry.hf_repo}/{entry.hf_file}, {entry.size}, {licence}\n"
+            f"    {checksum}, n_ctx {entry.n_ctx or 'default'}, {template}, "
+            f"{'downloaded' if here else 'not downloaded'}\n"
+        )
+    out.write("(* = [model] name; python -m agent models pull NAME downloads one)\n")
+    return 0
+
+
+def _without_file(config: Config) -> Config:
+    cleared = {"path": "", "hf_repo": "", "hf_file": "", "sha256": "", "revision": ""}
+    return config.model_copy(update={"model": config.model.model_copy(update=cleared)})
 
 
 def _list(config: Config, out: TextIO) -> int:

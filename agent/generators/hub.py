@@ -18,6 +18,7 @@ from pathlib import Path
 
 from agent.config import Config, load_dotenv_into_environ
 from agent.generators.base import GeneratorError
+from agent.generators.catalog import with_named_model
 from agent.generators.gguf import bundled_model_path, check_gguf_file
 
 COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
@@ -63,6 +64,7 @@ def models_dir(config: Config) -> Path:
 
 
 def hub_file(config: Config) -> HubFile | None:
+    config = with_named_model(config)  # [model] name: the catalog's repository and file
     model = config.model
     if not model.hf_repo:
         return None
@@ -154,7 +156,15 @@ def download_model(spec: HubFile) -> Path:
         # The file list first, even for an exact name: it fails at once when the hub is
         # unreachable (the download's HEAD request retries for about 20 s) and tells a
         # missing file from a missing repository.
-        filename = _remote_filename(spec)
+        filename, announced = _remote_filename(spec)
+        if spec.sha256 and announced and announced != spec.sha256:
+            # Before gigabytes are fetched: the repository's file is not the one expected.
+            raise GeneratorError(
+                f"[model] sha256: {endpoint} announces sha256 {announced} for {filename} in "
+                f"{spec.repo}, but {spec.sha256} was expected ([model] sha256, or the catalog "
+                "entry of [model] name): the file there has changed; check it, then set "
+                "[model] sha256 to the new value"
+            )
         path = hf_hub_download(
             spec.repo, filename, revision=spec.revision, cache_dir=spec.cache_dir
         )
@@ -187,16 +197,23 @@ def download_model(spec: HubFile) -> Path:
     return Path(path)
 
 
-def _remote_filename(spec: HubFile) -> str:
+def _remote_filename(spec: HubFile) -> tuple[str, str]:
+    """The file's name in the repository, and the sha256 the hub announces for it ("" when
+    it announces none: files not stored with LFS)."""
     from huggingface_hub import HfApi, constants  # noqa: PLC0415
 
     info = HfApi().model_info(
-        spec.repo, revision=spec.revision, timeout=constants.HF_HUB_ETAG_TIMEOUT
+        spec.repo,
+        revision=spec.revision,
+        timeout=constants.HF_HUB_ETAG_TIMEOUT,
+        files_metadata=bool(spec.sha256),
     )
-    names = sorted(sibling.rfilename for sibling in info.siblings or [])
+    siblings = {sibling.rfilename: sibling for sibling in info.siblings or []}
+    names = sorted(siblings)
     matches = _matching(names, spec.pattern)
     if len(matches) == 1:
-        return matches[0]
+        lfs = siblings[matches[0]].lfs
+        return matches[0], (lfs.sha256 if lfs is not None else "").lower()
     ggufs = [name for name in names if name.endswith(".gguf")]
     if not matches:
         raise GeneratorError(
@@ -284,6 +301,7 @@ def downloaded_models(cache_dirs: Iterable[Path]) -> list[tuple[str, Path]]:
 
 def resolve_model_path(config: Config, *, download: bool = True) -> Path:
     """The GGUF to load; a ``[model] hf_repo`` file is downloaded on first use (blocking)."""
+    config = with_named_model(config)
     if config.model.hf_repo:
         return ensure_model(config, download=download)
     if not config.model.path:

@@ -17,9 +17,9 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from agent.prompt.summarizer import dominant_language
+from agent.i18n import Lang, detect
+from agent.i18n import catalog as texts
 
-HEADERS = {"en": "Sources:", "ru": "Источники:"}
 # Words an answer must share with a chunk (beyond the question's) for the chunk to be listed.
 MIN_SHARED_WORDS = 2
 # Compared by their first letters, so that Russian case endings still match
@@ -50,8 +50,11 @@ class Source(Protocol):
     def text(self) -> str: ...
 
 
-def sources_line(answer: str, question: str, sources: Sequence[Source]) -> str:
-    """The "Sources: …" line for ``answer``, or "" when it used none of ``sources``."""
+def sources_line(
+    answer: str, question: str, sources: Sequence[Source], lang: Lang | None = None
+) -> str:
+    """The "Sources: …" line for ``answer``, or "" when it used none of ``sources``; in
+    ``lang`` (the core passes the message's, agent/i18n), else in the answer's language."""
     if not sources or not answer.strip():
         return ""
     cited = {int(n) for n in MARKER.findall(answer)}
@@ -65,12 +68,14 @@ def sources_line(answer: str, question: str, sources: Sequence[Source]) -> str:
         return ""
     # The same file can hold several chunks: each keeps its prompt number, as the model cites.
     listed = "; ".join(f"[{number}] {source.label}" for number, source in used)
-    return f"{HEADERS[dominant_language([answer])]} {listed}"
+    return f"{texts.SOURCES(lang or detect(answer) or 'en')} {listed}"
 
 
-def with_sources(answer: str, question: str, sources: Sequence[Source]) -> str:
+def with_sources(
+    answer: str, question: str, sources: Sequence[Source], lang: Lang | None = None
+) -> str:
     """``answer`` followed by its sources line (if any), as it is shown and stored."""
-    line = sources_line(answer, question, sources)
+    line = sources_line(answer, question, sources, lang)
     return f"{answer}\n\n{line}" if line else answer
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from agent.config import Config, PersonaConfig
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, Generator, SamplingParams
+from agent.i18n import catalog as texts
 from agent.prompt.context import PromptPersona
 from agent.prompt.speakers import clean_name
 from memory.history import HistoryStore
@@ -55,8 +57,22 @@ class Place:
 @dataclass(frozen=True, slots=True)
 class Choice:
     entry: Entry
-    # Why this persona, for `!persona`: "chosen here with !persona", "[personas] channels", …
-    reason: str
+    # Why this persona, for `!persona`: chosen with !persona for the channel ("chosen") or
+    # its parent ("chosen-parent"), by config.toml ("config", key: "[personas] channels.…"),
+    # or the default persona ("default").
+    rule: Literal["chosen", "chosen-parent", "config", "default"]
+    key: str = ""
+
+    @property
+    def reason(self) -> str:
+        """Why, in English (the catalog's words, for logs and tests)."""
+        if self.rule == "chosen":
+            return texts.WHY_CHOSEN_HERE.en
+        if self.rule == "chosen-parent":
+            return texts.WHY_CHOSEN_PARENT.en
+        if self.rule == "config":
+            return texts.WHY_CONFIGURED("en", key=self.key)
+        return texts.WHY_DEFAULT.en
 
 
 def section_persona_id(section: PersonaConfig) -> str:
@@ -164,9 +180,9 @@ class Personas:
     # -- choosing --------------------------------------------------------------------------
 
     async def choose(self, place: Place) -> Choice:
-        here = await self._assigned(place.channel_key, "this channel")
+        here = await self._assigned(place.channel_key, "chosen")
         if here is None and place.parent_key:
-            here = await self._assigned(place.parent_key, "its parent channel")
+            here = await self._assigned(place.parent_key, "chosen-parent")
         if here is not None:
             return here
         if place.server_id is not None:
@@ -182,21 +198,25 @@ class Personas:
         default = self.registry.get(self.default_id)
         if default is None:  # dropped since start-up checks
             raise PersonaError(self.registry.unknown(self.default_id))
-        return Choice(default, "the default persona")
+        return Choice(default, "default")
 
-    async def _assigned(self, channel_key: str, what: str) -> Choice | None:
+    async def _assigned(
+        self, channel_key: str, rule: Literal["chosen", "chosen-parent"]
+    ) -> Choice | None:
         stored = (await self._history.channel_state(channel_key)).persona
         if stored is not None:
             entry = self.registry.get(stored)
             if entry is not None:
-                return Choice(entry, f"chosen for {what} with !persona")
-            log.warning("%s: stored persona %r is gone; using the configured one", what, stored)
+                return Choice(entry, rule)
+            log.warning(
+                "%s: stored persona %r is gone; using the configured one", channel_key, stored
+            )
         return self._configured(self._config.channels.get(channel_key), f"channels.{channel_key}")
 
     def _configured(self, name: str | None, key: str) -> Choice | None:
         # config.toml may name a card by its id or its display name, in any case.
         entry = self.registry.resolve(name) if name else None
-        return Choice(entry, f"[personas] {key}") if entry is not None else None
+        return Choice(entry, "config", f"[personas] {key}") if entry is not None else None
 
     def place(self, channel_key: str, inbound: Inbound | None = None) -> Place:
         if inbound is not None and inbound.channel_key == channel_key:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
+from agent.i18n import Lang
 from agent.prompt.citations import with_sources
 from memory.docsearch import DocumentSearch
 from memory.documents import GLOBAL_SCOPE, NO_PAGE, DocumentIndex
@@ -197,10 +198,12 @@ class Retriever:
     async def _has_items(self, store: ChromaStore | None) -> bool:
         return store is not None and await store.has_items()
 
-    def annotate(self, channel_key: str, question: str, answer: str) -> str:
+    def annotate(
+        self, channel_key: str, question: str, answer: str, lang: Lang | None = None
+    ) -> str:
         """``answer`` with a line naming the documents it drew on (agent/prompt/citations.py)."""
         passages = self._shown.pop(channel_key, [])
-        return with_sources(answer, question, passages) if self._show_sources else answer
+        return with_sources(answer, question, passages, lang) if self._show_sources else answer
 
     async def warm(self) -> None:
         """Read the documents into memory for hybrid search now (``run`` does it at start)."""

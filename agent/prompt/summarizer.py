@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from agent.generators.base import ChatMessage, Generator, SamplingParams
+from agent.i18n import Lang, detect
 from agent.prompt.speakers import label_of
 from memory.records import StoredMessage
 
@@ -31,16 +32,9 @@ _INSTRUCTIONS = {
 }
 
 
-def dominant_language(texts: Sequence[str]) -> str:
-    """``"ru"`` when Cyrillic letters outnumber Latin ones, else ``"en"``."""
-    cyrillic = latin = 0
-    for text in texts:
-        for char in text:
-            if "а" <= char.lower() <= "я" or char in "ёЁ":
-                cyrillic += 1
-            elif "a" <= char.lower() <= "z":
-                latin += 1
-    return "ru" if cyrillic > latin else "en"
+def dominant_language(texts: Sequence[str]) -> Lang:
+    """``"ru"`` when Cyrillic letters outnumber Latin ones, else ``"en"`` (agent/i18n)."""
+    return detect("\n".join(texts)) or "en"
 
 
 def summary_prompt(

@@ -34,8 +34,11 @@ from dataclasses import dataclass, field
 
 from agent.events import Inbound, blank, valid_inbound
 from agent.generators.base import GenerationStats, Generator, SamplingParams
+from agent.i18n import Lang, Text, choose, detect, ours
+from agent.i18n import catalog as texts
 from agent.ports import ReplyStream, ReplyTarget
 from agent.prompt.context import Prompt
+from agent.prompt.personas import Place
 from agent.prompt.speakers import SpeakerBook, unlabel
 from agent.prompt.window import WindowKeeper
 from agent.runtime import chat_commands
@@ -49,29 +52,24 @@ from memory.text import valid_text
 
 log = logging.getLogger(__name__)
 
-FAILED_NOTICE = "Sorry, I could not answer that: {reason}"
-SHUTDOWN_NOTICE = "(stopped: Beseda is shutting down)"
-EMPTY_NOTICE = "Sorry, the model returned an empty reply."
-CUT_NOTICE = "(Your message was longer than {limit} characters: I read only the first {limit}.)"
-BUSY_NOTICE = (
-    "I'm busy with earlier messages in this channel, so I'll leave the newer ones "
-    "unanswered for now. Please ask again in a moment."
-)
-RATE_NOTICE = (
-    "You're writing faster than I can answer: I'll leave your messages unanswered for a "
-    "little while. Please wait a moment."
-)
-CHANNEL_RATE_NOTICE = (
-    "This channel is writing faster than I can answer: I'll leave some messages "
-    "unanswered for a little while."
-)
-NOTHING_NOTICE = (
-    "There is nothing in your message for me to answer: please write your question as text."
-)
-STORAGE_NOTICE = "Sorry, I can't take messages right now: {reason}. Please try again later."
-STOPPED_MARK = "(stopped)"
-STOPPED_NOTICE = "Stopped."
-NOTHING_TO_STOP = "Nothing to stop: I am not writing a reply here."
+# The English wording of the core's notices (for code and tests that name them); what is
+# shown comes from the catalog, in the message's language (agent/i18n).
+FAILED_NOTICE = texts.FAILED.en
+SHUTDOWN_NOTICE = texts.SHUTDOWN.en
+EMPTY_NOTICE = texts.EMPTY.en
+CUT_NOTICE = texts.CUT.en
+BUSY_NOTICE = texts.BUSY.en
+RATE_NOTICE = texts.RATE.en
+CHANNEL_RATE_NOTICE = texts.CHANNEL_RATE.en
+NOTHING_NOTICE = texts.NOTHING.en
+STORAGE_NOTICE = texts.STORAGE.en
+STOPPED_MARK = texts.STOPPED_MARK.en
+STOPPED_NOTICE = texts.STOPPED.en
+NOTHING_TO_STOP = texts.NOTHING_TO_STOP.en
+# How many recent messages of a channel tell its language when the message itself does not
+# ("!help", "2+2").
+LANGUAGE_LOOKBACK = 30
+_SAID_BY_PEOPLE = frozenset({"user", "assistant", "command"})
 # Reply.error of a platform message delivered again: it is stored already, not answered.
 DUPLICATE = "duplicate"
 # Several turns of one author answered together are shown to the model as one message.
@@ -161,8 +159,11 @@ class Core:
         limits: Limits | None = None,
         clock: Clock = time.monotonic,
         speakers: SpeakerBook | None = None,
+        language: str = "auto",
     ) -> None:
         self._history = history
+        # [chat] language: Beseda's own words when neither the persona nor the messages tell.
+        self._language_setting = language
         self._speakers = speakers or SpeakerBook(history)
         self._deps = deps or chat_commands.CommandDeps(history)
         # Called with each answered message (e.g. to queue memory extraction).
@@ -201,7 +202,7 @@ class Core:
         if command is not None and command[0] == chat_commands.STOP:
             return await self._stop(inbound, text, target)
         if command is None and blank(text):
-            skip: tuple[str, str | None] | None = ("nothing to answer", NOTHING_NOTICE)
+            skip: tuple[str, Text | None] | None = ("nothing to answer", texts.NOTHING)
         else:
             skip = self._refusal(inbound, command)
         try:
@@ -214,15 +215,20 @@ class Core:
             # Not stored, so not answered, ever: the person must know, to send it again.
             cause = getattr(exc.__cause__, "orig", None) or exc.__cause__  # no statement
             log.error("cannot store a message in %s: %s (%r)", inbound.channel_key, exc, cause)
-            await self._tell(inbound, target, STORAGE_NOTICE.format(reason=exc))
+            # The database is out of reach: the message alone tells the language.
+            lang = choose(None, [_said(text)], self._language_setting)
+            await self._tell(inbound, target, texts.STORAGE(lang, reason=exc))
             raise
         if skip:
             log.info("skipped message %d in %s: %s", stored.id, inbound.channel_key, skip[0])
             if skip[1]:
-                await self._notice(inbound, target, stored.id, skip[1])
+                lang = await self.language(inbound, text)
+                await self._notice(inbound, target, stored.id, skip[1](lang))
             return _settled(Reply("", Status.SKIPPED, stored.id, error=skip[0]))
         if len(inbound.text.replace("\x00", "")) > self._max_chars:
-            await self._notice(inbound, target, stored.id, CUT_NOTICE.format(limit=self._max_chars))
+            lang = await self.language(inbound, text)
+            notice = texts.CUT(lang, limit=self._max_chars)
+            await self._notice(inbound, target, stored.id, notice)
         return self._enqueue(_Turn(inbound, text, stored.id, speaker), target, command)
 
     async def _store_ambient(
@@ -277,9 +283,29 @@ class Core:
             text = text[: self._max_chars] + f"\n[… cut: longer than {self._max_chars} characters]"
         return text
 
+    async def language(self, inbound: Inbound, text: str | None = None) -> Lang:
+        """The language of Beseda's own words in answer to ``inbound`` (agent/i18n): the
+        persona's, else the message's (``text``: as stored), else the channel's recent
+        messages', else [chat] language."""
+        persona: str | None = None
+        if self._deps.personas is not None:
+            try:
+                persona = (await self._deps.personas.choose(Place.of(inbound))).entry.card.language
+            except Exception:  # a persona problem is reported where the prompt is built
+                log.debug("no persona language for %s", inbound.channel_key, exc_info=True)
+        said = [_said(inbound.text if text is None else text)]
+        if ours(persona) is None and detect(said[0]) is None:
+            with contextlib.suppress(Exception):  # only a hint: never worth a failure
+                recent = await self._history.conversation(
+                    inbound.channel_key, limit=LANGUAGE_LOOKBACK
+                )
+                # Not Beseda's notices: lists of ids and names outweigh their few words.
+                said += [_said(m.text) for m in reversed(recent) if m.role in _SAID_BY_PEOPLE]
+        return choose(persona, said, self._language_setting)
+
     def _refusal(
         self, inbound: Inbound, command: tuple[str, str] | None
-    ) -> tuple[str, str | None] | None:
+    ) -> tuple[str, Text | None] | None:
         """(reason, notice or None) when this message is not to be answered, else None."""
         key = inbound.channel_key
         channel = self._channels.get(key)
@@ -287,15 +313,15 @@ class Core:
         if not inbound.is_admin:
             user = self._user_buckets.check(f"{key}|{inbound.author_id}")
             if user != "ok":
-                return "user rate limit", _say(user, RATE_NOTICE)
+                return "user rate limit", _say(user, texts.RATE)
             where = self._channel_buckets.check(key)
             if where != "ok":
-                return "channel rate limit", _say(where, CHANNEL_RATE_NOTICE)
+                return "channel rate limit", _say(where, texts.CHANNEL_RATE)
         cap = self._limits.channel_queue
         if cap and not joins and channel is not None and len(channel.queue) >= cap:
             first = not channel.busy_noticed
             channel.busy_noticed = True
-            return "channel queue full", BUSY_NOTICE if first else None
+            return "channel queue full", texts.BUSY if first else None
         return None
 
     def _enqueue(
@@ -355,9 +381,10 @@ class Core:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.shield(task)  # the partial reply is stored before we confirm
-            notice = STOPPED_NOTICE
+            said = texts.STOPPED
         else:
-            notice = NOTHING_TO_STOP
+            said = texts.NOTHING_TO_STOP
+        notice = said(await self.language(inbound, text))
         await self._notice(inbound, target, stored.id, notice)
         return _settled(Reply(notice, Status.DONE, stored.id))
 
@@ -443,6 +470,7 @@ class Core:
 
     async def _answer(self, job: _Job) -> Reply:
         inbound = job.inbound
+        lang = await self.language(inbound, job.text)
         try:
             await self._greet(job)
         except Exception:  # a greeting that cannot be posted must not cost the answer
@@ -484,10 +512,10 @@ class Core:
                 )
             if not job.stop_requested:
                 if stream is not None:
-                    await _shielded(stream.fail(SHUTDOWN_NOTICE))
+                    await _shielded(stream.fail(texts.SHUTDOWN(lang)))
                 raise
             log.info("stopped the reply to %d in %s", job.user_message_id, inbound.channel_key)
-            await _show_stopped(stream, partial)
+            await _show_stopped(stream, partial, texts.STOPPED_MARK(lang))
             stored_id = stored.id if stored is not None else None
             return Reply(partial, Status.CANCELLED, job.user_message_id, stored_id, stats)
         except Exception as exc:
@@ -499,12 +527,12 @@ class Core:
                 await self._history.update(stored.id, text=partial, status=Status.FAILED)
             if stream is not None:
                 with contextlib.suppress(Exception):
-                    await stream.fail(FAILED_NOTICE.format(reason=reason))
+                    await stream.fail(texts.FAILED(lang, reason=reason))
             stored_id = stored.id if stored is not None else None
             return Reply(partial, Status.FAILED, job.user_message_id, stored_id, stats, reason)
 
         text = unlabel("".join(parts).strip(), prompt.speakers)
-        return await self._complete(job, assistant.id, stream, text, stats)
+        return await self._complete(job, assistant.id, stream, text, stats, lang=lang)
 
     async def _complete(
         self,
@@ -513,26 +541,28 @@ class Core:
         stream: ReplyStream,
         text: str,
         stats: GenerationStats | None,
+        *,
+        lang: Lang = "en",
     ) -> Reply:
         """Store the generated reply as done, then deliver it whole."""
         inbound = job.inbound
         if text and self._deps.retriever is not None:  # name the documents it drew on
-            text = self._deps.retriever.annotate(inbound.channel_key, job.text, text)
+            text = self._deps.retriever.annotate(inbound.channel_key, job.text, text, lang)
         if not text:
             await self._history.update(assistant_id, status=Status.FAILED)
             with contextlib.suppress(Exception):
-                await stream.fail(EMPTY_NOTICE)
+                await stream.fail(texts.EMPTY(lang))
             return Reply("", Status.FAILED, job.user_message_id, assistant_id, stats, "empty")
         try:
             await self._history.update(assistant_id, text=text, status=Status.DONE)
         except Exception as exc:
             # Not shown as answered when it is not stored as answered: recovery would
             # answer the message again after a restart.
-            reason = "the reply could not be stored"
+            reason = texts.REPLY_NOT_STORED(lang)
             if isinstance(exc, StorageError):  # say why, when it is a known condition
                 reason = f"{reason}: {exc}"
             with contextlib.suppress(Exception):
-                await stream.fail(FAILED_NOTICE.format(reason=reason))
+                await stream.fail(texts.FAILED(lang, reason=reason))
             raise
         try:
             await stream.finish(text)
@@ -563,6 +593,7 @@ class Core:
             author_id=inbound.author_id, author_name=inbound.author_name,
             is_admin=inbound.is_admin, server_id=inbound.server_id,
             parent_key=inbound.parent_key,
+            language=await self.language(inbound, job.text),
         )  # fmt: skip
         text = await chat_commands.run(invocation, self._deps)
         notice = await self._history.append(
@@ -612,19 +643,29 @@ def _mergeable(channel: _Channel, inbound: Inbound) -> bool:
     return any(_joins(job, inbound) for job in channel.queue)
 
 
-def _say(verdict: Verdict, notice: str) -> str | None:
+def _say(verdict: Verdict, notice: Text) -> Text | None:
     return notice if verdict == "notice" else None
 
 
-async def _show_stopped(stream: ReplyStream | None, partial: str) -> None:
+def _said(text: str) -> str:
+    """What a message says in its own words: a command's text argument, not its (English)
+    name nor a persona's name."""
+    command = chat_commands.parse(text)
+    if command is None:
+        return text
+    name, args = command
+    return args if chat_commands.COMMANDS[name].in_words else ""
+
+
+async def _show_stopped(stream: ReplyStream | None, partial: str, mark: str) -> None:
     """Leave what was written, marked as stopped (``!stop``)."""
     if stream is None:
         return
     with contextlib.suppress(Exception):
         if partial:
-            await stream.finish(f"{partial} {STOPPED_MARK}")
+            await stream.finish(f"{partial} {mark}")
         else:
-            await stream.fail(STOPPED_MARK)
+            await stream.fail(mark)
 
 
 def _taken_already(duplicate: DuplicateMessageError) -> asyncio.Future[Reply]:

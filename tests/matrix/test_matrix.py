@@ -10,7 +10,8 @@ from urllib.parse import quote
 
 import pytest
 
-from adapters.matrix import RATE_NOTICE, MatrixAdapter, matrix_adapter, strip_reply_fallback
+from adapters.intake import RATE_NOTICE
+from adapters.matrix import MatrixAdapter, matrix_adapter, strip_reply_fallback
 from adapters.matrix_reply import MatrixReply, MatrixSendError, edit_content, render_html
 from adapters.matrix_session import Secrets, device_summary, load_credentials, matrix_secrets
 from adapters.registry import configured_adapters
