@@ -492,33 +492,23 @@ class SqlHistoryStore:
                 return _summary(row)
 
     async def reset(self, channel_key: str, after_id: int) -> None:
-        with self._states.writing(channel_key):
-            async with self._db.session() as session, session.begin():
-                channel_id = await self._channel_id(session, channel_key)
-                await session.execute(
-                    update(ChannelRow)
-                    .where(ChannelRow.id == channel_id)
-                    .values(
-                        window_start_id=after_id + 1, summary_id=None, epoch=ChannelRow.epoch + 1
-                    )
-                )
-            self._channel_ids[channel_key] = channel_id
+        await self._update_channel(
+            channel_key, window_start_id=after_id + 1, summary_id=None, epoch=ChannelRow.epoch + 1
+        )
 
     async def set_persona(self, channel_key: str, persona: str | None) -> None:
-        with self._states.writing(channel_key):
-            async with self._db.session() as session, session.begin():
-                channel_id = await self._channel_id(session, channel_key)
-                await session.execute(
-                    update(ChannelRow).where(ChannelRow.id == channel_id).values(persona=persona)
-                )
-            self._channel_ids[channel_key] = channel_id
+        await self._update_channel(channel_key, persona=persona)
 
     async def show_speaker_names(self, channel_key: str) -> None:
+        await self._update_channel(channel_key, speaker_names=True)
+
+    async def _update_channel(self, channel_key: str, **values: Any) -> None:
+        """Set columns of the channel's row (the state cache drops its copy meanwhile)."""
         with self._states.writing(channel_key):
             async with self._db.session() as session, session.begin():
                 channel_id = await self._channel_id(session, channel_key)
                 await session.execute(
-                    update(ChannelRow).where(ChannelRow.id == channel_id).values(speaker_names=True)
+                    update(ChannelRow).where(ChannelRow.id == channel_id).values(**values)
                 )
             self._channel_ids[channel_key] = channel_id
 

@@ -195,8 +195,11 @@ def test_wrong_sha256_is_a_clear_error(hub: FakeHub, tmp_path: Path) -> None:
     result = beseda(config, hub.url, tmp_path / "hf", "chat", "Hello!")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert f"[model] sha256: {FILE}" in result.stderr
+    assert "[model] sha256: " in result.stderr
+    assert f"for {FILE} in " in result.stderr
     assert "0" * 64 + " was expected" in result.stderr
+    # The hub announced the file's checksum, so nothing was fetched to find out.
+    assert hub.downloads() == []
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from adapters.registry import configured_adapters
-from adapters.telegram import TelegramAdapter
+from adapters.telegram.adapter import TelegramAdapter
 from agent.app import App, build_core
 from agent.config import (
     ChatConfig,

@@ -28,6 +28,7 @@ from agent.generators.base import (
     SamplingParams,
     TokenStream,
 )
+from agent.generators.control import prompt_tokens
 from agent.generators.gguf import check_gguf_file
 from agent.generators.hub import resolve_model_path
 from agent.generators.state_cache import StateCache, common_prefix
@@ -118,11 +119,14 @@ class LlamaCppGenerator:
             raise GeneratorError(f"[model] chat_template failed to render: {exc}") from None
 
     def _prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
-        # Templates write the BOS token themselves (bos_token), so none is added here;
-        # special=True turns "<|im_start|>" and friends into their single control tokens.
-        prompt = self.render_prompt(messages)
+        # Templates write the BOS token themselves (bos_token), so none is added here. Only
+        # the template's own text may become control tokens ("<|im_start|>" and friends):
+        # the messages' text is tokenised as plain text (see agent.generators.control).
+        return prompt_tokens(self.render_prompt, self._tokenize, messages)
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
         tokens: list[int] = self._llama.tokenize(
-            prompt.encode("utf-8"), add_bos=False, special=True
+            text.encode("utf-8"), add_bos=False, special=special
         )
         return tokens
 

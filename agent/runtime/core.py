@@ -207,17 +207,8 @@ class Core:
             skip = self._refusal(inbound, command)
         try:
             speaker = None if command else await self._label(inbound)
-            stored = await self._history.append(
-                inbound.channel_key,
-                "command" if command else "user",
-                text,
-                status=Status.SKIPPED if skip else Status.RECEIVED,
-                author_id=inbound.author_id.replace("\x00", ""),
-                author_name=inbound.author_name.replace("\x00", ""),
-                platform_message_id=inbound.message_id,
-                created_at=inbound.timestamp,
-                speaker=speaker,
-            )
+            status = Status.SKIPPED if skip else Status.RECEIVED
+            stored = await self._store(inbound, text, command, status, speaker)
         except DuplicateMessageError as exc:
             return _taken_already(exc)
         except StorageError as exc:
@@ -248,17 +239,9 @@ class Core:
         commands as addressed messages."""
         shown = command is None and not blank(text)
         try:
-            stored = await self._history.append(
-                inbound.channel_key,
-                "command" if command else "user",
-                text,
-                status=Status.AMBIENT if shown else Status.SKIPPED,
-                author_id=inbound.author_id.replace("\x00", ""),
-                author_name=inbound.author_name.replace("\x00", ""),
-                platform_message_id=inbound.message_id,
-                created_at=inbound.timestamp,
-                speaker=await self._label(inbound) if shown else None,
-            )
+            speaker = await self._label(inbound) if shown else None
+            status = Status.AMBIENT if shown else Status.SKIPPED
+            stored = await self._store(inbound, text, command, status, speaker)
         except DuplicateMessageError as exc:  # a catch-up delivers ambient messages again too
             return _taken_already(exc)
         except StorageError as exc:
@@ -266,6 +249,27 @@ class Core:
             log.error("cannot store an ambient message in %s: %s", inbound.channel_key, exc)
             raise
         return _settled(Reply("", stored.status, stored.id))
+
+    async def _store(
+        self,
+        inbound: Inbound,
+        text: str,
+        command: tuple[str, str] | None,
+        status: Status,
+        speaker: str | None,
+    ) -> StoredMessage:
+        """The person's message as a stored turn (a command's text is never a prompt turn)."""
+        return await self._history.append(
+            inbound.channel_key,
+            "command" if command else "user",
+            text,
+            status=status,
+            author_id=inbound.author_id.replace("\x00", ""),
+            author_name=inbound.author_name.replace("\x00", ""),
+            platform_message_id=inbound.message_id,
+            created_at=inbound.timestamp,
+            speaker=speaker,
+        )
 
     async def _label(self, inbound: Inbound) -> str:
         author_id = inbound.author_id.replace("\x00", "")
