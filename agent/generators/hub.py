@@ -173,8 +173,8 @@ def download_model(spec: HubFile) -> Path:
         if spec.sha256 and announced and announced != spec.sha256:
             # Before gigabytes are fetched: the repository's file is not the one expected.
             raise GeneratorError(
-                f"[model] sha256: {filename} in {spec.repo}: {endpoint} announces sha256 "
-                f"{announced}, but {spec.sha256} was expected ([model] sha256, or the catalog "
+                f"[model] sha256: {endpoint} announces sha256 {announced} for {filename} in "
+                f"{spec.repo}, but {spec.sha256} was expected ([model] sha256, or the catalog "
                 "entry of [model] name): the file there has changed; check it, then set "
                 "[model] sha256 to the new value"
             )
