@@ -17,6 +17,7 @@ from adapters.matrix_session import Secrets, device_summary, load_credentials, m
 from adapters.registry import configured_adapters
 from agent.config import Config, ConfigError, MatrixConfig, StorageConfig, load_config
 from agent.events import Inbound
+from agent.i18n import catalog as texts
 from agent.ports import platform_failures
 from tests.matrix.peers import (
     PASSWORD,
@@ -152,6 +153,24 @@ async def test_a_fast_writer_gets_one_notice(start_bot: StartBot, humans: Any) -
     await bot.idle()
     assert bodies() == want
     assert len(bot.generator.calls) == 1
+
+
+async def test_a_fast_russian_writer_gets_the_notice_in_russian(
+    start_bot: StartBot, humans: Any
+) -> None:
+    alice = await humans()
+    bot = await start_bot(rate_limit_messages=1)
+    room = await room_with_bot(alice, bot, direct=True)
+    for text in ("раз", "два", "три"):
+        await alice.say(room, text)
+    want = sorted(["echo: раз", texts.INTAKE_RATE.ru])
+
+    def bodies() -> list[str]:
+        return sorted(m["content"]["body"] for m in alice.shown(room, bot.user_id))
+
+    await eventually(lambda: bodies() == want, f"answers {want}")
+    await bot.idle()
+    assert bodies() == want
 
 
 async def test_direct_room_answers_every_message(start_bot: StartBot, humans: Any) -> None:
