@@ -450,6 +450,7 @@ class DiscordAdapter:
             server_id=str(interaction.guild_id) if interaction.guild_id is not None else None,
             is_direct=is_direct,
             is_admin=self._allow.is_admin(str(user.id), roles),
+            locale=str(interaction.locale.value),
             timestamp=interaction.created_at,
         )
         self._remember(f"interaction:{interaction.id}", interaction)

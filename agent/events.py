@@ -47,6 +47,10 @@ class Inbound:
     # context_channels, [matrix] context_rooms, [telegram] context_chats): stored as context
     # for later replies, never answered.
     ambient: bool = False
+    # The author's interface language as the platform reports it ("ru", "en-US"): Telegram's
+    # language_code, a Discord interaction's locale; None where unknown. It picks the
+    # language of Beseda's own words when the message's words do not (agent/i18n).
+    locale: str | None = None
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

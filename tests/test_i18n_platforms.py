@@ -166,6 +166,16 @@ async def test_a_refused_slash_command_speaks_the_persons_discord_language(
     assert answers == [texts.NOT_ALLOWED.ru, texts.NOT_ALLOWED.en]
 
 
+async def test_a_slash_command_in_a_new_channel_speaks_the_persons_discord_language(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    bot = await start_bot()
+    await fake.slash("help", locale="ru")
+    await fake.wait_for(lambda: bool(fake.contents()))
+    await bot.idle()
+    assert fake.contents() == [expected_help("ru")]
+
+
 def test_the_telegram_command_lists_come_from_the_catalog() -> None:
     from adapters.telegram.commands import command_lists  # noqa: PLC0415 - imports aiogram
 

@@ -33,6 +33,8 @@ from agent.config import (
 )
 from agent.events import Inbound
 from agent.generators.base import ChatMessage
+from agent.i18n import Lang
+from agent.i18n import catalog as texts
 from agent.ports import platform_failures
 from agent.runtime.core import NOTHING_NOTICE, Core
 from agent.runtime.recovery import find_pending, resume
@@ -45,10 +47,12 @@ from tests.conftest import write_config
 from tests.support import telegram_fake as tf
 from tests.support.fakes import FakeGenerator, RecordedSleeps, SteppingClock, record_submissions
 from tests.support.retrieval import WordHashEmbedder
+from tests.test_i18n import expected_help
 
 ALICE_KEY = f"telegram:{tf.ALICE['id']}"
 GROUP_KEY = f"telegram:{tf.GROUP_ID}"
 MENTION = f"@{tf.BOT_USERNAME}"
+FACT: dict[Lang, str] = {"en": "my cat is called Tom", "ru": "мою кошку зовут Мурка"}
 
 
 class Bot:
@@ -228,6 +232,23 @@ async def test_start_and_commands_become_chat_commands(
     assert bot.generator.calls == []
     stored = await bot.core._history.conversation(ALICE_KEY)
     assert stored[0].text == "!help"
+
+
+@pytest.mark.parametrize(("code", "lang"), [("ru", "ru"), ("en", "en"), (None, "en")])
+async def test_start_greets_with_help_in_the_persons_language(
+    start_bot: StartBot, fake: tf.TelegramFake, code: str | None, lang: Lang
+) -> None:
+    """/start is someone's first message: no words, no history; their Telegram language
+    (language_code) decides."""
+    bot = await start_bot()
+    extra = {"language_code": code} if code else {}
+    await fake.send("/start", author=tf.user(tf.ALICE["id"], "Alice", **extra))
+    [text] = await bot.answered(1)
+    assert text == expected_help(lang)
+    # Words still win over the interface language.
+    other: Lang = "en" if lang == "ru" else "ru"
+    await fake.send(f"/forget {FACT[other]}", author=tf.user(tf.ALICE["id"], "Alice", **extra))
+    assert (await bot.answered(2))[1] == texts.NO_MEMORY(other)
 
 
 async def test_commands_are_registered_in_english_and_russian(

@@ -376,6 +376,7 @@ class TelegramAdapter:
             is_admin=facts.admin,
             attachments=messages.attachments(message),
             ambient=ambient,
+            locale=user.language_code,
             timestamp=message.date,
         )
         self._remember(where, message)

@@ -285,23 +285,32 @@ class Core:
 
     async def language(self, inbound: Inbound, text: str | None = None) -> Lang:
         """The language of Beseda's own words in answer to ``inbound`` (agent/i18n): the
-        persona's, else the message's (``text``: as stored), else the channel's recent
-        messages', else [chat] language."""
+        persona's; else the message's words' (``text``: as stored); else the channel's recent
+        messages'; else the author's interface language (Inbound.locale); else [chat]
+        language."""
         persona: str | None = None
         if self._deps.personas is not None:
             try:
                 persona = (await self._deps.personas.choose(Place.of(inbound))).entry.card.language
             except Exception:  # a persona problem is reported where the prompt is built
                 log.debug("no persona language for %s", inbound.channel_key, exc_info=True)
-        said = [_said(inbound.text if text is None else text)]
-        if ours(persona) is None and detect(said[0]) is None:
-            with contextlib.suppress(Exception):  # only a hint: never worth a failure
-                recent = await self._history.conversation(
-                    inbound.channel_key, limit=LANGUAGE_LOOKBACK
-                )
-                # Not Beseda's notices: lists of ids and names outweigh their few words.
-                said += [_said(m.text) for m in reversed(recent) if m.role in _SAID_BY_PEOPLE]
-        return choose(persona, said, self._language_setting)
+        if ours(persona) is not None:
+            return choose(persona, [])
+        said = _said(inbound.text if text is None else text)
+        found = detect(said)
+        if found is not None:
+            return found
+        recent: list[StoredMessage] = []
+        with contextlib.suppress(Exception):  # only a hint: never worth a failure
+            recent = await self._history.conversation(inbound.channel_key, limit=LANGUAGE_LOOKBACK)
+        # Not Beseda's notices: lists of ids and names outweigh their few words.
+        for earlier in reversed(recent):
+            if earlier.role in _SAID_BY_PEOPLE and (found := detect(_said(earlier.text))):
+                return found
+        # The conversation's language comes before the person's interface language (many
+        # Russian speakers run an English Discord); the latter decides in a new chat
+        # (Telegram's /start).
+        return ours(inbound.locale) or choose(None, [], self._language_setting)
 
     def _refusal(
         self, inbound: Inbound, command: tuple[str, str] | None
