@@ -1,9 +1,10 @@
-"""A bounded, least-recently-used cache of llama.cpp context states.
+"""A bounded, least-recently-used cache of llama.cpp sequence states in RAM.
 
-Several channels share one model. When a prompt would throw away most of what the context
-holds (another channel's conversation), that state is kept here first, and a cached state
-that shares a longer prefix with the new prompt is loaded instead of evaluating it again.
-Keyed by the token sequence, so it serves channels, summaries and anything else alike.
+Several channels share the engine's few sequences. When a prompt needs a sequence and none
+holds anything it continues, the least recently used sequence is saved here first, and a
+saved state that shares a longer prefix with the new prompt is loaded instead of evaluating
+it again. Keyed by the token sequence, so it serves channels, summaries and anything else
+alike. (bench/legacy_engine.py keeps whole-context states here the same way.)
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.generators.kv_reuse import common_prefix
+
+__all__ = ["CachedState", "StateCache", "common_prefix"]
+
 
 @dataclass(frozen=True, slots=True)
 class CachedState:
     tokens: npt.NDArray[np.intc]
     state: Any
     size: int
-
-
-def common_prefix(a: npt.NDArray[np.intc], b: npt.NDArray[np.intc]) -> int:
-    n = min(len(a), len(b))
-    differ = np.flatnonzero(a[:n] != b[:n])
-    return int(differ[0]) if len(differ) else n
 
 
 class StateCache:
