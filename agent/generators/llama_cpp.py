@@ -45,6 +45,7 @@ class LlamaCppGenerator:
         self._engine = engine
         self._template = template
         self._path = path
+        self._closed = False
 
     @property
     def concurrency(self) -> int:
@@ -146,6 +147,8 @@ class LlamaCppGenerator:
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         """``text``'s tokens, without BOS; ``special`` turns control-token spellings such as
         "<|im_start|>" into their single tokens (only the template's own text may)."""
+        if self._closed:  # the vocabulary went with the model
+            raise GeneratorError("llama.cpp generation failed: the model is closed")
         tokens: list[int] = self._model.tokenize(
             text.encode("utf-8"), add_bos=False, special=special
         )
@@ -210,6 +213,9 @@ class LlamaCppGenerator:
                     await asyncio.shield(_drain(queue))
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await asyncio.to_thread(self._engine.close)
 
 
