@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.generators.base import GenerationStats, SamplingParams
-from agent.generators.kv_reuse import ReusePlan, plan_reuse
+from agent.generators.kv_reuse import ReusePlan, common_prefix, plan_reuse
 from agent.generators.state_cache import StateCache
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class Slot:
     request: Request | None = None
     last_used: int = 0
     saved: bool = True  # its content is in the RAM cache already (or not worth saving)
+    # Positions below this may share their KV cells with another sequence (a common prefix
+    # copied by llama_memory_seq_cp): they are never shifted, which would move both.
+    shared: int = 0
 
 
 class Engine:
@@ -206,7 +209,10 @@ class Engine:
                 request.emit(None)
 
     def _plan(self, slot: Slot, prompt: list[int]) -> ReusePlan:
-        return plan_reuse(slot.tokens, prompt, self.reuse_min_tokens)
+        plan = plan_reuse(slot.tokens, prompt, self.reuse_min_tokens)
+        if plan.chunks and plan.chunks[0].source < slot.shared:
+            return ReusePlan(plan.prefix)  # moving shared cells would move them for both
+        return plan
 
     def _start(self, request: Request, free: list[Slot]) -> None:
         prompt = request.prompt
@@ -229,7 +235,27 @@ class Engine:
                 self._load(target, found[0].tokens, found[0].state)
                 plan = self._plan(target, prompt)
             best = target
+        plan = self._share_prefix(best, plan, prompt)
         self._bind(request, best, plan)
+
+    def _share_prefix(self, target: Slot, plan: ReusePlan, prompt: list[int]) -> ReusePlan:
+        """Start ``target`` from another sequence's longer common prefix (the persona's
+        system prompt and whatever else channels share): the KV cells are shared, not
+        evaluated again."""
+        best_slot, best_prefix = None, plan.reused + MIN_STATE_GAIN
+        for slot in self._slots:
+            if slot is not target:
+                prefix = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
+                if prefix > best_prefix:
+                    best_slot, best_prefix = slot, prefix
+        if best_slot is None:
+            return plan
+        lib = self._lib
+        lib.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
+        lib.llama_memory_seq_cp(self._memory, best_slot.seq_id, target.seq_id, 0, best_prefix)
+        target.tokens, target.saved, target.shared = prompt[:best_prefix], False, best_prefix
+        best_slot.shared = max(best_slot.shared, best_prefix)
+        return ReusePlan(best_prefix)
 
     def _save(self, slot: Slot) -> None:
         if slot.saved or self.states is None or len(slot.tokens) < MIN_STATE_TOKENS:
@@ -246,6 +272,7 @@ class Engine:
         lib = self._lib
         lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        slot.shared = 0
         if lib.llama_state_seq_set_data(self._ctx, buffer, len(state), slot.seq_id):
             slot.tokens, slot.saved = [int(t) for t in tokens], True
         else:  # an unusable state: start from an empty sequence
@@ -270,7 +297,7 @@ class Engine:
         keep_ok = keep_ok and lib.llama_memory_seq_rm(mem, seq, start, -1)
         if not keep_ok:  # a model whose memory cannot drop part of a sequence
             lib.llama_memory_seq_rm(mem, seq, -1, -1)
-            plan = ReusePlan(0)
+            plan, slot.shared = ReusePlan(0), 0
         # Every run moves towards the start, so moving them in order never lands one on
         # another that has not moved yet.
         for chunk in plan.chunks:

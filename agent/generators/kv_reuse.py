@@ -20,7 +20,10 @@ import numpy.typing as npt
 _KEY = 4
 
 
-def common_prefix(a: npt.NDArray[np.intc], b: npt.NDArray[np.intc]) -> int:
+def common_prefix(
+    a: Sequence[int] | npt.NDArray[np.intc], b: Sequence[int] | npt.NDArray[np.intc]
+) -> int:
+    a, b = np.asarray(a, dtype=np.intc), np.asarray(b, dtype=np.intc)
     n = min(len(a), len(b))
     differ = np.flatnonzero(a[:n] != b[:n])
     return int(differ[0]) if len(differ) else n

@@ -96,10 +96,14 @@ class LlamaCppGenerator:
             )
         threads = model.n_threads or max(1, os.cpu_count() or 1)
         params = llama_cpp.llama_context_default_params()
-        # Each sequence gets a KV of its own of n_ctx tokens (llama.cpp rounds up to 256).
+        # One KV buffer of n_ctx tokens per sequence, shared by all of them (the engine keeps
+        # each sequence within n_ctx). Unified, because llama.cpp splits a batch mixing
+        # separate buffers into equal parts per sequence: a prompt chunk next to other
+        # sequences' single tokens became a hundred tiny batches. It also lets sequences
+        # share the cells of a common prefix.
         params.n_ctx = model.n_ctx * model.parallel
         params.n_seq_max = model.parallel
-        params.kv_unified = False
+        params.kv_unified = True
         params.n_batch = params.n_ubatch = min(model.n_batch, model.n_ctx)
         params.n_threads = params.n_threads_batch = threads
         params.rope_freq_base = model.rope_freq_base
