@@ -106,7 +106,8 @@ async def test_a_lone_surrogate_in_a_gateway_frame_becomes_u_fffd_on_the_same_co
     # A frame that is no JSON at all is skipped with a log line.
     await fake.send_raw('{"op": 0, "t": "MESSAGE_CREATE", "d": {"content": "cut')
     await fake.message_create(f"{MENTION} still there?", mentions=[fake.bot])
-    assert await bot.answered(2) == ["echo: abc\ufffddef", "echo: still there?"]
+    # A second person has spoken: the echo model sees Alice's turn with her name.
+    assert await bot.answered(2) == ["echo: abc\ufffddef", "echo: alice: still there?"]
     assert "skipped a gateway frame that is not JSON" in caplog.text
     assert (fake.identifies, fake.resumes) == (1, 0)  # never reconnected
     stored = await bot.core.history.conversation(KEY)
@@ -180,7 +181,10 @@ async def test_messages_written_while_the_bot_was_stopped_are_answered_once_olde
     assert fake.contents() == ["echo: before"]
 
     async with serve() as served:
-        await answered(fake, served, ["echo: before", "echo: first", "echo: second"], fk.CHANNEL_ID)
+        # Bob is the second person in the channel: his turn reaches the model with his name.
+        await answered(
+            fake, served, ["echo: before", "echo: first", "echo: bob: second"], fk.CHANNEL_ID
+        )
         await answered(
             fake, served, ["echo: in the thread", "echo: missed in the thread"], fk.THREAD_ID
         )
@@ -190,13 +194,13 @@ async def test_messages_written_while_the_bot_was_stopped_are_answered_once_olde
         path = f"/channels/{fk.CHANNEL_ID}/messages"
         reads = [r for r in fake.requests if (r.method, r.path) == ("GET", path)]
         assert len(reads) == 1
-        assert served.generator.calls[-1][-1].content in {"second", "missed in the thread"}
+        assert served.generator.calls[-1][-1].content in {"bob: second", "missed in the thread"}
 
     async with serve() as served:  # and again: nothing is answered twice
         await asyncio.sleep(0.3)  # time for a wrong answer to show up
         await served.idle()
         assert served.generator.calls == []
-    assert fake.contents() == ["echo: before", "echo: first", "echo: second"]
+    assert fake.contents() == ["echo: before", "echo: first", "echo: bob: second"]
 
 
 async def test_a_resume_that_fails_into_a_new_identify_catches_up_once(

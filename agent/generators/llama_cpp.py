@@ -25,6 +25,7 @@ from agent.generators.base import (
     SamplingParams,
     TokenStream,
 )
+from agent.generators.control import prompt_tokens
 from agent.generators.engine import Engine, EngineClosed, Request
 from agent.generators.gguf import check_gguf_file
 from agent.generators.hub import resolve_model_path
@@ -169,8 +170,13 @@ class LlamaCppGenerator:
             raise GeneratorError(f"[model] chat_template failed to render: {exc}") from None
 
     def _prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
-        # Templates write the BOS token themselves (bos_token), so none is added here.
-        return self.tokenize(self.render_prompt(messages), special=True)
+        # Templates write the BOS token themselves (bos_token), so none is added here. Only
+        # the template's own text may become control tokens ("<|im_start|>" and friends):
+        # the messages' text is tokenised as plain text (see agent.generators.control).
+        return prompt_tokens(self.render_prompt, self._tokenize, messages)
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        return self.tokenize(text, special=special)
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self._prompt_tokens(messages))

@@ -30,6 +30,7 @@ from agent.generators.base import (
     SamplingParams,
     TokenStream,
 )
+from agent.generators.control import neutralise
 from agent.generators.fallback import FallbackGenerator
 from agent.generators.openai_wire import (
     ERROR_DETAIL_CHARS,
@@ -126,14 +127,14 @@ class OpenAICompatGenerator:
         payload: dict[str, Any] = {}
         if self._config.model:
             payload["model"] = self._config.model
-        payload["messages"] = [{"role": m.role, "content": m.content} for m in messages]
+        payload["messages"] = _wire_messages(messages)
         return json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
 
     def request_body(
         self, messages: Sequence[ChatMessage], params: SamplingParams, *, stream: bool = True
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": _wire_messages(messages),
             "stream": stream,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -485,6 +486,12 @@ async def check_server(model: ModelConfig) -> tuple[bool, str]:
         return True, f"{probe.detail}, token counts {counting}, n_ctx {model.n_ctx} from config"
     finally:
         await generator.aclose()
+
+
+def _wire_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """The messages as sent. The server applies its chat template to them, so control-token
+    spellings in their text are neutralised first (see agent.generators.control)."""
+    return [{"role": m.role, "content": neutralise(m.content)} for m in messages]
 
 
 def _server_root(base_url: str) -> URL:
