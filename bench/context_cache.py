@@ -15,10 +15,10 @@ process, one after the other:
 - old: the same core on bench/legacy_engine.py, the engine before the multi-sequence one
   (one context, whole-context snapshots, prefix reuse only).
 
-The realistic mode runs the whole app (App.open) with documents (the bilingual corpus in
-tests/data/retrieval, ingested on start), memories (a few per channel) and a persona with a
-lorebook all on: every other message asks about the documents, and some name a lore key. It
-runs with 1 and 8 channels, for the new and the old engine, and prints
+The realistic mode runs the whole app (App.open, ``n_ctx`` 4096) with documents (the
+bilingual corpus in tests/data/retrieval, ingested on start), memories (a few per channel)
+and a persona with a lorebook all on: every other message asks about the documents, and
+some name a lore key. It runs with 1 and 8 channels, for the new and the old engine, and prints
 ``evaluated_over_new_documents`` (evaluated prompt tokens ÷ the tokens that are new in each
 reply's prompt: the last user turn with its volatile block and the template tokens around
 it, summed over the run; 1.0 is the physical limit), ``prefix_reuse_documents`` (the share of
@@ -60,6 +60,9 @@ from memory.history import SqlHistoryStore
 from memory.records import Status
 
 N_CTX = 1024
+# The realistic mode runs with the default context: a 1,000-token volatile block (the
+# default [retrieval] max_tokens) in a 1,024-token window would leave no history at all.
+REALISTIC_N_CTX = ModelConfig().n_ctx
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "tests" / "data" / "retrieval"
 QUESTIONS = [
@@ -240,7 +243,12 @@ def realistic_config(data: Path, max_tokens: int) -> Config:
     return Config.model_validate(
         {
             "storage": {"data_dir": str(data)},
-            "model": {"n_ctx": N_CTX, "n_threads": 2, "temperature": 0.0, "max_tokens": max_tokens},
+            "model": {
+                "n_ctx": REALISTIC_N_CTX,
+                "n_threads": 2,
+                "temperature": 0.0,
+                "max_tokens": max_tokens,
+            },
             "documents": {"path": str(DOCS / "docs"), "ingest_on_start": True},
             "personas": {"default": "bench", "cards": {"bench": card}},
         }

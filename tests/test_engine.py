@@ -80,10 +80,14 @@ async def test_sequences_stream_together(engine: LlamaCppGenerator) -> None:
 async def test_greedy_output_is_the_same_alone_and_beside_others(
     engine: LlamaCppGenerator,
 ) -> None:
-    alone = [await run(engine, ask(q)) for q in QUESTIONS[:4]]
-    together = await asyncio.gather(*(run(engine, ask(q)) for q in QUESTIONS[:4]))
+    # The first tokens. Later ones may differ now and then: in one KV buffer a sequence's
+    # cells sit wherever there was room, so attention adds the same terms in another order
+    # (bench/shift_parity.py measures how often; README, "Context window").
+    first = SamplingParams(temperature=0.0, max_tokens=8)
+    alone = [await run(engine, ask(q), first) for q in QUESTIONS]
+    together = await asyncio.gather(*(run(engine, ask(q), first) for q in QUESTIONS))
     assert [text for text, _ in together] == [text for text, _ in alone]
-    assert all(stats.completion_tokens == GREEDY.max_tokens for _, stats in alone)
+    assert all(stats.completion_tokens == first.max_tokens for _, stats in alone)
 
 
 async def test_a_long_prompt_is_read_in_chunks_while_others_stream() -> None:

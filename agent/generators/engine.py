@@ -219,16 +219,23 @@ class Engine:
         plans = {slot.seq_id: self._plan(slot, prompt) for slot in free}
         best = max(free, key=lambda s: (plans[s.seq_id].reused, -s.last_used))
         plan = plans[best.seq_id]
-        # A sequence that this prompt continues (most of what it holds is reused) serves it;
-        # otherwise the prompt takes an empty sequence, else the least recently used one,
-        # whose content is kept in the RAM cache first.
-        if plan.reused * 2 < len(best.tokens) or plan.reused < MIN_STATE_GAIN:
+        # What any sequence, busy or not, could lend this prompt (the persona's system prompt,
+        # say) without giving up its own content.
+        shareable = max(min(common_prefix(s.tokens, prompt), len(prompt) - 1) for s in self._slots)
+        # A sequence holding more of this conversation than that serves it (what it loses is
+        # the old volatile block and the like). Otherwise the prompt takes an empty sequence,
+        # else the least recently used one, whose content is saved to the RAM cache first;
+        # a saved sequence holding more of this conversation is loaded back into it.
+        if plan.reused < shareable + MIN_STATE_GAIN:
             target = min(free, key=lambda s: (bool(s.tokens), s.last_used))
-            if target is not best:
-                plan = plans[target.seq_id]
+            plan = plans[target.seq_id]
             found = None
             if self.states is not None:
-                found = self.states.best(prompt, better_than=plan.reused + MIN_STATE_GAIN)
+                found = self.states.best(
+                    prompt,
+                    better_than=max(plan.reused, shareable) + MIN_STATE_GAIN,
+                    reuse=lambda held, new: plan_reuse(held, new, self.reuse_min_tokens).reused,
+                )
             if found is not None or plan.reused * 2 < len(target.tokens):
                 self._save(target)
             if found is not None:

@@ -10,7 +10,7 @@ alike. (bench/legacy_engine.py keeps whole-context states here the same way.)
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,14 +58,20 @@ class StateCache:
             self._drop(next(iter(self._entries)))
         return True
 
-    def best(self, tokens: Sequence[int], better_than: int) -> tuple[CachedState, int] | None:
-        """The state sharing the longest prefix with ``tokens``, if that prefix is longer than
+    def best(
+        self,
+        tokens: Sequence[int],
+        better_than: int,
+        reuse: Callable[[npt.NDArray[np.intc], npt.NDArray[np.intc]], int] = common_prefix,
+    ) -> tuple[CachedState, int] | None:
+        """The state sharing the most with ``tokens`` (by default the longest common prefix;
+        ``reuse`` may count more, such as runs that moved), if that is more than
         ``better_than`` tokens. It stays cached (marked recently used): loading a state into
         the context does not use it up, and another channel may share this prefix later."""
         array = np.asarray(tokens, dtype=np.intc)
         best_key, best_prefix = None, better_than
         for key, entry in self._entries.items():
-            prefix = common_prefix(entry.tokens, array)
+            prefix = reuse(entry.tokens, array)
             if prefix > best_prefix:
                 best_key, best_prefix = key, prefix
         if best_key is None:
