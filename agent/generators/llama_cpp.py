@@ -27,7 +27,7 @@ from agent.generators.base import (
 )
 from agent.generators.control import prompt_tokens
 from agent.generators.engine import Engine, EngineClosed, Request
-from agent.generators.gguf import check_gguf_file
+from agent.generators.gguf import check_gguf_file, quiet_stderr
 from agent.generators.hub import resolve_model_path
 from agent.generators.state_cache import StateCache
 
@@ -110,7 +110,10 @@ class LlamaCppGenerator:
         params.rope_freq_base = model.rope_freq_base
         params.no_perf = True
         try:
-            context: Any = LlamaContext(model=loaded, params=params, verbose=False)
+            # llama.cpp warns that the whole buffer (parallel x n_ctx) exceeds the trained
+            # context; no sequence goes past n_ctx, so the warning would only mislead.
+            with quiet_stderr():
+                context: Any = LlamaContext(model=loaded, params=params, verbose=False)
         except (ValueError, RuntimeError) as exc:
             loaded.close()
             raise GeneratorError(
