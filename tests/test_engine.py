@@ -237,3 +237,15 @@ async def test_closing_ends_running_streams_with_an_error() -> None:
         await task
     with pytest.raises(GeneratorError, match="closed"):
         await run(gen, ask(QUESTIONS[0]))
+
+
+async def test_a_schema_llama_cpp_cannot_use_fails_its_request_only(
+    engine: LlamaCppGenerator,
+) -> None:
+    broken = SamplingParams(temperature=0.0, max_tokens=8, json_schema="{not json")
+    with pytest.raises(GeneratorError, match="generation failed"):
+        await run(engine, ask(QUESTIONS[0]), broken)
+    # No sequence was left bound to it: four replies still run at once.
+    replies = await asyncio.gather(*(run(engine, ask(q)) for q in QUESTIONS[:4]))
+    assert all(text for text, _ in replies)
+    assert engine._engine.busy_sequences() == 0

@@ -205,6 +205,7 @@ class Engine:
             try:
                 self._start(request, free)
             except Exception as exc:
+                self._release(request)
                 request.emit(exc)
                 request.emit(None)
 
@@ -216,6 +217,9 @@ class Engine:
 
     def _start(self, request: Request, free: list[Slot]) -> None:
         prompt = request.prompt
+        # First what can fail (a JSON schema llama.cpp cannot turn into a grammar): before
+        # any sequence is touched.
+        request.sampler = self._sampler(request.params)
         plans = {slot.seq_id: self._plan(slot, prompt) for slot in free}
         best = max(free, key=lambda s: (plans[s.seq_id].reused, -s.last_used))
         plan = plans[best.seq_id]
@@ -319,7 +323,6 @@ class Engine:
         stats.prompt_tokens = len(prompt)
         stats.cached_tokens = plan.prefix
         stats.shifted_tokens = plan.shifted
-        request.sampler = self._sampler(request.params)
         request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def _sampler(self, params: SamplingParams) -> Any:
