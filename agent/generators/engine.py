@@ -184,8 +184,8 @@ class Engine:
             if request is not None:
                 # The sequence may hold part of a batch: forget it rather than trust it.
                 self._lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-                slot.tokens, slot.saved = [], True
                 self._release(request)
+                slot.tokens, slot.saved, slot.shared = [], True, 0
                 request.emit(exc)
                 request.emit(None)
         if pending:
