@@ -62,6 +62,9 @@ class ModelConfig(_Section):
     n_ctx: int = Field(default=4096, ge=256)
     n_threads: int = Field(default=0, ge=0)
     n_batch: int = Field(default=512, ge=1)
+    # Local backend: sequences held in one llama.cpp context and decoded together, so this
+    # many channels generate at once (the scheduler's slots). Each takes n_ctx tokens of KV.
+    parallel: int = Field(default=4, ge=1, le=64)
     n_gpu_layers: int = Field(default=0, ge=-1)
     rope_freq_base: float = Field(default=0.0, ge=0.0)
     # Jinja chat template; overrides the one inside the GGUF (required when it has none).
@@ -95,9 +98,9 @@ class ModelConfig(_Section):
     # Also send top_k, min_p and repeat_penalty, which llama.cpp, vLLM and Tabby accept;
     # turn off for servers that reject unknown fields.
     extended_sampling: bool = True
-    # How many replies the backend generates at once (the scheduler's slots). A local
-    # llama.cpp model always serves one; for a server, match its parallel slots (vLLM, Tabby,
-    # llama.cpp server --parallel N).
+    # How many replies the remote backend generates at once (the scheduler's slots); match
+    # the server's parallel slots (vLLM, Tabby, llama.cpp server --parallel N). The local
+    # backend uses parallel above instead.
     concurrency: int = Field(default=1, ge=1, le=64)
 
 
@@ -190,9 +193,13 @@ class ContextConfig(_Section):
     summarize_at: float = Field(default=0.75, gt=0.0, le=1.0)
     summaries: bool = True
     summary_max_tokens: int = Field(default=200, ge=16)
-    # Per-channel llama.cpp states kept in RAM (LRU), so switching channels does not
-    # re-evaluate every prompt from scratch. 0 turns the cache off.
+    # RAM for idle channels' sequences (LRU): when a channel needs a sequence and none is
+    # free, the least recently used one is saved here and loaded back when its channel
+    # returns. 0 turns the cache off.
     state_cache_mb: int = Field(default=1024, ge=0)
+    # Cached runs of at least this many tokens that moved (the previous exchange, once the
+    # old volatile block is gone) are shifted into place instead of evaluated. 0: prefix only.
+    reuse_min_tokens: int = Field(default=16, ge=0)
     # The date the model is told: "day" in the system prompt (the prefix changes once a day),
     # "minute" in the volatile block before each new message (the previous exchange is then
     # evaluated again every turn: slower), or "off".

@@ -2,6 +2,7 @@
 
     python bench/context_cache.py [--turns 200] [--channels 8] [--max-tokens 24]
                                   [--evict-fraction F] [--multichannel-only]
+                                  [--realistic-only | --plain-only] [--realistic-turns 40]
 
 Both run the same scripted conversation on the bundled model with n_ctx 1024, in this
 process, one after the other:
@@ -10,6 +11,19 @@ process, one after the other:
   background, per-channel state cache), exactly as the agent runs it;
 - naive: what most bots do: the date at the top of the system prompt, the oldest message
   dropped on every turn once the window is full, one llama.cpp context for every channel.
+
+- old: the same core on bench/legacy_engine.py, the engine before the multi-sequence one
+  (one context, whole-context snapshots, prefix reuse only).
+
+The realistic mode runs the whole app (App.open, ``n_ctx`` 4096) with documents (the
+bilingual corpus in tests/data/retrieval, ingested on start), memories (a few per channel)
+and a persona with a lorebook all on: every other message asks about the documents, and
+some name a lore key. It runs with 1 and 8 channels, for the new and the old engine, and prints
+``evaluated_over_new_documents`` (evaluated prompt tokens ÷ the tokens that are new in each
+reply's prompt: the last user turn with its volatile block and the template tokens around
+it, summed over the run; 1.0 is the physical limit), ``prefix_reuse_documents`` (the share of
+prompt tokens served from the cache, prefix and shifted runs), ``_multichannel`` variants and
+``_old`` for the old engine. The default run prints both modes.
 
 Between two messages of a channel the benchmark waits until background work is done, as a
 person typing the next message would. The figures count the replies' prompts (the product
@@ -21,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -31,18 +46,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.app import build_core
+from agent.app import App, build_core
 from agent.config import Config, ContextConfig, ModelConfig
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, SamplingParams, TokenStream
 from agent.generators.gguf import bundled_model_path
+from agent.generators.kv_reuse import common_prefix
 from agent.generators.llama_cpp import LlamaCppGenerator
+from bench.legacy_engine import LegacyLlamaCppGenerator
 from bench.sink import Sink, Wrapped
 from memory.db import Database
 from memory.history import SqlHistoryStore
 from memory.records import Status
 
 N_CTX = 1024
+# The realistic mode runs with the default context: a 1,000-token volatile block (the
+# default [retrieval] max_tokens) in a 1,024-token window would leave no history at all.
+REALISTIC_N_CTX = ModelConfig().n_ctx
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "tests" / "data" / "retrieval"
 QUESTIONS = [
     "What is a good name for a cat?",
     "How do I boil an egg?",
@@ -62,13 +84,21 @@ QUESTIONS = [
 @dataclass
 class Tally:
     prompt: int = 0
-    cached: int = 0
+    cached: int = 0  # the common prefix and shifted runs: everything not evaluated
+    shifted: int = 0
+    new: int = 0
     turns: int = 0
 
-    def add(self, stream: TokenStream) -> None:
+    def add(self, stream: TokenStream, new: int = 0) -> None:
         self.prompt += stream.stats.prompt_tokens
-        self.cached += stream.stats.cached_tokens
+        self.cached += stream.stats.cached_tokens + stream.stats.shifted_tokens
+        self.shifted += stream.stats.shifted_tokens
+        self.new += new
         self.turns += 1
+
+    @property
+    def over_new(self) -> float:
+        return self.evaluated / self.new if self.new else 0.0
 
     @property
     def evaluated(self) -> int:
@@ -82,20 +112,28 @@ class Tally:
 class CountingGenerator(Wrapped):
     """Passes everything to the real generator and tallies every prompt it evaluates."""
 
-    def __init__(self, inner: LlamaCppGenerator) -> None:
+    def __init__(self, inner: LlamaCppGenerator | LegacyLlamaCppGenerator) -> None:
         super().__init__(inner)
+        self.tokens = inner._prompt_tokens  # noqa: SLF001 - exactly what the engine evaluates
         self.replies = Tally()
         self.summaries = Tally()
+
+    def new_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of the prompt after what the earlier messages render to: the last user
+        turn with its volatile block, and the template tokens around it."""
+        whole = self.tokens(messages)
+        return len(whole) - common_prefix(whole, self.tokens(messages[:-1]))
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
         stream = self.inner.stream(messages, params)
         is_summary = messages[0].content.startswith(("You summarise", "Ты кратко"))
         tally = self.summaries if is_summary else self.replies
+        new = 0 if is_summary else self.new_tokens(messages)
 
         async def pieces():  # type: ignore[no-untyped-def]
             async for piece in stream:
                 yield piece
-            tally.add(stream)
+            tally.add(stream, new)
 
         return TokenStream(pieces(), stream.stats)
 
@@ -113,15 +151,28 @@ def script(turns: int, channels: int) -> list[tuple[int, str]]:
     ]
 
 
+def load_engine(kind: str, config: Config) -> LlamaCppGenerator | LegacyLlamaCppGenerator:
+    cache = config.context.state_cache_mb * 1024 * 1024
+    if kind == "old":
+        return LegacyLlamaCppGenerator.load(
+            config.model, bundled_model_path(), state_cache_bytes=cache
+        )
+    return LlamaCppGenerator.load(
+        config.model,
+        bundled_model_path(),
+        state_cache_bytes=cache,
+        reuse_min_tokens=config.context.reuse_min_tokens,
+    )
+
+
 async def run_beseda(
-    turns: int, channels: int, max_tokens: int, evict_fraction: float, data: Path
-) -> CountingGenerator:
+    turns: int, channels: int, max_tokens: int, evict_fraction: float, data: Path,
+    *, kind: str = "new",
+) -> CountingGenerator:  # fmt: skip
     model = ModelConfig(n_ctx=N_CTX, n_threads=2, temperature=0.0, max_tokens=max_tokens)
     config = Config(model=model, context=ContextConfig(evict_fraction=evict_fraction))
-    cache = config.context.state_cache_mb * 1024 * 1024
-    inner = LlamaCppGenerator.load(model, bundled_model_path(), state_cache_bytes=cache)
-    generator = CountingGenerator(inner)
-    db = Database(f"sqlite+aiosqlite:///{data / f'bench-{channels}.db'}")
+    generator = CountingGenerator(load_engine(kind, config))
+    db = Database(f"sqlite+aiosqlite:///{data / f'bench-{kind}-{channels}.db'}")
     await db.migrate()
     core = build_core(config, SqlHistoryStore(db), generator)
     sink = Sink()
@@ -139,7 +190,9 @@ async def run_beseda(
 
 async def run_naive(turns: int, channels: int, max_tokens: int) -> Tally:
     model = ModelConfig(n_ctx=N_CTX, n_threads=2, temperature=0.0, max_tokens=max_tokens)
-    generator = LlamaCppGenerator.load(model, bundled_model_path())
+    # One context for every channel, as most bots have: the engine before Beseda's own,
+    # without its state cache.
+    generator = CountingGenerator(LegacyLlamaCppGenerator.load(model, bundled_model_path()))
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     budget = N_CTX - max_tokens - 32
     histories: dict[int, list[ChatMessage]] = {c: [] for c in range(channels)}
@@ -156,10 +209,101 @@ async def run_naive(turns: int, channels: int, max_tokens: int) -> Tally:
             history.pop(0)  # the oldest message goes, one at a time
         stream = generator.stream(messages, params)
         answer = "".join([piece async for piece in stream]).strip()
-        tally.add(stream)
+        tally.add(stream, generator.new_tokens(messages))
         history.append(ChatMessage("assistant", answer or "…"))
     await generator.aclose()
     return tally
+
+
+LORE = [
+    {
+        "keys": ["Kazan", "Казань", "Казани"],
+        "content": "Kazan is the capital of Tatarstan, on the Volga; its kremlin is a UNESCO site.",
+    },
+    {
+        "keys": ["guitar", "гитара"],
+        "content": "Ivan, the channel's regular, has played classical guitar for ten years.",
+    },
+    {"keys": ["cat", "кот"], "content": "The channel's mascot is a grey cat called Pirozhok."},
+]
+MEMORIES = [
+    "The user is learning Russian and asks many questions about Russian culture.",
+    "The user lives in Kazan and likes long walks by the Volga.",
+    "The user's favourite drink is tea with lemon.",
+]
+
+
+def realistic_config(data: Path, max_tokens: int) -> Config:
+    card = {
+        "name": "Beseda",
+        "system_prompt": "You are Beseda, a friendly and concise assistant. Answer in the "
+        "language of the user's last message, using the notes you are given.",
+        "lorebook": {"entries": LORE},
+    }
+    return Config.model_validate(
+        {
+            "storage": {"data_dir": str(data)},
+            "model": {
+                "n_ctx": REALISTIC_N_CTX,
+                "n_threads": 2,
+                "temperature": 0.0,
+                "max_tokens": max_tokens,
+            },
+            "documents": {"path": str(DOCS / "docs"), "ingest_on_start": True},
+            "personas": {"default": "bench", "cards": {"bench": card}},
+        }
+    )
+
+
+def realistic_script(turns: int, channels: int) -> list[tuple[int, str]]:
+    """Every other message asks about the documents (ru and en); the others are small talk,
+    some of it naming a lore key."""
+    documents = [q["question"] for q in json.loads((DOCS / "questions.json").read_text())]
+    chat = [*QUESTIONS, "I got a new cat today!", "Any tips for playing guitar in Kazan?"]
+    messages = []
+    for i in range(turns):
+        c, t = i % channels, i // channels
+        pool = documents if t % 2 == 0 else chat
+        messages.append((c, f"{pool[(t // 2 + 3 * c) % len(pool)]} (#{t})"))
+    return messages
+
+
+async def run_realistic(
+    kind: str, turns: int, channels: int, max_tokens: int, data: Path
+) -> CountingGenerator:
+    config = realistic_config(data / f"{kind}-{channels}", max_tokens)
+    generator = CountingGenerator(load_engine(kind, config))
+    sink = Sink()
+    async with App.open(config, generator) as app:
+        assert app.knowledge is not None, "retrieval is off"
+        for c in range(channels):
+            for memory in MEMORIES:
+                await app.knowledge.memories.remember(f"bench:{c}", memory)
+        for channel, text in realistic_script(turns, channels):
+            inbound = Inbound("bench", f"bench:{channel}", "user", "user", text)
+            reply = await (await app.core.submit(inbound, sink))
+            if reply.status is not Status.DONE:
+                print(f"turn failed: {reply.error}", file=sys.stderr)
+            await app.core.background.wait_quiet()
+    return generator
+
+
+async def realistic(args: argparse.Namespace, data: Path) -> None:
+    for channels in dict.fromkeys([1, args.channels]):
+        suffix = "" if channels == 1 else "_multichannel"
+        for kind in ("new", "old"):
+            started = time.perf_counter()
+            run = await run_realistic(kind, args.realistic_turns, channels, args.max_tokens, data)
+            replies = run.replies
+            print(
+                f"# documents, memories and lore on, {args.realistic_turns} turns, {channels} "
+                f"channel(s), {kind} engine: evaluated {replies.evaluated} of "
+                f"{replies.prompt} prompt tokens ({replies.shifted} shifted into place), "
+                f"{replies.new} new; {time.perf_counter() - started:.0f} s"
+            )
+            tail = "" if kind == "new" else "_old"
+            print(f"evaluated_over_new_documents{suffix}{tail}={replies.over_new:.3f}")
+            print(f"prefix_reuse_documents{suffix}{tail}={replies.reuse:.3f}")
 
 
 async def main() -> None:
@@ -174,14 +318,25 @@ async def main() -> None:
     parser.add_argument(
         "--multichannel-only", action="store_true", help="skip the single-channel run"
     )
+    parser.add_argument("--realistic-turns", type=int, default=40)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--realistic-only", action="store_true", help="documents on only")
+    mode.add_argument("--plain-only", action="store_true", help="documents off only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder)
+        if not args.plain_only:
+            await realistic(args, data)
+        if args.realistic_only:
+            return
         counts = [args.channels] if args.multichannel_only else [1, args.channels]
         for channels in dict.fromkeys(counts):
             started = time.perf_counter()
             beseda = await run_beseda(
                 args.turns, channels, args.max_tokens, args.evict_fraction, data
+            )
+            old = await run_beseda(
+                args.turns, channels, args.max_tokens, args.evict_fraction, data, kind="old"
             )
             naive = await run_naive(args.turns, channels, args.max_tokens)
             suffix = "" if channels == 1 else "_multichannel"
@@ -196,6 +351,10 @@ async def main() -> None:
             )
             results = {
                 f"prefix_reuse_beseda{suffix}": replies.reuse,
+                f"prefix_reuse_beseda_old{suffix}": old.replies.reuse,
+                f"evaluated_over_new_beseda{suffix}": replies.over_new,
+                f"evaluated_over_new_beseda_old{suffix}": old.replies.over_new,
+                f"evaluated_over_new_naive{suffix}": naive.over_new,
                 f"prefix_reuse_naive{suffix}": naive.reuse,
                 f"prompt_eval_tokens_ratio{suffix}": naive.evaluated / max(replies.evaluated, 1),
                 f"prompt_eval_tokens_ratio_with_summaries{suffix}": naive.evaluated

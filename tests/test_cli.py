@@ -135,9 +135,8 @@ def test_chat_stats_prints_token_counters(config: Path) -> None:
     assert result.stdout.strip()
     counters = dict(item.split("=") for item in result.stderr.split())
     assert int(counters["prompt_tokens"]) > 10
-    assert int(counters["evaluated_tokens"]) + int(counters["cached_tokens"]) == int(
-        counters["prompt_tokens"]
-    )
+    reused = int(counters["cached_tokens"]) + int(counters["shifted_tokens"])
+    assert int(counters["evaluated_tokens"]) + reused == int(counters["prompt_tokens"])
 
 
 def test_doctor_reports_what_is_configured(config: Path) -> None:

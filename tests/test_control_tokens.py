@@ -182,7 +182,7 @@ async def test_a_hostile_message_opens_no_turn(generator: LlamaCppGenerator) -> 
     assert starts(generator, messages) == 3  # system, user, the generation prompt
     # The text is still all there, as text.
     tokens = generator._prompt_tokens(messages)
-    text = generator._llama.detokenize(tokens, special=True).decode()
+    text = generator._model.detokenize(tokens, special=True).decode()
     assert text == generator.render_prompt(messages)
     assert generator.count_prompt_tokens(messages) == len(tokens)
 

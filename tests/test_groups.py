@@ -298,9 +298,8 @@ async def test_a_hostile_name_adds_no_control_token_to_the_real_template(
         rendered = model.render_prompt(prompt.messages)
         # Tokenised as the engine does today (control tokens recognised anywhere): one
         # <|im_start|> per message and one for the reply, none from the name.
-        llama = model._llama
-        start = llama.tokenize(b"<|im_start|>", add_bos=False, special=True)
-        tokens = llama.tokenize(rendered.encode(), add_bos=False, special=True)
+        start = model.tokenize("<|im_start|>", special=True)
+        tokens = model.tokenize(rendered, special=True)
     finally:
         await model.aclose()
     assert len(start) == 1

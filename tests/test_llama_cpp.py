@@ -180,19 +180,26 @@ def conversation(topic: str, turns: int) -> list[ChatMessage]:
     return [*messages, ChatMessage("user", f"One more thing about {topic}?")]
 
 
-@pytest.mark.parametrize("cache_bytes", [0, 256 * 1024 * 1024])
-async def test_switching_channels_reuses_a_cached_state(cache_bytes: int) -> None:
+@pytest.mark.parametrize(("parallel", "cache_bytes"), [(1, 0), (1, 256 * 1024 * 1024), (2, 0)])
+async def test_switching_channels_reuses_a_cached_state(parallel: int, cache_bytes: int) -> None:
     gen = LlamaCppGenerator.load(
-        ModelConfig(n_ctx=1024, n_threads=2), bundled_model_path(), state_cache_bytes=cache_bytes
+        ModelConfig(n_ctx=1024, n_threads=2, parallel=parallel),
+        bundled_model_path(),
+        state_cache_bytes=cache_bytes,
     )
     params = SamplingParams(temperature=0.0, max_tokens=4)
     try:
         cats, owls = conversation("cats", 6), conversation("owls", 6)
-        for messages in (cats, owls):  # channel A, then channel B takes the context
+        for messages in (cats, owls):  # channel A, then channel B needs a sequence
             _ = [p async for p in gen.stream(messages, params)]
         back = gen.stream(cats, params)  # channel A again
         _ = [p async for p in back]
-        if cache_bytes:
+        if parallel > 1:
+            # B took a sequence of its own: A's stayed resident.
+            assert back.stats.cached_tokens >= back.stats.prompt_tokens - 1
+            assert gen.states is None
+        elif cache_bytes:
+            # A's sequence was saved to RAM when B took it, and loaded back now.
             assert gen.states is not None
             assert back.stats.cached_tokens >= back.stats.prompt_tokens - 1
             assert 0 < gen.states.used_bytes <= cache_bytes
@@ -205,7 +212,9 @@ async def test_switching_channels_reuses_a_cached_state(cache_bytes: int) -> Non
 
 async def test_state_cache_keeps_within_a_small_budget() -> None:
     gen = LlamaCppGenerator.load(
-        ModelConfig(n_ctx=1024, n_threads=2), bundled_model_path(), state_cache_bytes=1
+        ModelConfig(n_ctx=1024, n_threads=2, parallel=1),
+        bundled_model_path(),
+        state_cache_bytes=1,
     )
     params = SamplingParams(temperature=0.0, max_tokens=4)
     try:

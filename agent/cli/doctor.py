@@ -14,7 +14,12 @@ from adapters.telegram import telegram_token
 from agent.config import Config, select_backend
 from agent.generators.base import GeneratorError
 from agent.generators.catalog import with_named_model
-from agent.generators.gguf import check_gguf_file, read_metadata
+from agent.generators.gguf import (
+    check_gguf_file,
+    kv_bytes_per_token,
+    memory_estimate,
+    read_metadata,
+)
 from agent.generators.hub import resolve_model_path
 from agent.generators.openai_compat import check_server
 from memory.db import Database, DatabaseError, head_revision
@@ -127,6 +132,11 @@ def _check_model(config: Config) -> Check:
         f"{path.name} ({origin}, {size_mb:.0f} MB, {arch}, trained context {trained}, "
         f"n_ctx {config.model.n_ctx}, chat template {template})"
     )
+    if (per_token := kv_bytes_per_token(metadata)) is not None:
+        model, context = config.model, config.context
+        detail += "; " + memory_estimate(
+            per_token, model.n_ctx, model.parallel, context.state_cache_mb
+        )
     return Check("model", has_template, detail)
 
 

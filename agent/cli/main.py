@@ -250,7 +250,8 @@ async def _chat(config: Config, channel: str | None, message: str, *, stats: boo
         s = reply.stats
         print(
             f"prompt_tokens={s.prompt_tokens} cached_tokens={s.cached_tokens} "
-            f"evaluated_tokens={s.evaluated_tokens} completion_tokens={s.completion_tokens}",
+            f"shifted_tokens={s.shifted_tokens} evaluated_tokens={s.evaluated_tokens} "
+            f"completion_tokens={s.completion_tokens}",
             file=sys.stderr,
         )
     return 0 if reply.status is Status.DONE else EXIT_FAILED

@@ -53,14 +53,16 @@ class GenerationStats:
     """Counters of one generation; filled in while the stream runs."""
 
     prompt_tokens: int = 0
-    # Prompt tokens served from the model's cache (the common prefix with the previous call).
+    # Prompt tokens served from the model's cache: the common prefix with what it held...
     cached_tokens: int = 0
+    # ...and cached runs after it that moved and were shifted into place (llama.cpp only).
+    shifted_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
 
     @property
     def evaluated_tokens(self) -> int:
-        return self.prompt_tokens - self.cached_tokens
+        return self.prompt_tokens - self.cached_tokens - self.shifted_tokens
 
 
 @dataclass(slots=True)

@@ -89,5 +89,6 @@ class FallbackGenerator:
 def copy_stats(source: GenerationStats, target: GenerationStats) -> None:
     target.prompt_tokens = source.prompt_tokens
     target.cached_tokens = source.cached_tokens
+    target.shifted_tokens = source.shifted_tokens
     target.completion_tokens = source.completion_tokens
     target.finish_reason = source.finish_reason

@@ -90,6 +90,38 @@ def summary(path: Path) -> dict[str, Any]:
     }
 
 
+def kv_bytes_per_token(metadata: dict[str, Any]) -> int | None:
+    """Bytes of KV cache one token takes (f16 keys and values in every layer), from the
+    GGUF's metadata; None when the architecture's keys are missing."""
+    arch = metadata.get("general.architecture", "")
+
+    def number(key: str) -> int | None:
+        value = metadata.get(f"{arch}.{key}")
+        return int(value) if isinstance(value, str) and value.isdigit() else None
+
+    layers, heads, width = (
+        number("block_count"),
+        number("attention.head_count"),
+        number("embedding_length"),
+    )
+    if not (layers and heads and width):
+        return None
+    kv_heads = number("attention.head_count_kv") or heads
+    key = number("attention.key_length") or width // heads
+    value = number("attention.value_length") or width // heads
+    return layers * kv_heads * (key + value) * 2
+
+
+def memory_estimate(kv_per_token: int, n_ctx: int, parallel: int, state_cache_mb: int) -> str:
+    """What the KV cache (``parallel`` sequences of ``n_ctx`` tokens) and the RAM cache of
+    idle sequences will take, for doctor and the README."""
+    kv_mib = kv_per_token * n_ctx * parallel / 2**20
+    return (
+        f"KV cache {parallel} x {n_ctx} tokens x {kv_per_token / 1024:.1f} KiB = "
+        f"{kv_mib:.0f} MiB, idle sequences in RAM up to {state_cache_mb} MiB"
+    )
+
+
 @contextlib.contextmanager
 def quiet_stderr() -> Iterator[None]:
     """Silence file descriptor 2 (where llama.cpp's C code writes) for a block."""

@@ -1,22 +1,19 @@
-"""Local generation with llama-cpp-python.
+"""Local generation with llama.cpp (through llama-cpp-python's low-level API).
 
-llama.cpp is synchronous, so every call into the model runs on one dedicated worker thread
-(which also serialises access to the single llama context) and tokens come back to the event
-loop through an asyncio queue. The prompt is rendered here with the chat template and passed
-as tokens, so what the prompt inspector shows is exactly what the model evaluates, and
-llama.cpp reuses the longest common token prefix with the previous call.
+The prompt is rendered here with the chat template and passed to the engine as tokens, so
+what the prompt inspector shows is exactly what the model evaluates. The engine (engine.py)
+holds ``[model] parallel`` sequences in one context and decodes them together on its own
+thread; tokens come back to the event loop through an asyncio queue, so the loop never
+blocks on the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
-import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,76 +26,123 @@ from agent.generators.base import (
     TokenStream,
 )
 from agent.generators.control import prompt_tokens
-from agent.generators.gguf import check_gguf_file
+from agent.generators.engine import Engine, EngineClosed, Request
+from agent.generators.gguf import check_gguf_file, quiet_stderr
 from agent.generators.hub import resolve_model_path
-from agent.generators.state_cache import StateCache, common_prefix
+from agent.generators.state_cache import StateCache
 
 log = logging.getLogger(__name__)
 
-_DONE = object()
-# Below this many tokens, re-evaluating is cheaper than keeping a state around.
-MIN_STATE_TOKENS = 64
-# A cached state is loaded only when it saves evaluating at least this many tokens.
-MIN_STATE_GAIN = 16
+# Cached runs shorter than this are evaluated again rather than shifted into place.
+DEFAULT_REUSE_MIN_TOKENS = 16
 
 
 class LlamaCppGenerator:
-    """A :class:`~agent.generators.base.Generator` backed by one llama.cpp context."""
+    """A :class:`~agent.generators.base.Generator` backed by one multi-sequence llama.cpp
+    context."""
 
-    def __init__(
-        self, llama: Any, template: Any, path: Path, *, state_cache_bytes: int = 0
-    ) -> None:
-        self._llama = llama
+    def __init__(self, model: Any, engine: Engine, template: Any, path: Path) -> None:
+        self._model = model
+        self._engine = engine
         self._template = template
         self._path = path
-        self.states = StateCache(state_cache_bytes) if state_cache_bytes > 0 else None
-        # One thread: llama.cpp contexts are not thread-safe, and a queue of one is the
-        # generator's capacity (a local model serves one request at a time).
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-        self._lock = asyncio.Lock()
+        self._closed = False
 
     @property
     def concurrency(self) -> int:
-        return 1  # one context, one thread: requests queue on the lock anyway
+        """Sequences that generate at once: the scheduler's slots."""
+        return self._engine.parallel
+
+    @property
+    def states(self) -> StateCache | None:
+        """Idle sequences saved to RAM (None when ``[context] state_cache_mb`` is 0)."""
+        return self._engine.states
+
+    @property
+    def can_shift(self) -> bool:
+        """Whether cached runs that moved are shifted into place (the model allows it)."""
+        return self._engine.can_shift
 
     @classmethod
     def load(
-        cls, model: ModelConfig, path: Path, *, state_cache_bytes: int = 0
+        cls,
+        model: ModelConfig,
+        path: Path,
+        *,
+        state_cache_bytes: int = 0,
+        reuse_min_tokens: int = DEFAULT_REUSE_MIN_TOKENS,
     ) -> LlamaCppGenerator:
         """Load the model (blocking; call from a thread at start-up)."""
-        from llama_cpp import Llama  # noqa: PLC0415 - heavy import, only when a model is used
+        import llama_cpp  # noqa: PLC0415 - heavy import, only when a model is used
+        from llama_cpp._internals import LlamaContext, LlamaModel  # noqa: PLC0415
+        from llama_cpp._logger import set_verbose  # noqa: PLC0415
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
 
         check_gguf_file(path)
+        set_verbose(False)
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = model.n_gpu_layers
         try:
-            llama = Llama(
-                model_path=str(path),
-                n_ctx=model.n_ctx,
-                n_threads=model.n_threads or max(1, os.cpu_count() or 1),
-                n_batch=min(model.n_batch, model.n_ctx),
-                n_gpu_layers=model.n_gpu_layers,
-                rope_freq_base=model.rope_freq_base,
-                seed=model.seed if model.seed >= 0 else 0xFFFFFFFF,
-                verbose=False,
-            )
+            loaded: Any = LlamaModel(path_model=str(path), params=model_params, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise GeneratorError(f"[model] path: llama.cpp cannot load {path}: {exc}") from None
-
-        template = model.chat_template or llama.metadata.get("tokenizer.chat_template", "")
+        metadata = loaded.metadata()
+        template = model.chat_template or metadata.get("tokenizer.chat_template", "")
         if not template:
+            loaded.close()
             raise GeneratorError(
                 f"[model] path: {path.name} has no chat template in its GGUF metadata; "
                 "set [model] chat_template (see README, 'Chat templates')"
             )
-        bos_id, eos_id = llama.token_bos(), llama.token_eos()
+        threads = model.n_threads or max(1, os.cpu_count() or 1)
+        params = llama_cpp.llama_context_default_params()
+        # One KV buffer of n_ctx tokens per sequence, shared by all of them (the engine keeps
+        # each sequence within n_ctx). Unified, because llama.cpp splits a batch mixing
+        # separate buffers into equal parts per sequence: a prompt chunk next to other
+        # sequences' single tokens became a hundred tiny batches. It also lets sequences
+        # share the cells of a common prefix.
+        params.n_ctx = model.n_ctx * model.parallel
+        params.n_seq_max = model.parallel
+        params.kv_unified = True
+        params.n_batch = params.n_ubatch = min(model.n_batch, model.n_ctx)
+        params.n_threads = params.n_threads_batch = threads
+        params.rope_freq_base = model.rope_freq_base
+        params.no_perf = True
+        try:
+            # llama.cpp warns that the whole buffer (parallel x n_ctx) exceeds the trained
+            # context; no sequence goes past n_ctx, so the warning would only mislead.
+            with quiet_stderr():
+                context: Any = LlamaContext(model=loaded, params=params, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            loaded.close()
+            raise GeneratorError(
+                f"[model] n_ctx/parallel: llama.cpp cannot create a context of "
+                f"{model.parallel} x {model.n_ctx} tokens: {exc}"
+            ) from None
+        engine = Engine(
+            loaded,
+            context,
+            parallel=model.parallel,
+            n_ctx=model.n_ctx,
+            n_batch=int(params.n_batch),
+            seed=model.seed,
+            reuse_min_tokens=reuse_min_tokens,
+            state_cache_bytes=state_cache_bytes,
+        )
+        vocab = loaded.vocab
+        bos_id, eos_id = llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_eos(vocab)
         formatter = Jinja2ChatFormatter(
             template=template,
-            eos_token=_token_text(llama, eos_id),
-            bos_token=_token_text(llama, bos_id),
+            eos_token=_token_text(loaded, eos_id),
+            bos_token=_token_text(loaded, bos_id),
             stop_token_ids=[eos_id] if eos_id != -1 else None,
         )
-        log.info("model loaded: %s (n_ctx=%d)", path.name, llama.n_ctx())
-        return cls(llama, formatter, path, state_cache_bytes=state_cache_bytes)
+        log.info(
+            "model loaded: %s (n_ctx=%d, parallel=%d, KV shift %s)",
+            path.name, model.n_ctx, model.parallel, "on" if engine.can_shift else "off",
+        )  # fmt: skip
+        return cls(loaded, engine, formatter, path)
 
     @property
     def name(self) -> str:
@@ -106,10 +150,20 @@ class LlamaCppGenerator:
 
     @property
     def n_ctx(self) -> int:
-        return int(self._llama.n_ctx())
+        return self._engine.n_ctx
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        """``text``'s tokens, without BOS; ``special`` turns control-token spellings such as
+        "<|im_start|>" into their single tokens (only the template's own text may)."""
+        if self._closed:  # the vocabulary went with the model
+            raise GeneratorError("llama.cpp generation failed: the model is closed")
+        tokens: list[int] = self._model.tokenize(
+            text.encode("utf-8"), add_bos=False, special=special
+        )
+        return tokens
 
     def count_tokens(self, text: str) -> int:
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self.tokenize(text, special=False))
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
         payload = [{"role": m.role, "content": m.content} for m in messages]
@@ -125,10 +179,7 @@ class LlamaCppGenerator:
         return prompt_tokens(self.render_prompt, self._tokenize, messages)
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
-        tokens: list[int] = self._llama.tokenize(
-            text.encode("utf-8"), add_bos=False, special=special
-        )
-        return tokens
+        return self.tokenize(text, special=special)
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self._prompt_tokens(messages))
@@ -147,149 +198,58 @@ class LlamaCppGenerator:
             )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
-        cancel = threading.Event()
 
         def emit(item: object) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        def work() -> None:
-            try:
-                for piece in self._generate(tokens, params, stats, cancel):
-                    emit(piece)
-            except Exception as exc:  # delivered to the consumer, which re-raises it
-                emit(exc)
-            finally:
-                emit(_DONE)
-
-        async with self._lock:
-            job = loop.run_in_executor(self._executor, work)
-            try:
-                while (item := await queue.get()) is not _DONE:
-                    if isinstance(item, Exception):
-                        raise GeneratorError(f"llama.cpp generation failed: {item}") from item
-                    yield str(item)
-            finally:
-                # On cancellation or an early close, stop the thread between two tokens and
-                # wait for it, so the next generation finds the context idle.
-                cancel.set()
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(job)
-
-    def _generate(
-        self,
-        tokens: list[int],
-        params: SamplingParams,
-        stats: GenerationStats,
-        cancel: threading.Event,
-    ) -> Iterator[str]:
-        llama = self._llama
-        prefix = self._restore_best_state(tokens)
-        stats.prompt_tokens = len(tokens)
-        # llama.cpp re-evaluates the last prompt token when the whole prompt is cached.
-        stats.cached_tokens = min(prefix, len(tokens) - 1)
-        if params.seed >= 0:
-            llama.set_seed(params.seed)
-        chunks = llama.create_completion(
-            prompt=tokens,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            min_p=params.min_p,
-            repeat_penalty=params.repeat_penalty,
-            stop=[self._template.eos_token] if self._template.eos_token else None,
-            stream=True,
-            grammar=_grammar(params.json_schema),
-        )
+        request = Request(tokens, params, stats, emit)
         try:
-            for chunk in chunks:
-                if cancel.is_set():
-                    stats.finish_reason = "cancelled"
-                    return
-                choice = chunk["choices"][0]
-                if choice.get("finish_reason"):
-                    stats.finish_reason = choice["finish_reason"]
-                text = choice.get("text", "")
-                if text:
-                    stats.completion_tokens += 1
-                    yield text
+            self._engine.submit(request)
+        except EngineClosed as exc:
+            raise GeneratorError(f"llama.cpp generation failed: {exc}") from None
+        finished = False
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, Exception):
+                    raise GeneratorError(f"llama.cpp generation failed: {item}") from item
+                yield str(item)
+            finished = True
         finally:
-            chunks.close()
-
-    def _restore_best_state(self, tokens: list[int]) -> int:
-        """Keep the context's state if this prompt would discard most of it, and load a
-        cached state that shares more of the prompt. Returns the reusable prefix length."""
-        import numpy as np  # noqa: PLC0415
-
-        llama = self._llama
-        held = llama.input_ids[: llama.n_tokens]
-        prompt = np.asarray(tokens, dtype=np.intc)
-        prefix = common_prefix(held, prompt)
-        if self.states is None:
-            return prefix
-        if llama.n_tokens >= MIN_STATE_TOKENS and prefix < llama.n_tokens // 2:
-            state, size = self._save_state()
-            self.states.put(held.copy(), state, size)
-        # Only a state that saves real work: one sharing just the system prompt plus a token
-        # or two (another channel's conversation) is not worth a load.
-        found = self.states.best(tokens, better_than=prefix + MIN_STATE_GAIN)
-        if found is not None:
-            entry, prefix = found
-            llama.load_state(entry.state)
-        return prefix
-
-    def _save_state(self) -> tuple[Any, int]:
-        """The context's state without llama-cpp-python's copy of the logits.
-
-        ``Llama.save_state`` also copies up to n_batch x n_vocab scores (100 MB for a 49k
-        vocabulary); they are not needed, because loading a state makes llama.cpp evaluate
-        the last token again. One row keeps ``load_state`` working (it broadcasts).
-        """
-        import llama_cpp  # noqa: PLC0415
-        import numpy as np  # noqa: PLC0415
-        from llama_cpp.llama import LlamaState  # noqa: PLC0415
-
-        llama = self._llama
-        context = llama._ctx.ctx  # noqa: SLF001 - what Llama.save_state itself uses
-        capacity = llama_cpp.llama_state_get_size(context)
-        buffer = (ctypes.c_uint8 * capacity)()
-        written = llama_cpp.llama_state_get_data(context, buffer, capacity)
-        scores = np.zeros((1, llama.n_vocab()), dtype=np.single)
-        input_ids = llama.input_ids.copy()
-        state = LlamaState(
-            input_ids=input_ids,
-            scores=scores,
-            n_tokens=llama.n_tokens,
-            llama_state=ctypes.string_at(buffer, written),
-            llama_state_size=written,
-            seed=llama._seed,  # noqa: SLF001
-        )
-        return state, written + input_ids.nbytes + scores.nbytes
+            if not finished:
+                # Cancelled, closed early or failed: stop this sequence between two steps
+                # (the others go on) and wait until the engine has let it go, so no
+                # sequence is left half-used.
+                request.cancel.set()
+                self._engine.wake()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(_drain(queue))
 
     async def aclose(self) -> None:
-        async with self._lock:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._llama.close)
-        self._executor.shutdown(wait=True)
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._engine.close)
 
 
-def _token_text(llama: Any, token_id: int) -> str:
+async def _drain(queue: asyncio.Queue[object]) -> None:
+    while (await queue.get()) is not None:
+        pass
+
+
+def _token_text(model: Any, token_id: int) -> str:
     if token_id == -1:
         return ""
-    return str(llama._model.token_get_text(token_id))  # noqa: SLF001 - what Llama itself uses
+    return str(model.token_get_text(token_id))
 
 
 async def load_generator(config: Config) -> LlamaCppGenerator:
     path = resolve_model_path(config)
     cache_bytes = config.context.state_cache_mb * 1024 * 1024
     return await asyncio.to_thread(
-        LlamaCppGenerator.load, config.model, path, state_cache_bytes=cache_bytes
+        LlamaCppGenerator.load,
+        config.model,
+        path,
+        state_cache_bytes=cache_bytes,
+        reuse_min_tokens=config.context.reuse_min_tokens,
     )
-
-
-def _grammar(json_schema: str | None) -> Any:
-    """A llama.cpp grammar that admits only JSON following ``json_schema``."""
-    if json_schema is None:
-        return None
-    from llama_cpp.llama_grammar import LlamaGrammar  # noqa: PLC0415
-
-    return LlamaGrammar.from_json_schema(json_schema, verbose=False)

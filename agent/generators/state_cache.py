@@ -1,20 +1,25 @@
-"""A bounded, least-recently-used cache of llama.cpp context states.
+"""A bounded, least-recently-used cache of llama.cpp sequence states in RAM.
 
-Several channels share one model. When a prompt would throw away most of what the context
-holds (another channel's conversation), that state is kept here first, and a cached state
-that shares a longer prefix with the new prompt is loaded instead of evaluating it again.
-Keyed by the token sequence, so it serves channels, summaries and anything else alike.
+Several channels share the engine's few sequences. When a prompt needs a sequence and none
+holds anything it continues, the least recently used sequence is saved here first, and a
+saved state that shares a longer prefix with the new prompt is loaded instead of evaluating
+it again. Keyed by the token sequence, so it serves channels, summaries and anything else
+alike. (bench/legacy_engine.py keeps whole-context states here the same way.)
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from agent.generators.kv_reuse import common_prefix
+
+__all__ = ["CachedState", "StateCache", "common_prefix"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,12 +27,6 @@ class CachedState:
     tokens: npt.NDArray[np.intc]
     state: Any
     size: int
-
-
-def common_prefix(a: npt.NDArray[np.intc], b: npt.NDArray[np.intc]) -> int:
-    n = min(len(a), len(b))
-    differ = np.flatnonzero(a[:n] != b[:n])
-    return int(differ[0]) if len(differ) else n
 
 
 class StateCache:
@@ -59,14 +58,20 @@ class StateCache:
             self._drop(next(iter(self._entries)))
         return True
 
-    def best(self, tokens: Sequence[int], better_than: int) -> tuple[CachedState, int] | None:
-        """The state sharing the longest prefix with ``tokens``, if that prefix is longer than
+    def best(
+        self,
+        tokens: Sequence[int],
+        better_than: int,
+        reuse: Callable[[npt.NDArray[np.intc], npt.NDArray[np.intc]], int] = common_prefix,
+    ) -> tuple[CachedState, int] | None:
+        """The state sharing the most with ``tokens`` (by default the longest common prefix;
+        ``reuse`` may count more, such as runs that moved), if that is more than
         ``better_than`` tokens. It stays cached (marked recently used): loading a state into
         the context does not use it up, and another channel may share this prefix later."""
         array = np.asarray(tokens, dtype=np.intc)
         best_key, best_prefix = None, better_than
         for key, entry in self._entries.items():
-            prefix = common_prefix(entry.tokens, array)
+            prefix = reuse(entry.tokens, array)
             if prefix > best_prefix:
                 best_key, best_prefix = key, prefix
         if best_key is None:

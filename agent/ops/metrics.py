@@ -65,7 +65,8 @@ class Metrics:
         )  # fmt: skip
         self.prompt_tokens = Counter(
             "beseda_prompt_tokens", "Prompt tokens of replies: evaluated by the model, or "
-            "reused from its cache (the common prefix with the previous prompt).",
+            "reused from its cache (the common prefix with the previous prompt), or shifted "
+            "(cached runs that moved, moved into place).",
             ["kind"], registry=r,
         )  # fmt: skip
         self.completion_tokens = Counter(
@@ -82,7 +83,7 @@ class Metrics:
             ["adapter"], registry=r,
         )  # fmt: skip
         self._restarts: dict[str, int] = {}
-        for kind in ("evaluated", "reused"):
+        for kind in ("evaluated", "reused", "shifted"):
             self.prompt_tokens.labels(kind)
         for kind in ERROR_KINDS:
             self.errors.labels(kind)

@@ -133,10 +133,12 @@ class Observer:
         metrics = self.metrics
         metrics.prompt_tokens.labels("evaluated").inc(max(stats.evaluated_tokens, 0))
         metrics.prompt_tokens.labels("reused").inc(stats.cached_tokens)
+        metrics.prompt_tokens.labels("shifted").inc(stats.shifted_tokens)
         metrics.completion_tokens.inc(stats.completion_tokens)
         counts: dict[str, Any] = {
             "prompt_tokens": stats.prompt_tokens,
             "cached_tokens": stats.cached_tokens,
+            "shifted_tokens": stats.shifted_tokens,
             "completion_tokens": stats.completion_tokens,
         }
         first, last = timing.first_token, timing.last_token
