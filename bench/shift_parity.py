@@ -10,6 +10,10 @@ with it evaluated again (prefix reuse only). A shifted run's KV was computed nex
 notes, so the two may differ: printed as ``greedy_same_when_shifted=`` (the share of
 conversations whose first ``--max-tokens`` tokens are identical), and
 ``shifted_share_of_reused=``.
+
+Batching is not exact either: the twelve first turns are generated alone, alone once more,
+and four at a time on one context of four sequences. ``greedy_same_alone_again=`` and
+``greedy_same_beside_others=`` are the shares whose first tokens equal the first run's.
 """
 
 from __future__ import annotations
@@ -139,9 +143,34 @@ async def main() -> None:
     finally:
         await shifting.aclose()
         await plain.aclose()
+    alone_again, beside = await batch_parity(params)
     print(f"# {len(PAIRS)} conversations, {args.max_tokens} tokens each")
     print(f"greedy_same_when_shifted={same / len(PAIRS):.3f}")
     print(f"shifted_share_of_reused={shifted / max(reused, 1):.3f}")
+    print(f"greedy_same_alone_again={alone_again:.3f}")
+    print(f"greedy_same_beside_others={beside:.3f}")
+
+
+async def batch_parity(params: SamplingParams) -> tuple[float, float]:
+    """The first turns alone, alone again, and four at a time: shares equal to the first."""
+    model = ModelConfig(n_ctx=1024, n_threads=2, parallel=4)
+    gen = LlamaCppGenerator.load(model, bundled_model_path(), reuse_min_tokens=0)
+    prompts = [turn(q1, b1) for q1, b1, _q2, _b2 in PAIRS]
+    try:
+        alone = [(await run(gen, p, params))[0] for p in prompts]
+        again = [(await run(gen, p, params))[0] for p in prompts]
+        together: list[str] = []
+        for i in range(0, len(prompts), 4):
+            group = await asyncio.gather(*(run(gen, p, params) for p in prompts[i : i + 4]))
+            together += [text for text, _ in group]
+    finally:
+        await gen.aclose()
+    for a, t in zip(alone, together, strict=True):
+        if a != t:
+            print(f"# differs beside others: {a[:50]!r} / {t[:50]!r}")
+    n = len(prompts)
+    same_again = sum(a == b for a, b in zip(alone, again, strict=True))
+    return same_again / n, sum(a == t for a, t in zip(alone, together, strict=True)) / n
 
 
 if __name__ == "__main__":

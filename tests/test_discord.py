@@ -533,8 +533,9 @@ async def test_attachments_are_not_fetched_when_disabled(
 
     bot.adapter.use_documents(hook)
     await fake.message_create(MENTION, mentions=[fake.bot], files={"a.txt": b"x"})
-    await fake.message_create(f"{MENTION} see file", mentions=[fake.bot], files={"a.txt": b"x"})
     # The message with nothing but a file (not indexed here) has nothing to answer.
+    assert await bot.answered(1) == [NOTHING_NOTICE]
+    await fake.message_create(f"{MENTION} see file", mentions=[fake.bot], files={"a.txt": b"x"})
     assert await bot.answered(2) == [NOTHING_NOTICE, "echo: see file"]
     assert added == []
     assert len(bot.generator.calls) == 1
