@@ -23,7 +23,11 @@ some name a lore key. It runs with 1 and 8 channels, for the new and the old eng
 reply's prompt: the last user turn with its volatile block and the template tokens around
 it, summed over the run; 1.0 is the physical limit), ``prefix_reuse_documents`` (the share of
 prompt tokens served from the cache, prefix and shifted runs), ``_multichannel`` variants and
-``_old`` for the old engine. The default run prints both modes.
+``_old`` for the old engine. The default run prints both modes. With ``LLAMA_SERVER`` naming
+a llama-server binary, the realistic mode also runs through Beseda's OpenAI-compatible
+backend against it (``-np`` = the default ``[model] parallel``, ``--cache-reuse 16``; its
+evaluated tokens from its /metrics) and prints ``_llama_server`` figures and
+``evaluated_documents_vs_llama_server`` (Beseda's evaluated tokens ÷ the server's).
 
 Between two messages of a channel the benchmark waits until background work is done, as a
 person typing the next message would. The figures count the replies' prompts (the product
@@ -35,24 +39,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.app import App, build_core
 from agent.config import Config, ContextConfig, ModelConfig
 from agent.events import Inbound
-from agent.generators.base import ChatMessage, SamplingParams, TokenStream
+from agent.generators.base import ChatMessage, Generator, SamplingParams, TokenStream
 from agent.generators.gguf import bundled_model_path
 from agent.generators.kv_reuse import common_prefix
 from agent.generators.llama_cpp import LlamaCppGenerator
+from agent.generators.openai_compat import OpenAICompatGenerator
 from bench.legacy_engine import LegacyLlamaCppGenerator
 from bench.sink import Sink, Wrapped
 from memory.db import Database
@@ -112,9 +121,16 @@ class Tally:
 class CountingGenerator(Wrapped):
     """Passes everything to the real generator and tallies every prompt it evaluates."""
 
-    def __init__(self, inner: LlamaCppGenerator | LegacyLlamaCppGenerator) -> None:
+    def __init__(
+        self,
+        inner: LlamaCppGenerator | LegacyLlamaCppGenerator | Generator,
+        tokens: Callable[[Sequence[ChatMessage]], list[int]] | None = None,
+        server: LlamaServer | None = None,
+    ) -> None:
         super().__init__(inner)
-        self.tokens = inner._prompt_tokens  # noqa: SLF001 - exactly what the engine evaluates
+        # exactly what the engine evaluates; a server's prompts are tokenised here the same way
+        self.tokens = tokens or inner._prompt_tokens  # type: ignore[union-attr] # noqa: SLF001
+        self.server = server
         self.replies = Tally()
         self.summaries = Tally()
 
@@ -131,11 +147,54 @@ class CountingGenerator(Wrapped):
         new = 0 if is_summary else self.new_tokens(messages)
 
         async def pieces():  # type: ignore[no-untyped-def]
+            before = await self.server.evaluated() if self.server else 0
             async for piece in stream:
                 yield piece
+            if self.server:  # the server's own count: prompt tokens it did not take from cache
+                evaluated = await self.server.evaluated() - before
+                stream.stats.prompt_tokens = len(self.tokens(messages))
+                stream.stats.cached_tokens = stream.stats.prompt_tokens - evaluated
             tally.add(stream, new)
 
         return TokenStream(pieces(), stream.stats)
+
+
+class LlamaServer:
+    """llama.cpp's own server on the bundled model (``LLAMA_SERVER`` names the binary), with
+    ``--cache-reuse`` as the issue's anchor ran it; ``evaluated`` reads its /metrics."""
+
+    def __init__(self, binary: str, slots: int, n_ctx: int, port: int = 18100) -> None:
+        self.binary, self.slots, self.n_ctx, self.port = binary, slots, n_ctx, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> LlamaServer:
+        self.process = await asyncio.create_subprocess_exec(
+            self.binary, "-m", str(bundled_model_path()), "--port", str(self.port),
+            "-c", str(self.n_ctx * self.slots), "-np", str(self.slots), "--cache-reuse", "16",
+            "--metrics", "-t", "2", stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(300):
+            try:
+                await self.evaluated()
+                return self
+            except (aiohttp.ClientError, OSError):
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.binary} did not start")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            await self.process.wait()
+
+    async def evaluated(self) -> int:
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as r:
+            r.raise_for_status()
+            for line in (await r.text()).splitlines():
+                if line.startswith("llamacpp:prompt_tokens_total "):
+                    return int(float(line.split()[1]))
+        raise RuntimeError("llama-server's /metrics has no llamacpp:prompt_tokens_total")
 
 
 def script(turns: int, channels: int) -> list[tuple[int, str]]:
@@ -269,12 +328,30 @@ def realistic_script(turns: int, channels: int) -> list[tuple[int, str]]:
 
 
 async def run_realistic(
-    kind: str, turns: int, channels: int, max_tokens: int, data: Path
+    kind: str, turns: int, channels: int, max_tokens: int, data: Path, *, server: str = ""
 ) -> CountingGenerator:
     config = realistic_config(data / f"{kind}-{channels}", max_tokens)
-    generator = CountingGenerator(load_engine(kind, config))
-    sink = Sink()
-    async with App.open(config, generator) as app:
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "llama-server":
+            llama_server = await stack.enter_async_context(
+                LlamaServer(server, ModelConfig().parallel, config.model.n_ctx)
+            )
+            remote_model = config.model.model_copy(
+                update={"backend": "openai", "base_url": llama_server.url,
+                        "concurrency": ModelConfig().parallel},
+            )  # fmt: skip
+            config = config.model_copy(update={"model": remote_model})
+            local = LlamaCppGenerator.load(
+                ModelConfig(n_ctx=config.model.n_ctx, parallel=1), bundled_model_path()
+            )
+            stack.push_async_callback(local.aclose)
+            remote = OpenAICompatGenerator(config.model)
+            await remote.start()
+            generator = CountingGenerator(remote, local._prompt_tokens, llama_server)  # noqa: SLF001
+        else:
+            generator = CountingGenerator(load_engine(kind, config))
+        sink = Sink()
+        app = await stack.enter_async_context(App.open(config, generator))
         assert app.knowledge is not None, "retrieval is off"
         for c in range(channels):
             for memory in MEMORIES:
@@ -289,21 +366,30 @@ async def run_realistic(
 
 
 async def realistic(args: argparse.Namespace, data: Path) -> None:
+    server = os.environ.get("LLAMA_SERVER", "")
+    kinds = ("new", "old", "llama-server") if server else ("new", "old")
     for channels in dict.fromkeys([1, args.channels]):
         suffix = "" if channels == 1 else "_multichannel"
-        for kind in ("new", "old"):
+        evaluated: dict[str, int] = {}
+        for kind in kinds:
             started = time.perf_counter()
-            run = await run_realistic(kind, args.realistic_turns, channels, args.max_tokens, data)
+            run = await run_realistic(
+                kind, args.realistic_turns, channels, args.max_tokens, data, server=server
+            )
             replies = run.replies
+            evaluated[kind] = replies.evaluated
             print(
                 f"# documents, memories and lore on, {args.realistic_turns} turns, {channels} "
                 f"channel(s), {kind} engine: evaluated {replies.evaluated} of "
                 f"{replies.prompt} prompt tokens ({replies.shifted} shifted into place), "
                 f"{replies.new} new; {time.perf_counter() - started:.0f} s"
             )
-            tail = "" if kind == "new" else "_old"
+            tail = {"new": "", "old": "_old", "llama-server": "_llama_server"}[kind]
             print(f"evaluated_over_new_documents{suffix}{tail}={replies.over_new:.3f}")
             print(f"prefix_reuse_documents{suffix}{tail}={replies.reuse:.3f}")
+        if server:
+            ratio = evaluated["new"] / max(evaluated["llama-server"], 1)
+            print(f"evaluated_documents_vs_llama_server{suffix}={ratio:.3f}")
 
 
 async def main() -> None:
