@@ -45,6 +45,7 @@ from agent.generators.base import ChatMessage, Generator, SamplingParams
 from agent.generators.gguf import bundled_model_path
 from agent.generators.llama_cpp import LlamaCppGenerator
 from agent.runtime.scheduler import Scheduler
+from bench.context_cache import LlamaServer
 from bench.legacy_engine import LegacyLlamaCppGenerator
 
 N_CTX = 1024
@@ -197,31 +198,19 @@ async def llama_server_runs(
 ) -> list[Run]:
     from agent.generators.openai_compat import OpenAICompatGenerator  # noqa: PLC0415
 
-    port = 18000 + channels
-    process = await asyncio.create_subprocess_exec(
-        binary, "-m", str(bundled_model_path()), "--port", str(port), "-c",
-        str(N_CTX * channels), "-np", str(channels), "--cache-reuse", "16", "--metrics",
-        "-t", str(args.threads), stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    model = ModelConfig(
-        backend="openai", base_url=f"http://127.0.0.1:{port}", n_ctx=N_CTX,
-        concurrency=channels, temperature=0.0,
-    )  # fmt: skip
-    gen: Any = OpenAICompatGenerator(model)
-    try:
-        for _ in range(150):
-            try:
-                await gen.start()
-                await warm(gen)
-                break
-            except Exception:
-                await asyncio.sleep(0.2)
-        return [await one_round(gen, channels, r, args.max_tokens) for r in range(rounds)]
-    finally:
-        await gen.aclose()
-        process.terminate()
-        await process.wait()
+    server = LlamaServer(binary, channels, N_CTX, port=18000 + channels, threads=args.threads)
+    async with server:
+        model = ModelConfig(
+            backend="openai", base_url=server.url, n_ctx=N_CTX, concurrency=channels,
+            temperature=0.0,
+        )  # fmt: skip
+        gen: Any = OpenAICompatGenerator(model)
+        try:
+            await gen.start()
+            await warm(gen)
+            return [await one_round(gen, channels, r, args.max_tokens) for r in range(rounds)]
+        finally:
+            await gen.aclose()
 
 
 async def main() -> None:

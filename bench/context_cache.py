@@ -163,8 +163,11 @@ class LlamaServer:
     """llama.cpp's own server on the bundled model (``LLAMA_SERVER`` names the binary), with
     ``--cache-reuse`` as the issue's anchor ran it; ``evaluated`` reads its /metrics."""
 
-    def __init__(self, binary: str, slots: int, n_ctx: int, port: int = 18100) -> None:
+    def __init__(
+        self, binary: str, slots: int, n_ctx: int, *, port: int = 18100, threads: int = 2
+    ) -> None:
         self.binary, self.slots, self.n_ctx, self.port = binary, slots, n_ctx, port
+        self.threads = threads
         self.url = f"http://127.0.0.1:{port}"
         self.process: asyncio.subprocess.Process | None = None
 
@@ -172,7 +175,7 @@ class LlamaServer:
         self.process = await asyncio.create_subprocess_exec(
             self.binary, "-m", str(bundled_model_path()), "--port", str(self.port),
             "-c", str(self.n_ctx * self.slots), "-np", str(self.slots), "--cache-reuse", "16",
-            "--metrics", "-t", "2", stdout=asyncio.subprocess.DEVNULL,
+            "--metrics", "-t", str(self.threads), stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         for _ in range(300):
