@@ -11,11 +11,12 @@ robin) and streams from the bundled model at temperature 0. The same script runs
 - old: bench/legacy_engine.py, the engine before it (one reply at a time, whole-context
   snapshots).
 
-Each engine is loaded fresh for each round, so no prompt is cached at the start. Printed per
-C: aggregate generated tokens/s, p50/p95 time to first token and to the whole reply, for
-both, and the ratios; the default run ends with ``aggregate_speedup_c4=`` and
-``last_reply_time_ratio_c4=`` (new ÷ old: the last channel's whole reply). Rounds alternate
-new and old, and the figures are medians over rounds (the machine may be shared).
+Each engine (and llama-server, below) is loaded fresh for each round, so no prompt is
+cached at the start. Printed per C: aggregate generated tokens/s, p50/p95 time to first
+token and to the whole reply, for both, and the ratios; the default run ends with
+``aggregate_speedup_c4=`` and ``last_reply_time_ratio_c4=`` (new ÷ old: the last channel's
+whole reply). Rounds alternate new and old, and the figures are medians over rounds (the
+machine may be shared).
 
 ``single_stream_ratio=`` compares one channel streaming through Beseda with
 llama-cpp-python's own ``create_completion`` on the same prompt (tokens/s after the first).
@@ -193,24 +194,71 @@ async def single_stream_ratio(args: argparse.Namespace) -> float:
     return statistics.median(ours) / statistics.median(theirs)
 
 
+def raw_decode_rate(sequences: int, parallel: int, threads: int, steps: int = 48) -> float:
+    """llama.cpp alone: generated tokens/s of ``sequences`` sequences decoding one token each
+    per ``llama_decode`` call, in a context made as Beseda makes its own (no sampling, no
+    Python around it). The ratio of 4 sequences to 1 is what batching can give at most."""
+    import llama_cpp  # noqa: PLC0415
+    from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel  # noqa: PLC0415
+
+    prompt = 80
+    model = LlamaModel(
+        path_model=str(bundled_model_path()),
+        params=llama_cpp.llama_model_default_params(),
+        verbose=False,
+    )
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_seq_max, params.kv_unified = N_CTX * parallel, parallel, True
+    params.n_batch = params.n_ubatch = 512
+    params.n_threads = params.n_threads_batch = threads
+    context = LlamaContext(model=model, params=params, verbose=False)
+    holder = LlamaBatch(n_tokens=512, embd=0, n_seq_max=1, verbose=False)
+    batch = holder.batch
+
+    def decode(tokens: list[tuple[int, int, int]]) -> None:  # (token, position, sequence)
+        for n, (token, pos, seq) in enumerate(tokens):
+            batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+            batch.seq_id[n][0], batch.logits[n] = seq, 1
+        batch.n_tokens = len(tokens)
+        if llama_cpp.llama_decode(context.ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    try:
+        for seq in range(sequences):  # a prompt each, so attention has something to read
+            decode([(100 + (i * 7 + seq * 13) % 5000, i, seq) for i in range(prompt)])
+        started = time.perf_counter()
+        for step in range(steps):
+            decode([(200 + step, prompt + step, seq) for seq in range(sequences)])
+        return steps * sequences / (time.perf_counter() - started)
+    finally:
+        holder.close()
+        context.close()
+        model.close()
+
+
 async def llama_server_runs(
     binary: str, channels: int, rounds: int, args: argparse.Namespace
 ) -> list[Run]:
     from agent.generators.openai_compat import OpenAICompatGenerator  # noqa: PLC0415
 
-    server = LlamaServer(binary, channels, N_CTX, port=18000 + channels, threads=args.threads)
-    async with server:
-        model = ModelConfig(
-            backend="openai", base_url=server.url, n_ctx=N_CTX, concurrency=channels,
-            temperature=0.0,
-        )  # fmt: skip
-        gen: Any = OpenAICompatGenerator(model)
-        try:
-            await gen.start()
-            await warm(gen)
-            return [await one_round(gen, channels, r, args.max_tokens) for r in range(rounds)]
-        finally:
-            await gen.aclose()
+    runs = []
+    for r in range(rounds):
+        # A fresh server each round, as the engines are loaded fresh: nothing cached at the
+        # start (the conversations of a round repeat the earlier rounds' history).
+        port = 18000 + 16 * r + channels
+        async with LlamaServer(binary, channels, N_CTX, port=port, threads=args.threads) as server:
+            model = ModelConfig(
+                backend="openai", base_url=server.url, n_ctx=N_CTX, concurrency=channels,
+                temperature=0.0,
+            )  # fmt: skip
+            gen: Any = OpenAICompatGenerator(model)
+            try:
+                await gen.start()
+                await warm(gen)
+                runs.append(await one_round(gen, channels, r, args.max_tokens))
+            finally:
+                await gen.aclose()
+    return runs
 
 
 async def main() -> None:
@@ -254,6 +302,14 @@ async def main() -> None:
             if name.endswith(suffix):
                 print(f"{name}={value:.3f}")
     print(f"single_stream_ratio={await single_stream_ratio(args):.3f}")
+    # The ceiling: what one batched llama_decode gives over one sequence, in the same run.
+    alone, together = [], []
+    for _ in range(3):
+        alone.append(raw_decode_rate(1, args.parallel, args.threads))
+        together.append(raw_decode_rate(4, args.parallel, args.threads))
+    print(f"raw_decode_tokens_per_s_c1={statistics.median(alone):.1f}")
+    print(f"raw_decode_tokens_per_s_c4={statistics.median(together):.1f}")
+    print(f"raw_decode_batch_gain_c4={statistics.median(together) / statistics.median(alone):.3f}")
 
 
 if __name__ == "__main__":
