@@ -23,7 +23,9 @@ llama-cpp-python's own ``create_completion`` on the same prompt (tokens/s after 
 
 With ``LLAMA_SERVER`` naming a llama-server binary, the same script also runs against it
 through Beseda's OpenAI-compatible backend (``-np C --cache-reuse 16``) and the ratios
-``aggregate_vs_llama_server_cC=`` are printed.
+``aggregate_vs_llama_server_cC=``, ``last_reply_vs_llama_server_cC=`` and
+``evaluated_vs_llama_server_cC=`` (prompt tokens evaluated, the server's from its /metrics)
+are printed.
 """
 
 from __future__ import annotations
@@ -255,7 +257,10 @@ async def llama_server_runs(
             try:
                 await gen.start()
                 await warm(gen)
-                runs.append(await one_round(gen, channels, r, args.max_tokens))
+                before = await server.evaluated()
+                run = await one_round(gen, channels, r, args.max_tokens)
+                run.evaluated = await server.evaluated() - before  # the server's own count
+                runs.append(run)
             finally:
                 await gen.aclose()
     return runs
@@ -297,6 +302,10 @@ async def main() -> None:
             )
             results[f"last_reply_vs_llama_server{suffix}"] = (
                 new["last_reply"] / remote["last_reply"]
+            )
+            results[f"evaluated_llama_server{suffix}"] = remote["evaluated"]
+            results[f"evaluated_vs_llama_server{suffix}"] = new["evaluated"] / max(
+                1.0, remote["evaluated"]
             )
         for name, value in results.items():
             if name.endswith(suffix):

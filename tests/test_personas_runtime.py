@@ -232,7 +232,8 @@ async def test_lorebook_scans_the_recent_messages(history: SqlHistoryStore) -> N
         }
     )
     config = make_config(cards={"pirate": deep}, default="pirate")
-    generator = FakeGenerator()
+    # Not an echo: a reply quoting the entry would keep it out (it is in the window then).
+    generator = FakeGenerator(lambda _messages: "aye")
     core = build_core(config, history, generator)
     adapter = RecordingAdapter()
     shown = []
@@ -241,6 +242,41 @@ async def test_lorebook_scans_the_recent_messages(history: SqlHistoryStore) -> N
         shown.append("Tick tock." in generator.calls[-1][-1].content)
     # Three messages deep: the new one and the two before it (the replies count too).
     assert shown == [True, True, False, False]
+
+
+async def test_lorebook_entry_a_turn_in_the_window_quotes_is_not_inserted(
+    history: SqlHistoryStore,
+) -> None:
+    """What is new each turn stays small: an entry the window shows already (here the
+    person pasted it) is left out, and comes back once that turn has left the window."""
+    fact = "The crocodile   ate a CLOCK."
+    card = PIRATE.model_copy(
+        update={
+            "lorebook": Lorebook(
+                scan_depth=3, entries=(LoreEntry(keys=("crocodile",), content=fact),)
+            )
+        }
+    )
+    core = build_core(
+        make_config(cards={"pirate": card}, default="pirate"),
+        history,
+        gen := FakeGenerator(lambda _messages: "aye"),
+    )
+    adapter = RecordingAdapter()
+    shown = []
+    for text in (
+        "a crocodile?",
+        "you said: the crocodile ate a clock. And then, crocodile?",
+        "crocodile again",
+        "!reset",
+        "crocodile once more",
+    ):
+        await ask(core, adapter, message(text, "console:x", server=None))
+        if not text.startswith("!"):
+            shown.append("ate a CLOCK" in gen.calls[-1][-1].content)
+    # The quote (spacing and case aside) is in the window for the next turns too; !reset
+    # starts the window afresh.
+    assert shown == [True, False, False, True]
 
 
 async def test_lorebook_budget_in_the_prompt(history: SqlHistoryStore) -> None:

@@ -87,6 +87,17 @@ def anchor(message: StoredMessage) -> int:
     return message.in_reply_to_id if message.in_reply_to_id is not None else message.id
 
 
+def normal(text: str) -> str:
+    """``text`` with spacing and case evened out, to tell whether a turn quotes it."""
+    return " ".join(text.split()).casefold()
+
+
+def window_texts(turns: Sequence[StoredMessage], window_start: int) -> str:
+    """The texts of ``turns`` that the window still shows, normalised and joined: volatile
+    material one of them quotes already (a chunk, a lore entry) is not inserted again."""
+    return " \n ".join(normal(t.text) for t in turns if t.text and anchor(t) >= window_start)
+
+
 class ContextBuilder:
     def __init__(
         self,

@@ -17,7 +17,7 @@ from agent.config import Config, PersonaConfig
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, Generator, SamplingParams
 from agent.i18n import catalog as texts
-from agent.prompt.context import PromptPersona
+from agent.prompt.context import PromptPersona, normal, window_texts
 from agent.prompt.speakers import clean_name
 from memory.history import HistoryStore
 from personas.card import PersonaCard, render_macros
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # The name in macros when the author is unknown (the prompt inspector).
 ANONYMOUS = "User"
+# How far back the lorebook reads the history to see which entries a turn quotes already.
+WINDOW_LOOKBACK = 50
 # `!persona reset`: back to what config.toml assigns.
 RESET = "reset"
 
@@ -266,8 +268,12 @@ class Personas:
         card, user = active
         book = card.lorebook
         assert book is not None
-        # Two more rows: the new message and its reply in progress are stored already.
-        recent = await self._history.conversation(channel_key, limit=book.scan_depth + 2)
+        # Two more rows: the new message and its reply in progress are stored already. At
+        # least WINDOW_LOOKBACK rows: an entry a turn in the window quotes is not inserted.
+        rows = await self._history.conversation(
+            channel_key, limit=max(book.scan_depth + 2, WINDOW_LOOKBACK)
+        )
+        recent = rows[-(book.scan_depth + 2) :]
         texts = [m.text for m in recent if m.role in {"user", "assistant"} and m.text]
         if texts and texts[-1] == text:
             texts.pop()  # the new message, already stored when a reply is prepared
@@ -277,7 +283,14 @@ class Personas:
         def shown_tokens(content: str) -> int:  # counted as it will read, macros replaced
             return self._generator.count_tokens(render_macros(content, char=card.name, user=user))
 
-        entries = within_budget(triggered(book, texts), book.token_budget, shown_tokens)
+        start = (await self._history.channel_state(channel_key)).window_start_id or 0
+        seen = window_texts(rows, start)
+        fresh = [
+            entry
+            for entry in triggered(book, texts)
+            if normal(render_macros(entry.content, char=card.name, user=user)) not in seen
+        ]
+        entries = within_budget(fresh, book.token_budget, shown_tokens)
         return lore_text(entries, card, user) or None
 
     async def greeting(self, inbound: Inbound) -> str | None:

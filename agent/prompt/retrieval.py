@@ -16,6 +16,7 @@ from typing import Any
 from agent.config import Config
 from agent.i18n import Lang
 from agent.prompt.citations import with_sources
+from agent.prompt.context import normal, window_texts
 from memory.docsearch import DocumentSearch
 from memory.documents import GLOBAL_SCOPE, NO_PAGE, DocumentIndex
 from memory.embeddings import load_embedder
@@ -94,10 +95,10 @@ class Retriever:
         """What a channel may see: global items, its own, and the people taking part in it."""
         return (await self._scopes_and_recent(channel_key))[0]
 
-    async def _scopes_and_recent(self, channel_key: str | None) -> tuple[list[str], list[str]]:
-        """The scopes, and the texts of the channel's recent turns (what its window shows)."""
+    async def _scopes_and_recent(self, channel_key: str | None) -> tuple[list[str], str]:
+        """The scopes, and what the channel's window shows (context.window_texts)."""
         if channel_key is None:
-            return [GLOBAL_SCOPE], []
+            return [GLOBAL_SCOPE], ""
         platform = channel_key.split(":", 1)[0]
         turns = await self._history.conversation(channel_key, limit=PRESENCE_TURNS)
         # Ambient messages count (their authors spoke here), withdrawn ones do not.
@@ -108,9 +109,7 @@ class Retriever:
         )
         scopes = [GLOBAL_SCOPE, channel_key, *(user_scope(platform, a) for a in authors)]
         start = (await self._history.channel_state(channel_key)).window_start_id or 0
-        # Only turns still in the window (a turn's place is that of the turn it answers).
-        shown = [t.text for t in turns if t.text and (t.in_reply_to_id or t.id) >= start]
-        return scopes, [_normal(text) for text in shown]
+        return scopes, window_texts(turns, start)
 
     async def search(
         self, channel_key: str | None, query: str, k: int | None = None
@@ -145,7 +144,7 @@ class Retriever:
             store = documents or (memories.store if memories else None)
             if store is None:
                 return None
-            scopes, recent = await self._scopes_and_recent(channel_key)
+            scopes, seen = await self._scopes_and_recent(channel_key)
             passages: list[Passage] = []
             recalled: list[Memory] = []
             if documents and memories:
@@ -159,7 +158,7 @@ class Retriever:
                 passages = await self._passages(scopes, text, self._top_k)
             else:
                 recalled = await self._recall(scopes, text)
-            passages, recalled = self._fit(passages, recalled, recent)
+            passages, recalled = self._fit(passages, recalled, seen)
             self._shown[channel_key] = passages
         except Exception:  # a broken vector store must not stop the conversation
             log.exception("retrieval failed in %s; answering without it", channel_key)
@@ -167,14 +166,13 @@ class Retriever:
         return format_block(passages, recalled) or None
 
     def _fit(
-        self, passages: Sequence[Passage], memories: Sequence[Memory], recent: Sequence[str]
+        self, passages: Sequence[Passage], memories: Sequence[Memory], seen: str
     ) -> tuple[list[Passage], list[Memory]]:
         """What is new each turn stays small: a chunk whose text the window already shows
         (a turn quotes it) is left out, and the rest fills ``max_tokens`` best first —
         memories (short, about the people here), then chunks in rank order. (A memory is
         kept even when a turn in the window says it: the turn that told it is usually the
         ``!remember`` command itself.)"""
-        seen = " \n ".join(recent)
         budget = self._max_tokens
         kept_memories: list[Memory] = []
         for memory in memories:
@@ -185,7 +183,7 @@ class Retriever:
         kept: list[Passage] = []
         for passage in passages:
             cost = self._count(passage.text)
-            if _normal(passage.text) not in seen and cost <= budget:
+            if normal(passage.text) not in seen and cost <= budget:
                 kept.append(passage)
                 budget -= cost
         return kept, kept_memories
@@ -235,10 +233,6 @@ class Retriever:
         assert self.memories is not None
         found = await self.memories.recall(scopes, query, self._memory_k)
         return [m for m, score in found if score >= self._memory_min_score]
-
-
-def _normal(text: str) -> str:
-    return " ".join(text.split()).casefold()
 
 
 def format_block(passages: Sequence[Passage], memories: Sequence[Memory]) -> str:
