@@ -251,7 +251,14 @@ class OpenAICompatGenerator:
                 connect=self._config.connect_timeout,
                 sock_read=self._config.read_timeout,
             )
-            self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
+            # At most one connection per reply in flight plus one for token counts and
+            # checks: llama.cpp's server serves connections from a thread pool of its slots
+            # plus two and keeps an idle keep-alive connection's thread for 5 s, so a burst
+            # of token-count requests on fresh connections held replies up for 5 s.
+            connector = aiohttp.TCPConnector(limit_per_host=self.concurrency + 1)
+            self._session = aiohttp.ClientSession(
+                headers=headers, timeout=timeout, connector=connector
+            )
         return self._session
 
     def _url(self, path: str) -> URL:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.generators.base import GeneratorError, SamplingParams
+from agent.generators.base import ChatMessage, GeneratorError, SamplingParams
 from agent.generators.openai_compat import OpenAICompatGenerator
 from agent.generators.openai_wire import iter_sse_data
 from tests.openai.helpers import (
@@ -230,3 +230,35 @@ async def test_the_key_never_reaches_logs_or_messages(
     assert secret not in caplog.text
     for text in messages:
         assert secret not in text
+
+
+async def test_replies_and_token_counts_share_a_few_connections(fake: FakeOpenAIServer) -> None:
+    """llama.cpp's server answers connections from a pool of its slots plus two threads and
+    keeps an idle keep-alive connection's thread for 5 s: four replies starting at once, each
+    counting its new texts' tokens, once opened some 30 connections and waited 5 s. The
+    client keeps to one connection per reply in flight plus one."""
+    await fake.close()
+    server = FakeOpenAIServer(serve_tokenize=True)
+    await server.start()
+    generator = OpenAICompatGenerator(remote_config(server.url, concurrency=4))
+    try:
+        await generator.start()
+        assert generator.tokenizer is not None
+        assert generator.tokenizer.path == "/tokenize"
+
+        async def reply(channel: int) -> str:
+            messages = [MESSAGES[0]]
+            for turn in range(4):
+                messages.append(ChatMessage("user", f"channel {channel}, question {turn}"))
+                messages.append(ChatMessage("assistant", f"channel {channel}, answer {turn}"))
+            messages.append(ChatMessage("user", f"channel {channel}: and now?"))
+            return "".join([piece async for piece in generator.stream(messages, GREEDY)])
+
+        async with asyncio.timeout(HANG_GUARD):
+            replies = await asyncio.gather(*(reply(c) for c in range(4)))
+    finally:
+        await generator.aclose()
+        await server.close()
+    assert replies == ["Hello from the fake."] * 4
+    # 4 replies x 10 new texts each were counted, yet never more than 5 connections.
+    assert 1 < server.most_connections <= 5

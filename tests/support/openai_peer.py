@@ -151,17 +151,24 @@ class FakeOpenAIServer:
     # Tabby has no /v1/models; it reports its chat model in /v1/health.
     tabby_chat_model: str | None = None
     serve_models: bool = True
+    # llama.cpp's /tokenize (each answer held a moment, so requests overlap).
+    serve_tokenize: bool = False
     url: str = ""
+    # The most client connections that were open at once while a request came in.
+    most_connections: int = 0
 
     def __post_init__(self) -> None:
         self.default: Behaviour = self.stream(["Hello", " from", " the", " fake", "."])
         self.disconnected = asyncio.Event()
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._connections: set[asyncio.BaseTransport] = set()
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._count_connections])
         app.router.add_post("/v1/chat/completions", self._chat)
+        if self.serve_tokenize:
+            app.router.add_post("/tokenize", self._tokenize)
         if self.serve_models:
             app.router.add_get("/v1/models", self._models)
         else:
@@ -177,6 +184,19 @@ class FakeOpenAIServer:
         self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @web.middleware
+    async def _count_connections(self, request: web.Request, handler: Any) -> Any:
+        if request.transport is not None:
+            self._connections = {t for t in self._connections if not t.is_closing()}
+            self._connections.add(request.transport)
+            self.most_connections = max(self.most_connections, len(self._connections))
+        return await handler(request)
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        await asyncio.sleep(0.02)
+        return web.json_response({"tokens": list(range(len(str(body["content"]).split())))})
 
     def _authorised(self, request: web.Request) -> web.Response | None:
         if self.key is None:
