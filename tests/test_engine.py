@@ -108,6 +108,64 @@ async def test_beside_others_each_sequence_answers_its_own_prompt(
     assert all(stats.completion_tokens == LONG.max_tokens for _, stats in together)
 
 
+async def test_channels_starting_together_evaluate_their_common_system_prompt_once(
+    engine: LlamaCppGenerator,
+) -> None:
+    # Four channels of one persona write at once (as after a restart) and no sequence holds
+    # the system prompt yet: one evaluates it, the others copy its cells and evaluate only
+    # their own message.
+    system = ChatMessage("system", "You are a helpful assistant. " + "Be kind and precise. " * 20)
+    prompts = [[system, ChatMessage("user", q)] for q in QUESTIONS[:4]]
+    # The engine thread is held between two steps until all four have arrived (the lock is
+    # re-entrant: the event loop's own submits still get in).
+    core = engine._engine
+    with core._cv:
+        replies = [asyncio.create_task(run(engine, p, LONG)) for p in prompts]
+        while len(core._incoming) < len(prompts):  # noqa: ASYNC110 - another thread's list
+            await asyncio.sleep(0.01)
+    together = await asyncio.gather(*replies)
+    stats = [s for _, s in together]
+    common = len(engine.tokenize(engine.render_prompt([system]), special=True)) - 8
+    assert sorted(s.cached_tokens >= common for s in stats) == [False, True, True, True]
+    assert sum(s.evaluated_tokens for s in stats) < sum(s.prompt_tokens for s in stats) - 3 * common
+    # The copied cells are the right ones: each reply reads like its own prompt's alone.
+    alone = [(await run(engine, p, LONG))[0] for p in prompts]
+    assert [nearest(text, alone) for text, _ in together] == [0, 1, 2, 3]
+
+
+async def test_when_the_sequence_others_wait_for_stops_they_read_on_by_themselves(
+    engine: LlamaCppGenerator,
+) -> None:
+    shared = "Summarise this: " + "the cat sat on the mat. " * 110  # about 800 tokens
+    leading = [SYSTEM, ChatMessage("user", shared + "\nWho sat on the mat?")]
+    waiting = [SYSTEM, ChatMessage("user", shared + "\nWrite a poem about a dog.")]
+    core = engine._engine
+    with core._cv:  # both arrive at once (see the test above)
+        leader = asyncio.create_task(run(engine, leading, LONG))
+        follower = asyncio.create_task(run(engine, waiting, LONG))
+        while len(core._incoming) < 2:  # noqa: ASYNC110 - another thread's list
+            await asyncio.sleep(0.005)
+
+    def waiting_seen() -> bool:
+        return any(s.request is not None and s.request.wait is not None for s in core._slots)
+
+    while not waiting_seen():  # noqa: ASYNC110 - another thread's state
+        await asyncio.sleep(0.001)
+    # The leader is stopped (as by !stop) while it reads the first 512 of its 800 tokens.
+    for slot in core._slots:
+        if slot.request is not None and slot.request.wait is None:
+            slot.request.cancel.set()
+    core.wake()
+    await leader
+    text, stats = await follower
+    # The follower took what the leader had read and evaluated the rest itself.
+    assert 0 < stats.cached_tokens < stats.prompt_tokens - 100
+    assert stats.evaluated_tokens == stats.prompt_tokens - stats.cached_tokens
+    alone = [(await run(engine, p, LONG))[0] for p in (leading, waiting)]
+    assert nearest(text, alone) == 1
+    assert core.busy_sequences() == 0
+
+
 async def test_a_long_prompt_is_read_in_chunks_while_others_stream() -> None:
     gen = load(2)
     try:

@@ -62,6 +62,9 @@ class Request:
     todo: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     next_token: int | None = None  # sampled, to be evaluated in the next step
     batch_index: int = -1
+    # (sequence, length): the prompt's first ``length`` tokens are being evaluated in that
+    # sequence for another request; this one copies them from there instead of evaluating.
+    wait: tuple[Slot, int] | None = None
 
 
 @dataclass(eq=False)
@@ -248,6 +251,7 @@ class Engine:
             best = target
         plan = self._share_prefix(best, plan, prompt)
         self._bind(request, best, plan)
+        request.wait = self._leader(best, plan, prompt)
 
     def _share_prefix(self, target: Slot, plan: ReusePlan, prompt: list[int]) -> ReusePlan:
         """Start ``target`` from another sequence's longer common prefix (the persona's
@@ -261,12 +265,52 @@ class Engine:
                     best_slot, best_prefix = slot, prefix
         if best_slot is None:
             return plan
+        self._copy_prefix(best_slot, target, best_prefix, prompt)
+        return ReusePlan(best_prefix)
+
+    def _copy_prefix(self, source: Slot, target: Slot, length: int, prompt: list[int]) -> None:
+        """``target`` holds the first ``length`` tokens of ``prompt``, sharing ``source``'s
+        cells (a copy of the KV is a reference to the same cells, nothing is evaluated)."""
         lib = self._lib
         lib.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
-        lib.llama_memory_seq_cp(self._memory, best_slot.seq_id, target.seq_id, 0, best_prefix)
-        target.tokens, target.saved, target.shared = prompt[:best_prefix], False, best_prefix
-        best_slot.shared = max(best_slot.shared, best_prefix)
-        return ReusePlan(best_prefix)
+        lib.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, 0, length)
+        target.tokens, target.saved, target.shared = prompt[:length], False, length
+        source.shared = max(source.shared, length)
+
+    def _leader(self, target: Slot, plan: ReusePlan, prompt: list[int]) -> tuple[Slot, int] | None:
+        """A sequence still reading a prompt that begins like this one, further than
+        ``plan`` reuses (channels of one persona starting at once, as after a restart): this
+        prompt waits for those tokens and copies them, rather than evaluating them again."""
+        best: tuple[Slot, int] | None = None
+        least = plan.reused + MIN_STATE_GAIN
+        for slot in self._slots:
+            other = slot.request
+            if slot is target or other is None or not other.todo or other.wait is not None:
+                continue
+            length = min(common_prefix(other.prompt, prompt), len(prompt) - 1)
+            if length > least:
+                best, least = (slot, length), length
+        return best
+
+    def _resolve_waits(self) -> None:
+        """Requests waiting for another sequence's prompt tokens copy them once they are
+        there; if that sequence stopped reading first, they copy what it holds (when it is
+        worth it) and evaluate the rest themselves."""
+        for slot in self._slots:
+            request = slot.request
+            if request is None or request.wait is None:
+                continue
+            source, length = request.wait
+            held = min(common_prefix(source.tokens, request.prompt), length)
+            leader = source.request
+            still_reading = leader is not None and bool(leader.todo) and held < length
+            if still_reading:
+                continue
+            request.wait = None
+            if held >= len(slot.tokens) + MIN_STATE_GAIN:
+                self._copy_prefix(source, slot, held, request.prompt)
+                request.todo = request.prompt[held:]
+                request.stats.cached_tokens, request.stats.shifted_tokens = held, 0
 
     def _save(self, slot: Slot) -> None:
         if slot.saved or self.states is None or len(slot.tokens) < MIN_STATE_TOKENS:
@@ -359,9 +403,10 @@ class Engine:
         batch = self._batch.batch
         n = 0
         added: list[tuple[Request, list[int]]] = []
+        self._resolve_waits()
         active = [slot.request for slot in self._slots if slot.request is not None]
         generating = [r for r in active if r.next_token is not None]
-        reading = [r for r in active if r.next_token is None]
+        reading = [r for r in active if r.next_token is None and r.wait is None]
 
         def put(request: Request, tokens: list[int], *, logits_last: bool) -> None:
             nonlocal n
