@@ -148,6 +148,8 @@ def summary(runs: list[Run]) -> dict[str, float]:
         "reply_p95": statistics.median(pct(r.whole, 0.95) for r in runs),
         "last_reply": statistics.median(max(r.whole) for r in runs),
         "evaluated": statistics.median(r.evaluated for r in runs),
+        # Replies end at the model's end token, so engines may generate different amounts.
+        "generated": statistics.median(r.tokens for r in runs),
     }
 
 
@@ -304,6 +306,7 @@ async def main() -> None:
                 new["last_reply"] / remote["last_reply"]
             )
             results[f"evaluated_llama_server{suffix}"] = remote["evaluated"]
+            results[f"generated_llama_server{suffix}"] = remote["generated"]
             results[f"evaluated_vs_llama_server{suffix}"] = new["evaluated"] / max(
                 1.0, remote["evaluated"]
             )
