@@ -128,6 +128,18 @@ def test_prompt_json_shows_the_layout(config: Path) -> None:
     assert data["messages"][-1]["content"] == "Next question"
     assert data["tokens"] <= data["budget"] < data["n_ctx"]
     assert data["rendered"].startswith("<|im_start|>system\n")
+    # What the engine would take from the channel's sequence, which still holds the last
+    # prompt and its reply: everything but the new turn.
+    reuse = data["reuse"]
+    assert reuse["after_message"] == 1
+    assert reuse["prefix_tokens"] + reuse["shifted_tokens"] > data["tokens"] * 0.8
+    assert (
+        reuse["prefix_tokens"] + reuse["shifted_tokens"] + reuse["evaluated_tokens"]
+        == (data["tokens"])
+    )
+    assert 0 < reuse["evaluated_tokens"] < 20
+    fresh = beseda(config, "prompt", "--channel", "discord:43", "--json", "Next question")
+    assert json.loads(fresh.stdout)["reuse"] is None  # nothing answered there yet
 
 
 def test_chat_stats_prints_token_counters(config: Path) -> None:

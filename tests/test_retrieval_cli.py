@@ -67,6 +67,16 @@ def test_chat_answers_from_a_document(config: Path) -> None:
     assert "Sources: [1] zorbel.md" in answer
     shown = json.loads(beseda(config, "prompt", "--json", "Who founded Zorbel station?").stdout)
     assert "[1] (zorbel.md) # Zorbel station" in shown["messages"][-1]["content"]
+    # A message that retrieves nothing: the old volatile block is gone, and the inspector
+    # reports the previous exchange shifted over it, apart from the common prefix.
+    thanks = json.loads(beseda(config, "prompt", "--json", "Thanks, goodbye!").stdout)
+    assert "Zorbel station" not in thanks["messages"][-1]["content"]
+    reuse = thanks["reuse"]
+    assert reuse["shifted_tokens"] > 20
+    assert (
+        reuse["prefix_tokens"] + reuse["shifted_tokens"] + reuse["evaluated_tokens"]
+        == (thanks["tokens"])
+    )
 
 
 def test_eval_runs_a_questions_file_in_one_process(config: Path) -> None:

@@ -20,10 +20,12 @@ from agent.config import Config, ConfigError, config_path_from, load_config
 from agent.events import Inbound, channel_key
 from agent.generators.base import Generator, GeneratorError
 from agent.generators.catalog import RUSSIAN_MODEL
+from agent.generators.llama_cpp import LlamaCppGenerator
 from agent.i18n import catalog as texts
 from agent.ops.logs import setup_logging
 from agent.ops.server import OpsServerError
 from agent.ports import platform_failures
+from agent.prompt.context import Prompt
 from agent.prompt.personas import PersonaError
 from agent.runtime.core import Reply
 from memory.db import DatabaseError
@@ -257,6 +259,34 @@ async def _chat(config: Config, channel: str | None, message: str, *, stats: boo
     return 0 if reply.status is Status.DONE else EXIT_FAILED
 
 
+async def _reuse_against_previous(
+    app: App, key: str, prompt: Prompt, asker: Inbound
+) -> dict[str, int] | None:
+    """What the local engine would take from its cache for ``prompt`` when the channel's
+    sequence still holds the last answered message's prompt and reply (prefix and shifted
+    runs, as the engine plans them); None for a server or a channel without a reply yet."""
+    generator = app.generator
+    if not isinstance(generator, LlamaCppGenerator):
+        return None
+    turns = await app.core.history.conversation(key, limit=50)
+    reply = next(
+        (t for t in reversed(turns) if t.role == "assistant" and t.in_reply_to_id and t.text),
+        None,
+    )
+    asked = next((t for t in turns if reply is not None and t.id == reply.in_reply_to_id), None)
+    if reply is None or asked is None:
+        return None
+    previous = await app.core.window.preview(key, asked.text, asker, before_id=asked.id)
+    plan = generator.reuse_plan(previous.messages, reply.text, prompt.messages)
+    total = generator.count_prompt_tokens(prompt.messages)
+    return {
+        "after_message": asked.id,
+        "prefix_tokens": plan.prefix,
+        "shifted_tokens": plan.shifted,
+        "evaluated_tokens": total - plan.reused,
+    }
+
+
 async def _prompt(
     config: Config,
     channel: str | None,
@@ -277,6 +307,7 @@ async def _prompt(
         prompt = await app.core.prompt_for(key, message, asker)
         rendered = app.generator.render_prompt(prompt.messages)
         n_ctx = app.generator.n_ctx
+        reuse = await _reuse_against_previous(app, key, prompt, asker)
     if as_json:
         payload = {
             "channel": key,
@@ -289,6 +320,7 @@ async def _prompt(
             "new_message_cut": prompt.new_message_cut,
             "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
             "rendered": rendered,
+            "reuse": reuse,
         }
         print(json.dumps(payload, ensure_ascii=False, indent=2))
     else:
@@ -298,6 +330,14 @@ async def _prompt(
             f"(n_ctx {n_ctx}), {len(prompt.history_ids)} history messages",
             file=sys.stderr,
         )
+        if reuse is not None:
+            print(
+                f"# after the reply to message {reuse['after_message']}: "
+                f"{reuse['prefix_tokens']} tokens from the cache as the common prefix, "
+                f"{reuse['shifted_tokens']} shifted into place, "
+                f"{reuse['evaluated_tokens']} to evaluate",
+                file=sys.stderr,
+            )
         sys.stdout.write(rendered)
         if not rendered.endswith("\n"):
             sys.stdout.write("\n")

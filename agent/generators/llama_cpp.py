@@ -29,6 +29,7 @@ from agent.generators.control import prompt_tokens
 from agent.generators.engine import Engine, EngineClosed, Request
 from agent.generators.gguf import check_gguf_file, quiet_stderr
 from agent.generators.hub import resolve_model_path
+from agent.generators.kv_reuse import ReusePlan, plan_reuse
 from agent.generators.state_cache import StateCache
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,16 @@ class LlamaCppGenerator:
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self._prompt_tokens(messages))
+
+    def reuse_plan(
+        self, previous: Sequence[ChatMessage], reply: str, messages: Sequence[ChatMessage]
+    ) -> ReusePlan:
+        """What of ``messages``' prompt a sequence holding ``previous``'s prompt and then
+        ``reply`` keeps (the common prefix and the runs shifted into place), as the engine
+        plans it (for the prompt inspector)."""
+        held = self._prompt_tokens(previous) + self._tokenize(reply, False)
+        prompt = self._prompt_tokens(messages)
+        return plan_reuse(held, prompt, self._engine.reuse_min_tokens).capped(len(prompt) - 1)
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
         stats = GenerationStats()

@@ -95,10 +95,18 @@ class WindowKeeper:
         new message)."""
         self._volatile.append(source)
 
-    async def preview(self, channel_key: str, text: str, inbound: Inbound | None = None) -> Prompt:
-        """The prompt ``text`` would get now; changes nothing."""
+    async def preview(
+        self,
+        channel_key: str,
+        text: str,
+        inbound: Inbound | None = None,
+        *,
+        before_id: int | None = None,
+    ) -> Prompt:
+        """The prompt ``text`` would get now (as the message ``before_id``, when given: from
+        the turns before it); changes nothing."""
         speaker = clean_name(inbound.author_name) if inbound is not None else None
-        return (await self._plan(channel_key, None, text, inbound, speaker))[0]
+        return (await self._plan(channel_key, before_id, text, inbound, speaker))[0]
 
     async def prepare(
         self,
