@@ -11,6 +11,11 @@ notes, so the two may differ: printed as ``greedy_same_when_shifted=`` (the shar
 conversations whose first ``--max-tokens`` tokens are identical), and
 ``shifted_share_of_reused=``.
 
+The same twelve conversations then lose their first exchange to a summary: the summary goes
+into the system prompt, before the exchange that stays, which the cache still holds. The
+reply is generated with that exchange parked and moved back behind the summary (the same
+channel's sequence) and with it evaluated again: ``greedy_same_when_parked=``.
+
 Batching is not exact either: the twelve first turns are generated alone, alone once more,
 and four at a time on one context of four sequences. ``greedy_same_alone_again=`` and
 ``greedy_same_beside_others=`` are the shares whose first tokens equal the first run's.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -143,12 +149,49 @@ async def main() -> None:
     finally:
         await shifting.aclose()
         await plain.aclose()
+    parked_same, parked = await parked_parity(params)
     alone_again, beside = await batch_parity(params)
     print(f"# {len(PAIRS)} conversations, {args.max_tokens} tokens each")
     print(f"greedy_same_when_shifted={same / len(PAIRS):.3f}")
     print(f"shifted_share_of_reused={shifted / max(reused, 1):.3f}")
+    print(f"greedy_same_when_parked={parked_same:.3f}")
+    print(f"parked_tokens_per_reply={parked:.1f}")
     print(f"greedy_same_alone_again={alone_again:.3f}")
     print(f"greedy_same_beside_others={beside:.3f}")
+
+
+async def parked_parity(params: SamplingParams) -> tuple[float, float]:
+    """Replies after an eviction, with the history that stays parked and moved back behind
+    the new summary, against the same replies with it evaluated again."""
+    model = ModelConfig(n_ctx=1024, n_threads=2, parallel=1)
+    gens = [
+        LlamaCppGenerator.load(model, bundled_model_path(), reuse_min_tokens=reuse)
+        for reuse in (16, 0)
+    ]
+    channel = replace(params, conversation="channel")
+    same = parked = 0
+    try:
+        for q1, _b1, q2, _b2 in PAIRS:
+            replies = []
+            for gen in gens:
+                # No notes here: both generators hold the very same cells before the summary.
+                first, _ = await run(gen, [SYSTEM, ChatMessage("user", q1)], channel)
+                one = (ChatMessage("user", q1), ChatMessage("assistant", first))
+                second, _ = await run(gen, [SYSTEM, *one, ChatMessage("user", q2)], channel)
+                two = (ChatMessage("user", q2), ChatMessage("assistant", second))
+                earlier = f"{SYSTEM.content}\n\nEarlier: the user asked: {q1}"
+                summary = ChatMessage("system", earlier)
+                after = [summary, *two, ChatMessage("user", "Thanks. Anything else I should know?")]
+                text, stats = await run(gen, after, channel)
+                replies.append(text)
+                parked += stats.shifted_tokens if gen is gens[0] else 0
+            same += replies[0] == replies[1]
+            if replies[0] != replies[1]:
+                print(f"# differs when parked: {replies[0][:50]!r} / {replies[1][:50]!r}")
+    finally:
+        for gen in gens:
+            await gen.aclose()
+    return same / len(PAIRS), parked / len(PAIRS)
 
 
 async def batch_parity(params: SamplingParams) -> tuple[float, float]:

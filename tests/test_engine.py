@@ -7,6 +7,7 @@ import difflib
 import itertools
 import json
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -264,6 +265,20 @@ async def test_the_least_recently_used_sequence_goes_to_ram_and_comes_back() -> 
         await gen.aclose()
 
 
+async def test_a_conversation_goes_on_in_its_own_sequence(engine: LlamaCppGenerator) -> None:
+    # Each turn continues what the sequence holds: it is served there, not copied into an
+    # empty sequence (which would leave stale copies behind and pin the cells as shared).
+    mine = replace(GREEDY, max_tokens=6, conversation="room-a")
+    earlier: list[ChatMessage] = []
+    for question in QUESTIONS[:3]:
+        reply, stats = await run(engine, [SYSTEM, *earlier, ChatMessage("user", question)], mine)
+        earlier += [ChatMessage("user", question), ChatMessage("assistant", reply)]
+    assert stats.cached_tokens > 40
+    used = [slot for slot in engine._engine._slots if slot.tokens]
+    assert len(used) == 1
+    assert used[0].shared == 0
+
+
 def turn(
     question: str, block: str | None, earlier: Sequence[ChatMessage] = ()
 ) -> list[ChatMessage]:
@@ -291,6 +306,50 @@ async def test_the_previous_exchange_is_shifted_past_the_old_volatile_block(reus
             assert stats.shifted_tokens >= 16
         else:
             assert stats.shifted_tokens == 0
+    finally:
+        await gen.aclose()
+
+
+def summarised(summary: str, facts: range, topic: str) -> list[ChatMessage]:
+    """A channel's prompt after an eviction: the summary in the system prompt, then the turns
+    that stay."""
+    system = ChatMessage("system", f"You are a helpful assistant.\n\nEarlier: {summary}")
+    history = conversation(topic, facts.stop)[1 + 2 * facts.start :]
+    return [system, *history]
+
+
+async def test_the_history_after_a_new_summary_is_moved_back_not_evaluated() -> None:
+    gen = load(1)
+    core = gen._engine
+    mine = replace(GREEDY, max_tokens=4, conversation="room-a")
+    try:
+        before = summarised("We spoke about owls.", range(8), "owls")
+        await run(gen, before, mine)
+        told = "The user asked for owl facts 0 and 1; all were given."
+        after = summarised(told, range(2, 8), "owls")
+        _, stats = await run(gen, after, mine)
+        assert stats.cached_tokens + stats.shifted_tokens + stats.evaluated_tokens == (
+            stats.prompt_tokens
+        )
+        if not gen.can_shift:
+            assert stats.shifted_tokens == 0
+            return
+        # Six exchanges stayed: they follow the new summary, and were parked and moved back.
+        assert stats.shifted_tokens >= 100
+        assert stats.evaluated_tokens < stats.prompt_tokens - stats.shifted_tokens
+        # The sequence is whole again: contiguous positions, nothing left in the spare.
+        lib, memory = core._lib, core._memory
+        held = core._slots[0].tokens
+        assert lib.llama_memory_seq_pos_min(memory, 0) == 0
+        assert lib.llama_memory_seq_pos_max(memory, 0) == len(held) - 1
+        assert lib.llama_memory_seq_pos_max(memory, core._spare(core._slots[0])) == -1
+        # And it decodes on from there: the same prompt again evaluates one token.
+        _, again = await run(gen, after, mine)
+        assert again.evaluated_tokens == 1
+        # Another channel's prompt reuses nothing of this one's runs after new tokens.
+        other = replace(mine, conversation="room-b")
+        _, theirs = await run(gen, summarised("Owls again.", range(2, 8), "owls"), other)
+        assert theirs.shifted_tokens == 0
     finally:
         await gen.aclose()
 

@@ -41,6 +41,31 @@ def test_reuse_stops_at_the_first_token_no_run_covers() -> None:
     assert plan_reuse(cached, prompt, min_run=8) == ReusePlan(20)
 
 
+def test_across_gaps_a_run_after_new_tokens_is_kept() -> None:
+    # After an eviction: a new summary (NEW) before the history that stays (EXCHANGE).
+    cached = SYSTEM + BLOCK + EXCHANGE
+    prompt = SYSTEM + NEW + EXCHANGE + [7, 8]
+    plan = plan_reuse(cached, prompt, min_run=16, across_gaps=True)
+    assert plan.prefix == 20
+    assert plan.chunks == (Chunk(source=60, target=45, length=30),)
+    assert plan.contiguous == 20  # the run follows new tokens: it is parked, not shifted
+    assert plan.end == 75
+    assert plan.reused == 50
+    # Runs still come in their cached order, and short ones are still evaluated.
+    assert plan_reuse(cached, SYSTEM + EXCHANGE + NEW + BLOCK, 16, across_gaps=True).chunks == (
+        Chunk(60, 20, 30),
+    )
+    assert plan_reuse(cached, SYSTEM + NEW + EXCHANGE[:10], 16, across_gaps=True) == ReusePlan(20)
+
+
+def test_capping_a_run_after_a_gap() -> None:
+    cached = SYSTEM + BLOCK + EXCHANGE
+    prompt = SYSTEM + NEW + EXCHANGE
+    plan = plan_reuse(cached, prompt, min_run=16, across_gaps=True).capped(len(prompt) - 1)
+    assert plan.chunks == (Chunk(60, 45, 29),)
+    assert plan.end == len(prompt) - 1
+
+
 def test_several_runs_in_order_and_the_longest_match_wins() -> None:
     a, b = list(range(300, 320)), list(range(400, 420))
     cached = SYSTEM + BLOCK + a[:12] + [1, 2] + a + BLOCK + b

@@ -34,6 +34,10 @@ class SamplingParams:
     # A JSON schema the output must follow (grammar-constrained on llama.cpp; background
     # jobs such as memory extraction use it). Generators without grammars ignore it.
     json_schema: str | None = None
+    # Whose conversation this prompt continues (the core passes the channel). The local
+    # engine reuses cached runs that follow new tokens (the history after a new summary)
+    # only from a sequence that last served the same conversation: never another channel's.
+    conversation: str | None = None
 
     @classmethod
     def from_config(cls, model: ModelConfig) -> SamplingParams:

@@ -7,10 +7,15 @@ decoding is limited by memory bandwidth, so four sequences in one batch cost lit
 than one. A long prompt is evaluated in chunks, so the others keep streaming meanwhile.
 
 A sequence keeps its KV after its reply, so the same conversation's next prompt finds it
-resident (the common prefix, and runs that moved, see kv_reuse.py). When a new prompt shares
-too little with every idle sequence, the least recently used one is saved into a bounded RAM
-cache (``llama_state_seq_get_data``) and takes the new prompt; a saved sequence that shares
-more is loaded back (``llama_state_seq_set_data``).
+resident (the common prefix, and runs that moved, see kv_reuse.py). A cached run that follows
+new tokens in the prompt (the history that stays after an eviction, behind a new summary) is
+parked in the sequence's spare (seq_id + parallel) while the new tokens are evaluated, then
+moved back to its new position: llama.cpp appends to a sequence only at its end. Only the
+same conversation's sequence lends such runs (``SamplingParams.conversation``).
+
+When a new prompt shares too little with every idle sequence, the least recently used one is
+saved into a bounded RAM cache (``llama_state_seq_get_data``) and takes the new prompt; a
+saved sequence that shares more is loaded back (``llama_state_seq_set_data``).
 
 Everything that touches the context runs on one thread (``Engine._loop``); the event loop
 hands requests over and receives pieces of text through callbacks.
@@ -27,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.generators.base import GenerationStats, SamplingParams
-from agent.generators.kv_reuse import ReusePlan, common_prefix, plan_reuse
-from agent.generators.state_cache import StateCache
+from agent.generators.kv_reuse import Chunk, ReusePlan, common_prefix, plan_reuse
+from agent.generators.state_cache import CachedState, StateCache
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,10 @@ class Request:
     # (sequence, length): the prompt's first ``length`` tokens are being evaluated in that
     # sequence for another request; this one copies them from there instead of evaluating.
     wait: tuple[Slot, int] | None = None
+    # Cached runs waiting in the slot's spare sequence for the tokens before them; each is
+    # moved back when the sequence reaches its target position. ``todo`` stops before the
+    # first of them.
+    parked: list[Chunk] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -77,6 +86,7 @@ class Slot:
     # Positions below this may share their KV cells with another sequence (a common prefix
     # copied by llama_memory_seq_cp): they are never shifted, which would move both.
     shared: int = 0
+    conversation: str | None = None  # whose prompt it last served (SamplingParams)
 
 
 class Engine:
@@ -111,6 +121,8 @@ class Engine:
         self.states = StateCache(state_cache_bytes) if state_cache_bytes > 0 else None
         self._batch: Any = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self._slots = [Slot(i) for i in range(parallel)]
+        # A parked run waits at its target position plus this, clear of every other run.
+        self._park_offset = 2 * n_ctx
         self._pending: list[Request] = []
         self._clock = 0
         self._cv = threading.Condition()
@@ -212,8 +224,14 @@ class Engine:
                 request.emit(exc)
                 request.emit(None)
 
-    def _plan(self, slot: Slot, prompt: list[int]) -> ReusePlan:
-        plan = plan_reuse(slot.tokens, prompt, self.reuse_min_tokens)
+    def _spare(self, slot: Slot) -> int:
+        """The sequence a slot parks cached runs in (the context has 2 x parallel)."""
+        return slot.seq_id + self.parallel
+
+    def _plan(self, slot: Slot, request: Request) -> ReusePlan:
+        conversation = request.params.conversation
+        same = conversation is not None and slot.conversation == conversation
+        plan = plan_reuse(slot.tokens, request.prompt, self.reuse_min_tokens, across_gaps=same)
         if plan.chunks and plan.chunks[0].source < slot.shared:
             return ReusePlan(plan.prefix)  # moving shared cells would move them for both
         return plan
@@ -223,17 +241,19 @@ class Engine:
         # First what can fail (a JSON schema llama.cpp cannot turn into a grammar): before
         # any sequence is touched.
         request.sampler = self._sampler(request.params)
-        plans = {slot.seq_id: self._plan(slot, prompt) for slot in free}
+        plans = {slot.seq_id: self._plan(slot, request) for slot in free}
         best = max(free, key=lambda s: (plans[s.seq_id].reused, -s.last_used))
         plan = plans[best.seq_id]
         # What any sequence, busy or not, could lend this prompt (the persona's system prompt,
         # say) without giving up its own content.
         shareable = max(min(common_prefix(s.tokens, prompt), len(prompt) - 1) for s in self._slots)
-        # A sequence holding more of this conversation than that serves it (what it loses is
-        # the old volatile block and the like). Otherwise the prompt takes an empty sequence,
-        # else the least recently used one, whose content is saved to the RAM cache first;
-        # a saved sequence holding more of this conversation is loaded back into it.
-        if plan.reused < shareable + MIN_STATE_GAIN:
+        # A sequence whose content the prompt continues, or that holds more of this
+        # conversation than could be lent, serves it (what it loses is the old volatile block
+        # and the like). Otherwise the prompt takes an empty sequence, else the least recently
+        # used one, whose content is saved to the RAM cache first; a saved sequence holding
+        # more of this conversation is loaded back into it.
+        continues = plan.reused >= MIN_STATE_GAIN > len(best.tokens) - plan.reused
+        if not continues and plan.reused < shareable + MIN_STATE_GAIN:
             target = min(free, key=lambda s: (bool(s.tokens), s.last_used))
             plan = plans[target.seq_id]
             found = None
@@ -246,8 +266,8 @@ class Engine:
             if found is not None or plan.reused * 2 < len(target.tokens):
                 self._save(target)
             if found is not None:
-                self._load(target, found[0].tokens, found[0].state)
-                plan = self._plan(target, prompt)
+                self._load(target, found[0])
+                plan = self._plan(target, request)
             best = target
         plan = self._share_prefix(best, plan, prompt)
         self._bind(request, best, plan)
@@ -308,6 +328,7 @@ class Engine:
                 continue
             request.wait = None
             if held >= len(slot.tokens) + MIN_STATE_GAIN:
+                self._unpark(request)
                 self._copy_prefix(source, slot, held, request.prompt)
                 request.todo = request.prompt[held:]
                 request.stats.cached_tokens, request.stats.shifted_tokens = held, 0
@@ -320,16 +341,18 @@ class Engine:
         buffer = (ctypes.c_uint8 * size)()
         written = lib.llama_state_seq_get_data(self._ctx, buffer, size, slot.seq_id)
         if written:
-            self.states.put(slot.tokens, ctypes.string_at(buffer, written), written)
+            state = ctypes.string_at(buffer, written)
+            self.states.put(slot.tokens, state, written, slot.conversation)
         slot.saved = True
 
-    def _load(self, slot: Slot, tokens: Any, state: bytes) -> None:
+    def _load(self, slot: Slot, found: CachedState) -> None:
         lib = self._lib
         lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        buffer = (ctypes.c_uint8 * len(found.state)).from_buffer_copy(found.state)
         slot.shared = 0
-        if lib.llama_state_seq_set_data(self._ctx, buffer, len(state), slot.seq_id):
-            slot.tokens, slot.saved = [int(t) for t in tokens], True
+        if lib.llama_state_seq_set_data(self._ctx, buffer, len(found.state), slot.seq_id):
+            slot.tokens, slot.saved = [int(t) for t in found.tokens], True
+            slot.conversation = found.conversation
         else:  # an unusable state: start from an empty sequence
             lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.tokens, slot.saved = [], True
@@ -343,31 +366,70 @@ class Engine:
         plan = plan.capped(len(prompt) - 1)
         if plan.reused < len(slot.tokens):
             slot.saved = False
+        # Runs that follow new tokens wait in the spare sequence (their cells leave this
+        # one, so moving them there moves nothing here).
+        lead = plan.contiguous
+        parked = [chunk for chunk in plan.chunks if chunk.target >= lead]
+        spare = self._spare(slot)
+        lib.llama_memory_seq_rm(mem, spare, -1, -1)
+        for chunk in parked:
+            end = chunk.source + chunk.length
+            lib.llama_memory_seq_cp(mem, seq, spare, chunk.source, end)
+            lib.llama_memory_seq_rm(mem, seq, chunk.source, end)
+            lib.llama_memory_seq_add(mem, spare, chunk.source, end, chunk.delta + self._park_offset)
+        kept = [chunk for chunk in plan.chunks if chunk.target < lead]
         keep_ok = True
         start = plan.prefix
-        for chunk in plan.chunks:  # remove the gaps between the runs kept
+        for chunk in kept:  # remove the gaps between the runs kept
             if chunk.source > start:
                 keep_ok = keep_ok and lib.llama_memory_seq_rm(mem, seq, start, chunk.source)
             start = chunk.source + chunk.length
         keep_ok = keep_ok and lib.llama_memory_seq_rm(mem, seq, start, -1)
         if not keep_ok:  # a model whose memory cannot drop part of a sequence
             lib.llama_memory_seq_rm(mem, seq, -1, -1)
-            plan, slot.shared = ReusePlan(0), 0
-        # Every run moves towards the start, so moving them in order never lands one on
-        # another that has not moved yet.
-        for chunk in plan.chunks:
+            lib.llama_memory_seq_rm(mem, spare, -1, -1)
+            plan, slot.shared, kept, parked, lead = ReusePlan(0), 0, [], [], 0
+        # Every run kept here moves towards the start, so moving them in order never lands
+        # one on another that has not moved yet.
+        for chunk in kept:
             lib.llama_memory_seq_add(
                 mem, seq, chunk.source, chunk.source + chunk.length, chunk.delta
             )
-        slot.tokens = prompt[: plan.reused]
+        slot.tokens = prompt[:lead]
+        slot.conversation = request.params.conversation
         slot.request = request
         request.slot = slot
-        request.todo = prompt[plan.reused :]
+        request.parked = parked
+        request.todo = prompt[lead : parked[0].target if parked else len(prompt)]
         stats = request.stats
         stats.prompt_tokens = len(prompt)
         stats.cached_tokens = plan.prefix
         stats.shifted_tokens = plan.shifted
         request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def _place_parked(self, request: Request) -> None:
+        """Move the parked runs the sequence has reached back into it, and set ``todo`` to
+        the new tokens up to the next one."""
+        lib, mem, slot = self._lib, self._memory, request.slot
+        assert slot is not None
+        spare = self._spare(slot)
+        while request.parked and request.parked[0].target == len(slot.tokens):
+            chunk = request.parked.pop(0)
+            start, end = chunk.target, chunk.target + chunk.length
+            waiting = start + self._park_offset
+            lib.llama_memory_seq_add(
+                mem, spare, waiting, waiting + chunk.length, -self._park_offset
+            )
+            lib.llama_memory_seq_cp(mem, spare, slot.seq_id, start, end)
+            lib.llama_memory_seq_rm(mem, spare, start, end)
+            slot.tokens.extend(request.prompt[start:end])
+            stop = request.parked[0].target if request.parked else len(request.prompt)
+            request.todo = request.prompt[end:stop]
+
+    def _unpark(self, request: Request) -> None:
+        if request.slot is not None:
+            self._lib.llama_memory_seq_rm(self._memory, self._spare(request.slot), -1, -1)
+        request.parked = []
 
     def _sampler(self, params: SamplingParams) -> Any:
         """The same chain llama-cpp-python's create_completion builds, for this request."""
@@ -405,6 +467,9 @@ class Engine:
         added: list[tuple[Request, list[int]]] = []
         self._resolve_waits()
         active = [slot.request for slot in self._slots if slot.request is not None]
+        for request in active:
+            if request.parked and not request.todo and request.wait is None:
+                self._place_parked(request)
         generating = [r for r in active if r.next_token is not None]
         reading = [r for r in active if r.next_token is None and r.wait is None]
 
@@ -439,7 +504,7 @@ class Engine:
             if take <= 0:
                 continue
             chunk, request.todo = request.todo[:take], request.todo[take:]
-            put(request, chunk, logits_last=not request.todo)
+            put(request, chunk, logits_last=not request.todo and not request.parked)
             budget -= take
         if n == 0:
             return
@@ -483,6 +548,7 @@ class Engine:
         request.emit(None)
 
     def _release(self, request: Request) -> None:
+        self._unpark(request)
         slot = request.slot
         if slot is not None:
             self._clock += 1

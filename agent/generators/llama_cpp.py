@@ -104,7 +104,7 @@ class LlamaCppGenerator:
         # sequences' single tokens became a hundred tiny batches. It also lets sequences
         # share the cells of a common prefix.
         params.n_ctx = model.n_ctx * model.parallel
-        params.n_seq_max = model.parallel
+        params.n_seq_max = 2 * model.parallel  # each with a spare to park cached runs in
         params.kv_unified = True
         params.n_batch = params.n_ubatch = min(model.n_batch, model.n_ctx)
         params.n_threads = params.n_threads_batch = threads
@@ -193,7 +193,9 @@ class LlamaCppGenerator:
         plans it (for the prompt inspector)."""
         held = self._prompt_tokens(previous) + self._tokenize(reply, False)
         prompt = self._prompt_tokens(messages)
-        return plan_reuse(held, prompt, self._engine.reuse_min_tokens).capped(len(prompt) - 1)
+        return plan_reuse(held, prompt, self._engine.reuse_min_tokens, across_gaps=True).capped(
+            len(prompt) - 1
+        )
 
     def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> TokenStream:
         stats = GenerationStats()

@@ -27,6 +27,7 @@ class CachedState:
     tokens: npt.NDArray[np.intc]
     state: Any
     size: int
+    conversation: str | None = None  # as SamplingParams.conversation
 
 
 class StateCache:
@@ -39,7 +40,13 @@ class StateCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, tokens: Sequence[int] | npt.NDArray[np.intc], state: Any, size: int) -> bool:
+    def put(
+        self,
+        tokens: Sequence[int] | npt.NDArray[np.intc],
+        state: Any,
+        size: int,
+        conversation: str | None = None,
+    ) -> bool:
         """Keep ``state``; the least recently used states go when over budget.
 
         Returns False (keeping nothing) for a state larger than the whole budget.
@@ -51,7 +58,7 @@ class StateCache:
         for key, entry in list(self._entries.items()):
             if common_prefix(entry.tokens, array) == len(entry.tokens):
                 self._drop(key)
-        self._entries[self._next_key] = CachedState(array, state, size)
+        self._entries[self._next_key] = CachedState(array, state, size, conversation)
         self._next_key += 1
         self.used_bytes += size
         while self.used_bytes > self.budget_bytes:

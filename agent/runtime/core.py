@@ -30,7 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.events import Inbound, blank, valid_inbound
 from agent.generators.base import GenerationStats, Generator, SamplingParams
@@ -507,7 +507,8 @@ class Core:
                 inbound.channel_key, first, job.text, inbound, job.turns[-1].speaker
             )
             assistant = await asyncio.shield(row)  # !stop must not cancel the write
-            tokens = self._generator.stream(prompt.messages, prompt.params or self._params)
+            params = replace(prompt.params or self._params, conversation=inbound.channel_key)
+            tokens = self._generator.stream(prompt.messages, params)
             stats = tokens.stats
             async for piece in tokens:
                 parts.append(piece)
