@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -159,9 +160,14 @@ class CountingGenerator(Wrapped):
         return TokenStream(pieces(), stream.stats)
 
 
+SERVER_ARGS = "LLAMA_SERVER_ARGS"
+
+
 class LlamaServer:
     """llama.cpp's own server on the bundled model (``LLAMA_SERVER`` names the binary), with
-    ``--cache-reuse`` as the issue's anchor ran it; ``evaluated`` reads its /metrics."""
+    ``--cache-reuse`` as the issue's anchor ran it, and any ``LLAMA_SERVER_ARGS`` (such as
+    ``-kvu``, one KV buffer for all slots as Beseda's engine has); ``evaluated`` reads its
+    /metrics."""
 
     def __init__(
         self, binary: str, slots: int, n_ctx: int, *, port: int = 18100, threads: int = 2
@@ -175,8 +181,8 @@ class LlamaServer:
         self.process = await asyncio.create_subprocess_exec(
             self.binary, "-m", str(bundled_model_path()), "--port", str(self.port),
             "-c", str(self.n_ctx * self.slots), "-np", str(self.slots), "--cache-reuse", "16",
-            "--metrics", "-t", str(self.threads), stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            "--metrics", "-t", str(self.threads), *shlex.split(os.environ.get(SERVER_ARGS, "")),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         for _ in range(300):
             try:

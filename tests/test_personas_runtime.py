@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,9 @@ async def test_persona_prompt_sampler_and_post_history(history: SqlHistoryStore)
     # Another channel keeps the default persona and [model] sampling.
     await ask(core, adapter, message("hi", "console:local", server=None))
     assert generator.calls[-1][0] == ChatMessage("system", "You are a test.")
-    assert generator.params[-1] == SamplingParams.from_config(make_config().model)
+    # (The core names the conversation, so the engine keeps its cached runs to it.)
+    default = SamplingParams.from_config(make_config().model)
+    assert generator.params[-1] == replace(default, conversation="console:local")
 
 
 async def test_admin_switches_and_others_are_refused(history: SqlHistoryStore) -> None:
