@@ -146,6 +146,22 @@ async def test_remembered_fact_reaches_this_channels_prompt(
     assert "- the deploy window is friday evening" in generator.calls[-1][-1].content
 
 
+async def test_a_memory_the_window_already_shows_is_not_inserted_again(
+    history: SqlHistoryStore, tmp_path: Path
+) -> None:
+    core, generator, _, _ = await make(history, tmp_path)
+    fact = "- the deploy window is friday evening"
+    # The !remember command stays in the history but never in the prompt: the memory is
+    # inserted while only the command says it.
+    await ask(core, inbound("!remember the deploy window is friday evening", channel="a:1"))
+    await ask(core, inbound("when is the deploy window", channel="a:1"))
+    assert fact in generator.calls[-1][-1].content
+    await ask(core, inbound("Bob wrote: The deploy window is Friday  evening. ok?", channel="a:1"))
+    assert fact not in generator.calls[-1][-1].content
+    await ask(core, inbound("and when is the deploy window again", channel="a:1"))
+    assert fact not in generator.calls[-1][-1].content  # the turn quoting it is in the window
+
+
 async def test_channel_memory_never_reaches_another_channel(
     history: SqlHistoryStore, tmp_path: Path
 ) -> None:

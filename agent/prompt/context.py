@@ -94,8 +94,9 @@ def normal(text: str) -> str:
 
 def window_texts(turns: Sequence[StoredMessage], window_start: int) -> str:
     """The texts of ``turns`` that the window still shows, normalised and joined: volatile
-    material one of them quotes already (a chunk, a lore entry) is not inserted again."""
-    return " \n ".join(normal(t.text) for t in turns if t.text and anchor(t) >= window_start)
+    material one of them quotes already (a chunk, a memory, a lore entry) is not inserted
+    again. Commands and notices never reach the prompt, so they show nothing."""
+    return " \n ".join(normal(t.text) for t in turns if _usable(t) and anchor(t) >= window_start)
 
 
 class ContextBuilder:

@@ -168,16 +168,15 @@ class Retriever:
     def _fit(
         self, passages: Sequence[Passage], memories: Sequence[Memory], seen: str
     ) -> tuple[list[Passage], list[Memory]]:
-        """What is new each turn stays small: a chunk whose text the window already shows
-        (a turn quotes it) is left out, and the rest fills ``max_tokens`` best first —
-        memories (short, about the people here), then chunks in rank order. (A memory is
-        kept even when a turn in the window says it: the turn that told it is usually the
-        ``!remember`` command itself.)"""
+        """What is new each turn stays small: a chunk or memory whose text the window
+        already shows (a turn in the prompt quotes it; a ``!remember`` command is not one)
+        is left out, and the rest fills ``max_tokens`` best first — memories (short, about
+        the people here), then chunks in rank order."""
         budget = self._max_tokens
         kept_memories: list[Memory] = []
         for memory in memories:
             cost = self._count(memory.text)
-            if cost <= budget:
+            if normal(memory.text) not in seen and cost <= budget:
                 kept_memories.append(memory)
                 budget -= cost
         kept: list[Passage] = []
