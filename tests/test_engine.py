@@ -310,6 +310,29 @@ async def test_the_previous_exchange_is_shifted_past_the_old_volatile_block(reus
         await gen.aclose()
 
 
+async def test_another_conversation_neither_borrows_moved_runs_nor_drops_a_sequence() -> None:
+    gen = load(1, cache_bytes=64 * 1024 * 1024)
+    a = replace(GREEDY, max_tokens=4, conversation="room-a")
+    b = replace(a, conversation="room-b")
+    story = "Tell me a long story about the sea and the ships that sail upon it, please."
+    theirs = [
+        SYSTEM,
+        ChatMessage("user", f"{BLOCK_1}\n\nWhen does the museum open?"),
+        ChatMessage("assistant", "At nine."),
+        ChatMessage("user", story),
+    ]
+    try:
+        await run(gen, theirs, a)
+        # The same words in another channel: its KV was computed in room-a's conversation.
+        _, other = await run(gen, [SYSTEM, ChatMessage("user", story)], b)
+        assert other.shifted_tokens == 0
+        # room-a's sequence went to the RAM cache before room-b took it, and comes back.
+        _, back = await run(gen, theirs, a)
+        assert back.cached_tokens == back.prompt_tokens - 1
+    finally:
+        await gen.aclose()
+
+
 def summarised(summary: str, facts: range, topic: str) -> list[ChatMessage]:
     """A channel's prompt after an eviction: the summary in the system prompt, then the turns
     that stay."""

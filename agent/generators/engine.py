@@ -228,10 +228,19 @@ class Engine:
         """The sequence a slot parks cached runs in (the context has 2 x parallel)."""
         return slot.seq_id + self.parallel
 
-    def _plan(self, slot: Slot, request: Request) -> ReusePlan:
+    def _reuse(self, held: Any, owner: str | None, request: Request) -> ReusePlan:
+        """What of ``held`` (a sequence's or a saved state's tokens, last serving ``owner``)
+        ``request``'s prompt can keep. Runs that moved come only from its own conversation
+        (their KV was computed in it); another conversation lends only a common prefix."""
         conversation = request.params.conversation
-        same = conversation is not None and slot.conversation == conversation
-        plan = plan_reuse(slot.tokens, request.prompt, self.reuse_min_tokens, across_gaps=same)
+        if conversation is not None and owner == conversation:
+            return plan_reuse(held, request.prompt, self.reuse_min_tokens, across_gaps=True)
+        if conversation is None and owner is None:  # callers that name no conversation
+            return plan_reuse(held, request.prompt, self.reuse_min_tokens)
+        return plan_reuse(held, request.prompt, 0)
+
+    def _plan(self, slot: Slot, request: Request) -> ReusePlan:
+        plan = self._reuse(slot.tokens, slot.conversation, request)
         if plan.chunks and plan.chunks[0].source < slot.shared:
             return ReusePlan(plan.prefix)  # moving shared cells would move them for both
         return plan
@@ -252,8 +261,11 @@ class Engine:
         # and the like). Otherwise the prompt takes an empty sequence, else the least recently
         # used one, whose content is saved to the RAM cache first; a saved sequence holding
         # more of this conversation is loaded back into it.
+        # (Another conversation's sequence never serves it in place: its content would be
+        # lost without being saved.)
         continues = plan.reused >= MIN_STATE_GAIN > len(best.tokens) - plan.reused
-        if not continues and plan.reused < shareable + MIN_STATE_GAIN:
+        mine = best.conversation == request.params.conversation
+        if not continues and (not mine or plan.reused < shareable + MIN_STATE_GAIN):
             target = min(free, key=lambda s: (bool(s.tokens), s.last_used))
             plan = plans[target.seq_id]
             found = None
@@ -261,7 +273,9 @@ class Engine:
                 found = self.states.best(
                     prompt,
                     better_than=max(plan.reused, shareable) + MIN_STATE_GAIN,
-                    reuse=lambda held, new: plan_reuse(held, new, self.reuse_min_tokens).reused,
+                    reuse=lambda entry, _: (
+                        self._reuse(entry.tokens, entry.conversation, request).reused
+                    ),
                 )
             if found is not None or plan.reused * 2 < len(target.tokens):
                 self._save(target)
