@@ -35,8 +35,8 @@ class SamplingParams:
     # jobs such as memory extraction use it). Generators without grammars ignore it.
     json_schema: str | None = None
     # Whose conversation this prompt continues (the core passes the channel). The local
-    # engine reuses cached runs that follow new tokens (the history after a new summary)
-    # only from a sequence that last served the same conversation: never another channel's.
+    # engine takes cached runs that moved (shifted, or moved back behind a new summary) only
+    # from a sequence or saved state of the same conversation; another lends a prefix only.
     conversation: str | None = None
 
     @classmethod
