@@ -25,6 +25,13 @@ GLOBAL_SCOPE = "global"
 NO_PAGE = 0
 # Chunks embedded and written at once (the embedder gains from batches up to about this).
 BATCH = 128
+# Every chunk but the first is embedded after the document's opening (its first
+# OPENING_CHARS characters: a title, a name line, what the document is about), so a chunk deep
+# inside a manual still says which manual it is. The stored text is the chunk alone. On the
+# man-page benchmark: recall@3 0.784 -> 0.817, same-language 0.804 -> 0.860 (README).
+OPENING_CHARS = 200
+# Stored with each chunk: chunks embedded another way are embedded again by the next ingest.
+METHOD = f"opening-{OPENING_CHARS}"
 
 _PARAGRAPHS = re.compile(r"\n\s*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
@@ -126,6 +133,26 @@ def chunk_pages(
     return chunks
 
 
+def document_opening(pages: Sequence[Page]) -> str:
+    """The first :data:`OPENING_CHARS` characters of the document's text, whitespace
+    collapsed, cut at a word."""
+    text = ""
+    for page in pages:
+        text = f"{text} {' '.join(page.text.split())}".strip()
+        if len(text) > OPENING_CHARS:
+            break
+    if len(text) <= OPENING_CHARS:
+        return text
+    cut = text[: OPENING_CHARS + 1].rsplit(" ", 1)[0]
+    return cut if cut else text[:OPENING_CHARS]
+
+
+def _context(opening: str, chunk: str) -> str:
+    """What a chunk is embedded after: the opening, unless the chunk starts with it."""
+    start = " ".join(chunk.split())[: len(opening)]
+    return "" if opening.startswith(start[: min(len(start), 60)]) else opening
+
+
 def _units(text: str, count: Counter, max_tokens: int) -> Iterator[str]:
     for raw in _PARAGRAPHS.split(text):
         paragraph = " ".join(raw.split())
@@ -185,6 +212,8 @@ class DocumentIndex:
         for item in await self.store.get({"scope": scope}):
             source = str(item.metadata.get("source", ""))
             digest = str(item.metadata.get("hash", ""))
+            if item.metadata.get("method") != METHOD:
+                digest = ""  # embedded by an older method: indexed again
             found.setdefault(source, (digest, []))[1].append(item.id)
         return found
 
@@ -258,6 +287,7 @@ class DocumentIndex:
         chunks = await asyncio.to_thread(
             chunk_pages, pages, count, max_tokens=self._chunk_tokens, overlap_tokens=self._overlap
         )
+        opening = document_opening(pages)
         items = [
             Item(
                 f"{scope}|{source}|{digest[:16]}|{n}",
@@ -269,7 +299,9 @@ class DocumentIndex:
                     "page": chunk.page,
                     "hash": digest,
                     "chunk": n,
+                    "method": METHOD,
                 },
+                context=_context(opening, chunk.text),
             )
             for n, chunk in enumerate(chunks)
         ]

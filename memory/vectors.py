@@ -50,6 +50,13 @@ class Item:
     id: str
     text: str
     metadata: Metadata = field(default_factory=dict)
+    # Embedded before ``text`` but not stored (a document chunk's document opening).
+    context: str = ""
+
+    @property
+    def embedded(self) -> str:
+        """The text the embedder reads for this item."""
+        return f"{self.context}\n\n{self.text}" if self.context else self.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +172,9 @@ class ChromaStore:
     async def add(self, items: Sequence[Item]) -> None:
         if not items:
             return
-        vectors = await asyncio.to_thread(self._embedder.embed_passages, [i.text for i in items])
+        vectors = await asyncio.to_thread(
+            self._embedder.embed_passages, [i.embedded for i in items]
+        )
         ids, texts = [i.id for i in items], [i.text for i in items]
         metadata = [i.metadata for i in items]
         with self._dropping_mirror_on_failure():

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from fpdf import FPDF
 
-from memory.documents import DocumentIndex, Page, chunk_pages, read_document
-from memory.vectors import ChromaStore, open_client
+from memory.documents import (
+    METHOD,
+    OPENING_CHARS,
+    DocumentIndex,
+    Page,
+    chunk_pages,
+    document_opening,
+    read_document,
+)
+from memory.vectors import ChromaStore, Item, open_client
 from tests.support.retrieval import WordHashEmbedder
 
 
@@ -102,6 +111,76 @@ async def test_ingest_is_incremental(index: DocumentIndex, folder: Path) -> None
     assert "sub/notes.md" not in sources
     cats = await index.store.get({"source": "cats.txt"})
     assert [c.text for c in cats] == ["Cats purr when they are content."]
+
+
+class RecordingEmbedder(WordHashEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.passages: list[str] = []
+
+    def embed_passages(self, texts: Sequence[str]) -> list[list[float]]:
+        self.passages.extend(texts)
+        return super().embed_passages(texts)
+
+
+def test_the_opening_is_the_documents_start_cut_at_a_word() -> None:
+    pages = [Page(1, "  Pump   manual\n\nModel X"), Page(2, "word " * 100)]
+    opening = document_opening(pages)
+    assert opening.startswith("Pump manual Model X word word")
+    assert len(opening) <= OPENING_CHARS
+    assert opening.endswith("word")  # not a cut word
+    assert document_opening([Page(0, "Short note.")]) == "Short note."
+    assert document_opening([Page(0, "   ")]) == ""
+
+
+async def test_chunks_deep_in_a_document_are_embedded_after_its_opening(tmp_path: Path) -> None:
+    embedder = RecordingEmbedder()
+    store = ChromaStore(open_client(tmp_path / "data"), "documents", embedder)
+    index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=0)
+    root = tmp_path / "docs"
+    root.mkdir()
+    body = "\n\n".join(f"Step {n} is to wait a little while longer." for n in range(12))
+    kettle = "KETTLE MANUAL. Caring for your electric kettle."
+    (root / "kettle.txt").write_text(f"{kettle}\n\n{body}\n\nClean the filter monthly.\n")
+    mower = "LAWN MOWER MANUAL. Caring for your petrol lawn mower."
+    (root / "mower.txt").write_text(f"{mower}\n\n{body}\n\nClean the filter monthly, filter.\n")
+    await index.ingest(root)
+    stored = sorted(
+        await store.get({"source": "kettle.txt"}), key=lambda i: int(i.metadata["chunk"])
+    )
+    assert len(stored) > 3
+    assert stored[0].text.startswith("KETTLE MANUAL")
+    assert stored[-1].text.endswith("Clean the filter monthly.")  # the stored text: the chunk
+    assert all(i.metadata["method"] == METHOD for i in stored)
+    assert stored[0].text in embedder.passages  # the first chunk starts with the opening
+    opening = document_opening([Page(0, f"{kettle}\n\n{body}")])
+    assert opening.startswith("KETTLE MANUAL. Caring for your electric kettle. Step 0")
+    for item in stored[1:]:
+        assert f"{opening}\n\n{item.text}" in embedder.passages
+    # The deep chunk is found by what its document is about (embedded alone, the mower's
+    # chunk is the closer one: it says "filter" twice).
+    hits = await store.query("how do I clean the kettle filter", 3)
+    deep = [h for h in hits if "filter" in h.text]
+    assert deep[0].metadata["source"] == "kettle.txt"
+
+
+async def test_an_index_embedded_the_old_way_is_embedded_again(
+    index: DocumentIndex, folder: Path
+) -> None:
+    await index.ingest(folder)
+    old = [
+        Item(i.id, i.text, {k: v for k, v in i.metadata.items() if k != "method"})
+        for i in await index.store.get({"source": "cats.txt"})
+    ]
+    await index.store.delete([i.id for i in old])
+    await index.store.add(old)  # as an ingest before chunks had openings wrote it
+    again = await index.ingest(folder)
+    assert (again.updated, sorted(again.unchanged)) == (
+        ["cats.txt"],
+        ["manual.pdf", "sub/notes.md"],
+    )
+    assert all(i.metadata["method"] == METHOD for i in await index.store.get())
+    assert (await index.ingest(folder)).updated == []
 
 
 async def test_corrupt_and_undecodable_files_are_reported_and_skipped(
