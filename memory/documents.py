@@ -110,7 +110,7 @@ def chunk_pages(
     consecutive chunks of a page share up to ``overlap_tokens`` of whole units."""
     chunks: list[Chunk] = []
     for page in pages:
-        units = [(u, count(u)) for u in _units(page.text, count, max_tokens)]
+        units = list(_units(page.text, count, max_tokens))
         current: list[tuple[str, int]] = []
         size = 0
         for unit, tokens in units:
@@ -153,26 +153,32 @@ def _context(opening: str, chunk: str) -> str:
     return "" if opening.startswith(start[: min(len(start), 60)]) else opening
 
 
-def _units(text: str, count: Counter, max_tokens: int) -> Iterator[str]:
+def _units(text: str, count: Counter, max_tokens: int) -> Iterator[tuple[str, int]]:
+    """Paragraphs, else sentences, else runs of words, each with its token count."""
     for raw in _PARAGRAPHS.split(text):
         paragraph = " ".join(raw.split())
         if not paragraph:
             continue
-        if count(paragraph) <= max_tokens:
-            yield paragraph
+        tokens = count(paragraph)
+        if tokens <= max_tokens:
+            yield paragraph, tokens
             continue
         for sentence in _SENTENCE_END.split(paragraph):
-            if count(sentence) <= max_tokens:
-                yield sentence
+            tokens = count(sentence)
+            if tokens <= max_tokens:
+                yield sentence, tokens
                 continue
             words: list[str] = []
+            size = 0
             for word in sentence.split(" "):
-                if words and count(" ".join([*words, word])) > max_tokens:
-                    yield " ".join(words)
-                    words = []
+                longer = count(" ".join([*words, word])) if words else count(word)
+                if words and longer > max_tokens:
+                    yield " ".join(words), size
+                    words, longer = [], count(word)
                 words.append(word)
+                size = longer
             if words:
-                yield " ".join(words)
+                yield " ".join(words), size
 
 
 def _join(units: Sequence[tuple[str, int]]) -> str:
