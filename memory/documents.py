@@ -163,22 +163,45 @@ def _units(text: str, count: Counter, max_tokens: int) -> Iterator[tuple[str, in
         if tokens <= max_tokens:
             yield paragraph, tokens
             continue
-        for sentence in _SENTENCE_END.split(paragraph):
-            tokens = count(sentence)
+        sentences = _SENTENCE_END.split(paragraph)
+        for sentence in sentences:
+            tokens = count(sentence) if len(sentences) > 1 else tokens
             if tokens <= max_tokens:
                 yield sentence, tokens
                 continue
-            words: list[str] = []
-            size = 0
-            for word in sentence.split(" "):
-                longer = count(" ".join([*words, word])) if words else count(word)
-                if words and longer > max_tokens:
-                    yield " ".join(words), size
-                    words, longer = [], count(word)
-                words.append(word)
-                size = longer
-            if words:
-                yield " ".join(words), size
+            yield from _runs(sentence.split(" "), count, max_tokens)
+
+
+def _runs(words: Sequence[str], count: Counter, max_tokens: int) -> Iterator[tuple[str, int]]:
+    """The longest runs of ``words`` that fit ``max_tokens``, in order, with their counts (a
+    word that alone does not fit is a run). Found by doubling, then halving, the run: a few
+    counts of about a run's length each, where adding one word at a time counted the run
+    again for every word (a quadratic cost in long table rows and code)."""
+    start, guess = 0, 16
+    while start < len(words):
+        fits, size = start + 1, count(words[start])
+        too_long = len(words) + 1
+        step = guess
+        while fits + 1 < too_long:  # grow by doubling until a run does not fit
+            end = min(fits + step, too_long - 1)
+            tokens = count(" ".join(words[start:end]))
+            if tokens > max_tokens:
+                too_long = end
+                break
+            fits, size = end, tokens
+            if end == len(words):
+                break
+            step *= 2
+        while fits + 1 < too_long:  # then halve the gap
+            middle = (fits + too_long) // 2
+            tokens = count(" ".join(words[start:middle]))
+            if tokens > max_tokens:
+                too_long = middle
+            else:
+                fits, size = middle, tokens
+        yield " ".join(words[start:fits]), size
+        guess = max(1, fits - start)
+        start = fits
 
 
 def _join(units: Sequence[tuple[str, int]]) -> str:

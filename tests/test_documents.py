@@ -75,6 +75,33 @@ def test_a_long_sentence_is_cut_between_words() -> None:
     assert [words(c.text) for c in chunks] == [20, 20, 20, 20, 15]
 
 
+def test_cutting_a_long_sentence_costs_about_its_length_in_counting() -> None:
+    # A table row or a line of code has no sentence ends: 20,000 words of varied length.
+    text = " ".join("x" * (1 + n % 7) for n in range(20_000))
+    counted = 0
+
+    def letters(piece: str) -> int:  # tokens: a word is one per 3 letters, rounded up
+        nonlocal counted
+        counted += len(piece)
+        return sum(-(-len(w) // 3) for w in piece.split())
+
+    chunks = chunk_pages([Page(0, text)], letters, max_tokens=50, overlap_tokens=0)
+    assert " ".join(c.text for c in chunks) == text
+    # Each chunk is the longest run of words that fits.
+    rest = text.split(" ")
+    for chunk in chunks:
+        taken = chunk.text.split(" ")
+        assert rest[: len(taken)] == taken
+        assert letters(chunk.text) <= 50
+        if len(taken) < len(rest):
+            assert letters(" ".join(rest[: len(taken) + 1])) > 50
+        rest = rest[len(taken) :]
+    counted = 0
+    chunk_pages([Page(0, text)], letters, max_tokens=50, overlap_tokens=0)
+    # Adding a word at a time counted the text 17 times over here (the run again per word).
+    assert counted < 8 * len(text)
+
+
 def test_pdf_pages_keep_their_numbers(folder: Path) -> None:
     pages = read_document(folder / "manual.pdf")
     assert [p.number for p in pages] == [1, 2]
