@@ -62,13 +62,20 @@ class IngestReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    # Unchanged files whose chunks an older ingest embedded another way (METHOD).
+    reembedded: list[str] = field(default_factory=list)
     chunks: int = 0
 
     def summary(self) -> str:
+        again = (
+            f", {len(self.reembedded)} embedded again (chunks now carry their document's opening)"
+            if self.reembedded
+            else ""
+        )
         return (
             f"{len(self.added)} added, {len(self.updated)} updated, "
             f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, "
-            f"{len(self.failed)} failed; {self.chunks} chunks written"
+            f"{len(self.failed)} failed{again}; {self.chunks} chunks written"
         )
 
 
@@ -235,15 +242,16 @@ class DocumentIndex:
         self._chunk_tokens = chunk_tokens
         self._overlap = overlap_tokens
 
-    async def indexed(self, scope: str = GLOBAL_SCOPE) -> dict[str, tuple[str, list[str]]]:
-        """source -> (content hash, chunk ids) for what is in the index now."""
-        found: dict[str, tuple[str, list[str]]] = {}
+    async def indexed(self, scope: str = GLOBAL_SCOPE) -> dict[str, Indexed]:
+        """What is in the index now, by source."""
+        found: dict[str, Indexed] = {}
         for item in await self.store.get({"scope": scope}):
             source = str(item.metadata.get("source", ""))
             digest = str(item.metadata.get("hash", ""))
+            known = found.setdefault(source, Indexed(digest, [], current=True))
+            known.ids.append(item.id)
             if item.metadata.get("method") != METHOD:
-                digest = ""  # embedded by an older method: indexed again
-            found.setdefault(source, (digest, []))[1].append(item.id)
+                known.current = False  # embedded by an older method: indexed again
         return found
 
     async def ingest(
@@ -280,7 +288,7 @@ class DocumentIndex:
             if prune:
                 for source in sorted(set(known) - set(files)):
                     changed = True
-                    await self.store.delete(known[source][1])
+                    await self.store.delete(known[source].ids)
                     report.removed.append(source)
         finally:
             bar.close()
@@ -293,7 +301,7 @@ class DocumentIndex:
         source: str,
         path: Path,
         scope: str,
-        previous: tuple[str, list[str]] | None,
+        previous: Indexed | None,
         report: IngestReport,
     ) -> _Prepared | None:
         """A file's chunks, or None when it is unchanged or unreadable (reported)."""
@@ -303,7 +311,7 @@ class DocumentIndex:
             report.failed.append((source, str(exc)))
             return None
         digest = hashlib.sha256(data).hexdigest()
-        if previous is not None and previous[0] == digest:
+        if previous is not None and previous.digest == digest and previous.current:
             report.unchanged.append(source)
             return None
         try:
@@ -334,7 +342,7 @@ class DocumentIndex:
             )
             for n, chunk in enumerate(chunks)
         ]
-        return _Prepared(source, items, previous)
+        return _Prepared(source, digest, items, previous)
 
     async def _write(self, files: Sequence[_Prepared], report: IngestReport) -> None:
         # New chunks first, then the old ones go: a crash in between leaves duplicates that
@@ -343,20 +351,33 @@ class DocumentIndex:
         for start in range(0, len(items), BATCH):
             await self.store.add(items[start : start + BATCH])
         for prepared in files:
-            if prepared.previous is not None:
-                stale = set(prepared.previous[1]) - {i.id for i in prepared.items}
+            previous = prepared.previous
+            if previous is not None:
+                stale = set(previous.ids) - {i.id for i in prepared.items}
                 await self.store.delete(sorted(stale))
-                report.updated.append(prepared.source)
+                same = previous.digest == prepared.digest  # only the method changed
+                (report.reembedded if same else report.updated).append(prepared.source)
             else:
                 report.added.append(prepared.source)
             report.chunks += len(prepared.items)
 
 
+@dataclass(slots=True)
+class Indexed:
+    """A source's chunks in the index: the content hash they were made from, their ids, and
+    whether they were embedded by the current :data:`METHOD`."""
+
+    digest: str
+    ids: list[str]
+    current: bool
+
+
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     source: str
+    digest: str
     items: list[Item]
-    previous: tuple[str, list[str]] | None
+    previous: Indexed | None
 
 
 class _NoBar:

@@ -202,12 +202,17 @@ async def test_an_index_embedded_the_old_way_is_embedded_again(
     await index.store.delete([i.id for i in old])
     await index.store.add(old)  # as an ingest before chunks had openings wrote it
     again = await index.ingest(folder)
-    assert (again.updated, sorted(again.unchanged)) == (
+    assert (again.reembedded, again.updated, sorted(again.unchanged)) == (
         ["cats.txt"],
+        [],
         ["manual.pdf", "sub/notes.md"],
     )
+    assert "1 embedded again (chunks now carry their document's opening)" in again.summary()
     assert all(i.metadata["method"] == METHOD for i in await index.store.get())
-    assert (await index.ingest(folder)).updated == []
+    assert [i.text for i in await index.store.get({"source": "cats.txt"})] == [
+        "Cats sleep sixteen hours a day."
+    ]
+    assert (await index.ingest(folder)).reembedded == []
 
 
 async def test_corrupt_and_undecodable_files_are_reported_and_skipped(
