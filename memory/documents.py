@@ -155,9 +155,10 @@ def document_opening(pages: Sequence[Page]) -> str:
 
 
 def _context(opening: str, chunk: str) -> str:
-    """What a chunk is embedded after: the opening, unless the chunk starts with it."""
-    start = " ".join(chunk.split())[: len(opening)]
-    return "" if opening.startswith(start[: min(len(start), 60)]) else opening
+    """What a chunk is embedded after: the opening, unless the chunk starts with it (its
+    first 60 characters are the opening's: the document's first chunk)."""
+    head = " ".join(chunk.split())[: min(len(opening), 60)]
+    return "" if opening.startswith(head) else opening
 
 
 def _units(text: str, count: Counter, max_tokens: int) -> Iterator[tuple[str, int]]:

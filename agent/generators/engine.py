@@ -273,7 +273,7 @@ class Engine:
                 found = self.states.best(
                     prompt,
                     better_than=max(plan.reused, shareable) + MIN_STATE_GAIN,
-                    reuse=lambda entry, _: (
+                    reuse=lambda entry: (
                         self._reuse(entry.tokens, entry.conversation, request).reused
                     ),
                 )

@@ -69,7 +69,7 @@ class StateCache:
         self,
         tokens: Sequence[int],
         better_than: int,
-        reuse: Callable[[CachedState, npt.NDArray[np.intc]], int] | None = None,
+        reuse: Callable[[CachedState], int] | None = None,
     ) -> tuple[CachedState, int] | None:
         """The state sharing the most with ``tokens`` (by default the longest common prefix;
         ``reuse`` may count more, such as runs that moved), if that is more than
@@ -78,7 +78,7 @@ class StateCache:
         array = np.asarray(tokens, dtype=np.intc)
         best_key, best_prefix = None, better_than
         for key, entry in self._entries.items():
-            prefix = reuse(entry, array) if reuse else common_prefix(entry.tokens, array)
+            prefix = reuse(entry) if reuse else common_prefix(entry.tokens, array)
             if prefix > best_prefix:
                 best_key, best_prefix = key, prefix
         if best_key is None:
