@@ -18,7 +18,7 @@ from memory.history import SqlHistoryStore
 
 
 @asynccontextmanager
-async def _knowledge(config: Config) -> AsyncIterator[Knowledge]:
+async def cli_knowledge(config: Config) -> AsyncIterator[Knowledge]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(config.database_url)
     try:
@@ -35,7 +35,7 @@ async def run_ingest(
     if rebuild:
         kept = await reindex(config)
         out.write(f"index rebuilt for [vectors] embedder; {kept} memories re-embedded\n")
-    async with _knowledge(config) as knowledge:
+    async with cli_knowledge(config) as knowledge:
         root = config.resolve_path(path) if path else knowledge.documents_path
         if not root.exists():
             out.write(
@@ -61,7 +61,7 @@ async def run_search(
 ) -> int:
     """Ranked document chunks for QUERY as the channel would see them."""
     key = channel_key("console", channel) if channel else None
-    async with _knowledge(config) as knowledge:
+    async with cli_knowledge(config) as knowledge:
         passages = await knowledge.retriever.search(key, query)
     if as_json:
         payload = [
@@ -93,7 +93,7 @@ async def run_eval(
         out.write(f"{exc}\n")
         return 1
     key = channel_key("console", channel) if channel else None
-    async with _knowledge(config) as knowledge:
+    async with cli_knowledge(config) as knowledge:
         retriever = knowledge.retriever
 
         async def sources(query: str) -> list[str]:
