@@ -11,6 +11,13 @@ JSON list of objects:
   as cross-language;
 - any other key (``page``, ``evidence``, ...) is ignored.
 
+The list may also be the ``questions`` of an object, or one object per line (JSON Lines).
+A source is matched to the index as a person would name it (:func:`match_sources`): by the
+end of its path (``open.2.txt`` for ``man2/open.2.txt``), with Windows separators, as an
+absolute path inside the documents folder, in either Unicode form of its letters. A source
+that names no indexed document, or several, is an error, not a silent miss: a typo would
+otherwise read as bad retrieval.
+
 A question is answered at rank r when its source is the r-th distinct document among the
 ranked chunks; recall@k is the share answered at rank k or better, MRR the mean of 1/r.
 """
@@ -18,9 +25,11 @@ ranked chunks; recall@k is the share answered at rank k or better, MRR the mean 
 from __future__ import annotations
 
 import json
+import re
 import statistics
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,11 +56,14 @@ class Question:
 
 def load_questions(path: Path) -> list[Question]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise QuestionsFileError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QuestionsFileError(f"{path}: not a JSON file: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise QuestionsFileError(f"{path}: not a UTF-8 text file: {exc}") from None
+    data = _parse(path, raw)
+    if isinstance(data, dict) and "questions" in data:
+        data = data["questions"]
     if not isinstance(data, list) or not data:
         raise QuestionsFileError(f"{path}: expected a non-empty JSON list of questions")
     found = []
@@ -62,8 +74,88 @@ def load_questions(path: Path) -> list[Question]:
         for key, value in values.items():
             if not isinstance(value, str) or (key != "lang" and not value.strip()):
                 raise QuestionsFileError(f"{path}: entry {n}: {key!r} must be a non-empty text")
-        found.append(Question(values["question"], values["source"], values["lang"]))
+        # "RU-EN", "ru_en" and "ru → en" all mean "ru-en".
+        lang = "-".join(re.findall(r"[^\W\d_]+", values["lang"].lower()))
+        found.append(Question(values["question"], values["source"], lang))
     return found
+
+
+def _parse(path: Path, raw: str) -> object:
+    """The file's JSON: one document, or (JSON Lines) one object per non-empty line."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        lines = [line for line in raw.splitlines() if line.strip()]
+        if len(lines) > 1:
+            try:
+                return [json.loads(line) for line in lines]
+            except json.JSONDecodeError:
+                pass
+        raise QuestionsFileError(f"{path}: not a JSON file: {exc}") from None
+
+
+def match_sources(
+    questions: Sequence[Question], indexed: Collection[str], root: Path | None = None
+) -> list[Question]:
+    """``questions`` with each source named as the index names it (see the module doc).
+
+    ``root``: the documents folder, for absolute paths. Raises :class:`QuestionsFileError`
+    (without the file's name: the caller adds it) naming every source that matches no
+    indexed document or several, with what the index calls its documents.
+    """
+    if not indexed:
+        raise QuestionsFileError(
+            "the index has no documents to measure (run `python -m agent ingest` first)"
+        )
+    exact = {_plain(name): name for name in indexed}
+    by_file: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for plain, name in exact.items():
+        by_file[plain.rsplit("/", 1)[-1]].append((plain, name))
+    matched, problems = [], []
+    for n, question in enumerate(questions):
+        wanted = _plain(question.source, root)
+        found = exact.get(wanted)
+        candidates = [found] if found else _by_tail(wanted, by_file)
+        if len(candidates) == 1:
+            matched.append(Question(question.question, candidates[0], question.lang))
+        elif candidates:
+            shown = ", ".join(sorted(candidates)[:5])
+            problems.append(f"entry {n}: {question.source!r} matches several documents: {shown}")
+        else:
+            problems.append(f"entry {n}: {question.source!r} is not in the index")
+    if problems:
+        example = min(indexed)
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise QuestionsFileError(
+            f"{len(problems)} of {len(questions)} questions name no single indexed document:\n  "
+            + "\n  ".join(problems[:10])
+            + more
+            + f"\n({len(indexed)} documents are indexed, named by their path under the "
+            f"documents folder, e.g. {example!r})"
+        )
+    return matched
+
+
+def _by_tail(wanted: str, by_file: dict[str, list[tuple[str, str]]]) -> list[str]:
+    """Indexed names whose path ends with ``wanted`` ("open.2.txt") or that ``wanted`` ends
+    with (the path under another folder than the documents folder)."""
+    return [
+        name
+        for plain, name in by_file.get(wanted.rsplit("/", 1)[-1], [])
+        if plain.endswith("/" + wanted) or wanted.endswith("/" + plain)
+    ]
+
+
+def _plain(name: str, root: Path | None = None) -> str:
+    """A document name compared as the index writes it: NFC letters, "/" between folders,
+    relative to ``root`` when it is an absolute path inside it."""
+    text = unicodedata.normalize("NFC", name.strip()).replace("\\", "/")
+    if root is not None and Path(text).is_absolute():
+        base = unicodedata.normalize("NFC", root.resolve().as_posix()).rstrip("/") + "/"
+        text = text.removeprefix(base)
+    while text.startswith("./"):
+        text = text[2:]
+    return text.lstrip("/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,12 @@ def test_eval_runs_a_questions_file_in_one_process(config: Path) -> None:
         json.dumps(
             [
                 {"question": "How to cook borscht?", "source": "борщ.txt", "lang": "en-ru"},
-                {"question": "Кто основал станцию Зорбел?", "source": "zorbel.md", "lang": "ru-en"},
+                {
+                    "question": "Кто основал станцию Зорбел?",
+                    # As a person may name it: the absolute path.
+                    "source": (config.parent / "documents" / "zorbel.md").as_posix(),
+                    "lang": "ru-en",
+                },
                 {
                     "question": "What is the valve code of pump P-9?",
                     "source": "pumps.pdf",
@@ -111,3 +116,9 @@ def test_eval_runs_a_questions_file_in_one_process(config: Path) -> None:
     bad = beseda(config, "search", "--eval", str(questions), check=False)
     assert bad.returncode == 1
     assert "entry 0: 'source' must be a non-empty text" in bad.stdout
+    # A source the index does not hold is an error, not a question counted as missed.
+    questions.write_text('[{"question": "pump?", "source": "pump.pdf"}]', encoding="utf-8")
+    unknown = beseda(config, "search", "--eval", str(questions), check=False)
+    assert unknown.returncode == 1
+    assert "entry 0: 'pump.pdf' is not in the index" in unknown.stdout
+    assert "recall_at_3" not in unknown.stdout

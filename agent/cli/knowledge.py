@@ -13,7 +13,7 @@ from agent.config import Config
 from agent.events import channel_key
 from agent.prompt.retrieval import Knowledge, open_knowledge, reindex
 from memory.db import Database
-from memory.evaluation import QuestionsFileError, evaluate, load_questions
+from memory.evaluation import QuestionsFileError, evaluate, load_questions, match_sources
 from memory.history import SqlHistoryStore
 
 
@@ -87,14 +87,23 @@ async def run_eval(
     config: Config, channel: str | None, questions_path: str, *, out: TextIO = sys.stdout
 ) -> int:
     """Every question of the file through one retriever (one model load): key=value figures."""
+    path = config.resolve_path(questions_path)
     try:
-        questions = load_questions(config.resolve_path(questions_path))
+        questions = load_questions(path)
     except QuestionsFileError as exc:
         out.write(f"{exc}\n")
         return 1
     key = channel_key("console", channel) if channel else None
     async with cli_knowledge(config) as knowledge:
         retriever = knowledge.retriever
+        indexed: set[str] = set()
+        for scope in await retriever.scopes(key):
+            indexed.update(await knowledge.documents.indexed(scope))
+        try:
+            questions = match_sources(questions, indexed, knowledge.documents_path)
+        except QuestionsFileError as exc:
+            out.write(f"{path}: {exc}\n")
+            return 1
 
         async def sources(query: str) -> list[str]:
             return [p.source for p in await retriever.search(key, query, EVAL_CHUNKS)]
