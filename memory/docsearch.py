@@ -11,7 +11,11 @@ Why each part (figures: bench/retrieval.py on ~800 Debian man pages, 213 questio
 - *Documents, not chunks, are ranked.* A document's score is its best chunk's, minus a
   penalty that grows with the log of its number of chunks: a long page (proc(5): 250 chunks)
   otherwise has so many chances that its best chunk beats the right page for one question in
-  ten.
+  ten. For the embedder, the similarity of the whole document is added: the mean of its
+  chunks' vectors, what it is about as a whole. Near neighbours (setxattr and getxattr, ceil
+  and round) often share a best passage; the document that is about the question all through
+  wins. It lifted recall@3 from 0.817 to 0.831 at equal weight (0.831 to 0.836 for weights
+  0.5 to 2: not a tuned peak).
 - *Per language.* Cosine similarities of the multilingual embedder are higher between two
   texts of one language, so a question pulls documents of its own language. Each signal is
   therefore normalised (z-score) and ranked among the documents of one language, and the two
@@ -47,6 +51,8 @@ Query = str | Sequence[float]
 REFRESH_SECONDS = 2.0
 # Chosen on the benchmark (see the README's "Memory and documents").
 RRF_K = 10
+# A document's embedder score: its best chunk's similarity plus this times its whole's.
+WHOLE_WEIGHT = 1.0
 DENSE_LENGTH_PENALTY = 0.3
 LEXICAL_LENGTH_PENALTY = 0.1
 CONFIDENCE = 0.02
@@ -75,6 +81,7 @@ class Snapshot:
     order: npt.NDArray[np.int64]  # chunk indices grouped by document
     starts: npt.NDArray[np.int64]  # where each document's group begins in `order`
     log_length: Vectors
+    centroids: Vectors  # each document's unit mean chunk vector
     bm25: BM25
     translator: Translator
 
@@ -103,12 +110,13 @@ def build_snapshot(  # noqa: PLR0917 - the parts of one read, in its order
     doc_chunks = tuple(order[bounds[d] : bounds[d + 1]] for d in range(len(doc_index)))
     doc_ru = np.array([chunk_ru[c].mean() > 0.5 for c in doc_chunks], dtype=bool)
     words = vocabulary(texts)
+    matrix = unit(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1))
     return Snapshot(
         generation,
         tuple(ids),
         tuple(texts),
         tuple(metadata),
-        unit(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)),
+        matrix,
         scope_names,
         scope_of.astype(np.int64),
         chunk_ru,
@@ -118,6 +126,7 @@ def build_snapshot(  # noqa: PLR0917 - the parts of one read, in its order
         order.astype(np.int64),
         bounds[:-1].astype(np.int64),
         np.log(np.array([len(c) for c in doc_chunks], dtype=np.float32)),
+        unit(np.add.reduceat(matrix[order], bounds[:-1], axis=0)),
         BM25([terms(t) for t in texts]),
         Translator(words, embed_words(words)),
     )
@@ -134,7 +143,8 @@ def rank(  # noqa: PLR0917 - called in one place, on a worker thread
 ) -> list[tuple[int, float]]:
     """The ``k`` chunks to show for ``query`` (its embedding ``vector``, and one embedding
     per word of :func:`~memory.lexical.query_words`): chunk index and cosine similarity."""
-    dense = snapshot.vectors @ unit(vector.reshape(1, -1))[0]
+    query_vector = unit(vector.reshape(1, -1))[0]
+    dense = snapshot.vectors @ query_vector
     codes = [snapshot.scope_names[s] for s in scopes if s in snapshot.scope_names]
     visible = np.isin(snapshot.scope_of, codes)
     # A chunk is shown only above the embedder's threshold (so "hello" retrieves nothing);
@@ -153,10 +163,14 @@ def rank(  # noqa: PLR0917 - called in one place, on a worker thread
     shown = np.zeros(snapshot.documents, dtype=bool)
     shown[snapshot.doc_of[allowed]] = True
     fused = np.zeros(snapshot.documents, dtype=np.float64)
-    for signal, penalty in ((dense, DENSE_LENGTH_PENALTY), (lexical, LEXICAL_LENGTH_PENALTY)):
+    whole = WHOLE_WEIGHT * (snapshot.centroids @ query_vector).astype(np.float64)
+    for signal, penalty, add in (
+        (dense, DENSE_LENGTH_PENALTY, whole),
+        (lexical, LEXICAL_LENGTH_PENALTY, 0.0),
+    ):
         # Each document's best visible chunk (chunks are grouped by document in `order`).
         masked = np.where(visible, signal, -np.inf)[snapshot.order]
-        best = np.maximum.reduceat(masked, snapshot.starts).astype(np.float64)
+        best = np.maximum.reduceat(masked, snapshot.starts).astype(np.float64) + add
         for ru in (True, False):
             members = np.flatnonzero(docs & (snapshot.doc_ru == ru))
             if not len(members):

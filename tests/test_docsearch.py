@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memory.docsearch import DocumentSearch
+from memory import docsearch
+from memory.docsearch import DocumentSearch, build_snapshot, rank
 from memory.documents import DocumentIndex
 from memory.lexical import BM25, Translator, terms, vocabulary
 from memory.vectors import ChromaStore, open_client
@@ -98,6 +99,37 @@ async def test_a_long_document_does_not_crowd_out_the_others(tmp_path: Path) -> 
     hits = await DocumentSearch(store).nearest("kernel memory report", 3, ["global"])
     # One chunk per document first; the long one's 40 chunks do not fill the three places.
     assert sorted(str(h.metadata["source"]) for h in hits) == ["long.txt", "other.txt", "short.txt"]
+
+
+def test_the_document_about_the_question_all_through_beats_one_good_passage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Near neighbours (getxattr and setxattr) often share a best passage: the whole
+    document's similarity decides. Vectors by hand, so only the embedder's signal differs
+    (no word of the question is in any text)."""
+    e = np.eye(4, dtype=np.float32)
+    chunks = {  # source -> chunk vectors; the query is e[0]
+        "passing.txt": [0.9 * e[0] + 0.44 * e[3], e[2], e[3]],  # one passage, then elsewhere
+        "about.txt": [0.8 * e[0] + 0.6 * e[1], 0.7 * e[0] + 0.71 * e[2], 0.8 * e[0] + 0.6 * e[2]],
+        "other.txt": [e[1], e[2], e[3]],
+    }
+    owner = [name for name, vectors in chunks.items() for _ in vectors]
+    snapshot = build_snapshot(
+        "1",
+        [f"{name}:{n}" for n, name in enumerate(owner)],
+        [f"text {n}" for n in range(len(owner))],
+        [{"source": name, "scope": "global"} for name in owner],
+        np.array([v for vectors in chunks.values() for v in vectors]),
+        lambda words: np.zeros((len(words), 4), dtype=np.float32),
+    )
+
+    def first() -> str:
+        found = rank(snapshot, "zzz", e[0], np.zeros((1, 4), np.float32), ["global"], 1, -1.0)
+        return owner[found[0][0]]
+
+    assert first() == "about.txt"
+    monkeypatch.setattr(docsearch, "WHOLE_WEIGHT", 0.0)
+    assert first() == "passing.txt"  # by best passages alone
 
 
 async def test_one_document_still_fills_every_place(tmp_path: Path) -> None:
