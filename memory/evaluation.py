@@ -11,7 +11,8 @@ JSON list of objects:
   as cross-language;
 - any other key (``page``, ``evidence``, ...) is ignored.
 
-The list may also be the ``questions`` of an object, or one object per line (JSON Lines).
+The list may also be the ``questions`` of an object, one object per line (JSON Lines), or
+a single question object.
 A source is matched to the index as a person would name it (:func:`match_sources`): by the
 end of its path (``open.2.txt`` for ``man2/open.2.txt``), with Windows separators, as an
 absolute path inside the documents folder, in either Unicode form of its letters. A source
@@ -64,6 +65,8 @@ def load_questions(path: Path) -> list[Question]:
     data = _parse(path, raw)
     if isinstance(data, dict) and "questions" in data:
         data = data["questions"]
+    elif isinstance(data, dict) and "question" in data:  # one question (a JSON Lines line)
+        data = [data]
     if not isinstance(data, list) or not data:
         raise QuestionsFileError(f"{path}: expected a non-empty JSON list of questions")
     found = []

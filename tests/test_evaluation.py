@@ -95,6 +95,7 @@ def test_a_list_an_object_with_questions_and_json_lines_are_read(tmp_path: Path)
     assert load_questions(write(tmp_path, json.dumps({"questions": entries}))) == expected
     lines = "\n".join(json.dumps(e, ensure_ascii=False) for e in entries)
     assert load_questions(write(tmp_path, lines + "\n\n")) == expected
+    assert load_questions(write(tmp_path, json.dumps(entries[1]))) == expected[1:]
     # A byte-order mark (Windows editors write one) is not an error.
     assert load_questions(write(tmp_path, "\ufeff" + as_list)) == expected
     assert expected[0].cross is True
