@@ -53,6 +53,9 @@ MIN_SIMILARITY = 0.6
 MARGIN = 0.1
 # Translations remembered (then forgotten all at once: a few MB at most).
 REMEMBERED = 20_000
+# A query's words carried over are its first this many (a question has at most a few dozen;
+# a 20,000-character message of made-up words would embed 2,700 of them, a second of CPU).
+MAX_QUERY_WORDS = 64
 
 _stemmers = {"ru": Stemmer.Stemmer("russian"), "en": Stemmer.Stemmer("english")}
 
@@ -71,8 +74,10 @@ def terms(text: str) -> list[str]:
 
 
 def query_words(text: str) -> list[str]:
-    """The words of a query worth translating: letters only, three or more."""
-    return list(dict.fromkeys(w for w in _LETTERS.findall(text.lower()) if w not in STOPWORDS))
+    """The words of a query worth translating: letters only, three or more, the first
+    MAX_QUERY_WORDS distinct ones."""
+    words = dict.fromkeys(w for w in _LETTERS.findall(text.lower()) if w not in STOPWORDS)
+    return list(words)[:MAX_QUERY_WORDS]
 
 
 def language(text: str) -> str:

@@ -4,6 +4,7 @@ and a copy in memory that follows what another process ingests."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from memory import docsearch
 from memory.docsearch import DocumentSearch, build_snapshot, rank
 from memory.documents import DocumentIndex
-from memory.lexical import BM25, Translator, terms, vocabulary
+from memory.lexical import BM25, MAX_QUERY_WORDS, Translator, query_words, terms, vocabulary
 from memory.vectors import ChromaStore, open_client
 from tests.support.retrieval import WordHashEmbedder
 
@@ -130,6 +131,29 @@ def test_the_document_about_the_question_all_through_beats_one_good_passage(
     assert first() == "about.txt"
     monkeypatch.setattr(docsearch, "WHOLE_WEIGHT", 0.0)
     assert first() == "passing.txt"  # by best passages alone
+
+
+async def test_a_long_message_carries_over_a_bounded_number_of_words(tmp_path: Path) -> None:
+    """A message of thousands of made-up words (hostile, or a pasted log) must not embed
+    each of them for the translation: a second of CPU per message otherwise."""
+
+    class Counting(WordHashEmbedder):
+        embedded = 0
+
+        def embed_passages(self, texts: Sequence[str]) -> list[list[float]]:
+            self.embedded += len(texts)
+            return super().embed_passages(texts)
+
+    embedder = Counting()
+    store, _ = await index_folder(tmp_path, {"a.txt": "The kernel memory report."}, embedder)
+    search = DocumentSearch(store)
+    await search.warm()
+    embedder.embedded = 0
+    words = [f"{a}{b}{c}word" for a in "bcdfg" for b in "hjklm" for c in "npqrstvwxz"]
+    assert len(set(words)) == 250
+    await search.nearest(" ".join(words) + " kernel memory", 3, ["global"])
+    assert embedder.embedded == MAX_QUERY_WORDS
+    assert query_words(" ".join(words)) == words[:MAX_QUERY_WORDS]
 
 
 async def test_one_document_still_fills_every_place(tmp_path: Path) -> None:
