@@ -2,6 +2,7 @@
 
     python bench/mancorpus.py [--out DIR]        # build (apt-get download, dpkg -x, groff)
     python bench/mancorpus.py --check            # every question's evidence is in its page
+    python bench/mancorpus.py --pdf [--out DIR]  # the same pages as printed PDF manuals
     python bench/mancorpus.py --make-manifest    # choose the pages again (rarely)
 
 Why man pages: they are real public documents, hundreds of them are "the same kind of
@@ -20,6 +21,13 @@ lacks are listed.
 
 Pages are rendered by groff (``groff-base``, installed on Debian with man-db) to plain UTF-8
 text, without hyphenation, at a wide line length, as ``man`` would show them.
+
+``--pdf`` makes the same pages into PDF files as a printed manual looks: 80 columns,
+hyphenated, 66 lines a page with the running header ("open(2)  System Calls Manual
+open(2)") and footer (release, date, page number) on every page, one PDF page per printed
+page, in DejaVu Sans Mono (Debian's ``fonts-dejavu-core``) with fpdf2. Text extracted from
+them has what real PDFs have: no blank lines between paragraphs, words broken at line ends,
+the same lines on every page. Questions name ``man2/open.2.pdf`` then (``pdf_questions``).
 """
 
 from __future__ import annotations
@@ -28,12 +36,14 @@ import argparse
 import gzip
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +52,7 @@ QUESTIONS = ROOT / "bench" / "data" / "manpages_questions.json"
 DEFAULT_OUT = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "beseda" / "mancorpus"
 )
+DEFAULT_PDF_OUT = DEFAULT_OUT.with_name("mancorpus-pdf")
 PACKAGES = {
     "en": ["manpages", "manpages-dev"],
     "ru": ["manpages-ru", "manpages-ru-dev"],
@@ -50,6 +61,10 @@ PACKAGES = {
 # and untranslated paragraphs are Latin: fully translated pages reach about 0.7-0.9).
 TRANSLATED = 0.5
 GROFF = ["groff", "-k", "-t", "-man", "-Tutf8", "-P-cbou", "-rLL=160n", "-rHY=0"]
+# Printed: paginated (no continuous rendering), hyphenated, 80 columns; 66 lines a page.
+PRINTED = ["groff", "-k", "-t", "-man", "-Tutf8", "-P-cbou", "-rcR=0", "-rLL=80n"]
+PAGE_LINES = 66
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf")
 _CYRILLIC = re.compile(r"[а-яА-ЯёЁ]")
 _LATIN = re.compile(r"[a-zA-Z]")
 
@@ -81,10 +96,31 @@ def pages(root: Path, lang: str) -> dict[str, Path]:
     return found
 
 
-def render(path: Path) -> str:
+def render(path: Path, command: Sequence[str] = GROFF) -> str:
     source = gzip.decompress(path.read_bytes())
-    done = subprocess.run(GROFF, input=source, capture_output=True, check=True)
+    done = subprocess.run(command, input=source, capture_output=True, check=True)
     return done.stdout.decode("utf-8", "replace")
+
+
+def write_printed(path: Path, target: Path) -> None:
+    """The page as a printed manual, in PDF (see the module doc)."""
+    from fpdf import FPDF  # noqa: PLC0415 - a dev dependency, only for --pdf
+
+    logging.getLogger("fpdf").setLevel(logging.ERROR)  # glyphs DejaVu lacks (Thai, Hebrew)
+    lines = render(path, PRINTED).split("\n")
+    pdf = FPDF(format="A4")
+    pdf.add_font("mono", "", str(FONT))
+    pdf.set_font("mono", size=8)
+    pdf.set_auto_page_break(auto=False)
+    for start in range(0, len(lines), PAGE_LINES):
+        page = lines[start : start + PAGE_LINES]
+        if not any(line.strip() for line in page):
+            continue
+        pdf.add_page()
+        for n, line in enumerate(page):
+            if line.strip():
+                pdf.text(12, 12 + n * 4.1, line)
+    pdf.output(str(target))
 
 
 def cyrillic_share(text: str) -> float:
@@ -110,7 +146,7 @@ def make_manifest(work: Path) -> dict[str, object]:
     }
 
 
-def build(out: Path, manifest: dict[str, object], work: Path) -> int:
+def build(out: Path, manifest: dict[str, object], work: Path, *, pdf: bool = False) -> int:
     wanted = manifest["pages"]
     assert isinstance(wanted, dict)
     expected = manifest["packages"]
@@ -134,23 +170,38 @@ def build(out: Path, manifest: dict[str, object], work: Path) -> int:
         if path is None:
             missing.append(f"{lang}:{page}")
             continue
-        target = out / f"{page}.txt"
+        target = out / f"{page}.{'pdf' if pdf else 'txt'}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(render(path), encoding="utf-8")
+        if pdf:
+            write_printed(path, target)
+        else:
+            target.write_text(render(path), encoding="utf-8")
     if missing:
         print(f"warning: {len(missing)} pages not in these packages: {missing}", file=sys.stderr)
     (out / ".complete").write_text(json.dumps(manifest["packages"]), encoding="utf-8")
     return len(wanted) - len(missing)
 
 
-def ensure(out: Path = DEFAULT_OUT) -> Path:
-    """The corpus folder, built first if it is not there yet."""
+def ensure(out: Path | None = None, *, pdf: bool = False) -> Path:
+    """The corpus folder (the PDF one with ``pdf``), built first if it is not there yet."""
+    out = out or (DEFAULT_PDF_OUT if pdf else DEFAULT_OUT)
     if not (out / ".complete").exists():
         manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
         with tempfile.TemporaryDirectory() as work:
-            count = build(out, manifest, Path(work))
+            count = build(out, manifest, Path(work), pdf=pdf)
         print(f"# built {count} man pages into {out}", file=sys.stderr)
     return out
+
+
+def pdf_questions(into: Path) -> Path:
+    """The questions file with each source the PDF's (``man2/open.2.pdf``), written in
+    ``into``."""
+    questions = json.loads(QUESTIONS.read_text(encoding="utf-8"))
+    for q in questions:
+        q["source"] = q["source"].removesuffix(".txt") + ".pdf"
+    path = into / "manpages_questions_pdf.json"
+    path.write_text(json.dumps(questions, ensure_ascii=False), encoding="utf-8")
+    return path
 
 
 def check(out: Path) -> list[str]:
@@ -177,7 +228,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--make-manifest", action="store_true")
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--pdf", action="store_true", help="the pages as printed PDF manuals")
     args = parser.parse_args()
+    if args.pdf:
+        if not FONT.exists():
+            print(f"{FONT} is needed (Debian's fonts-dejavu-core)", file=sys.stderr)
+            return 1
+        out = args.out if args.out != DEFAULT_OUT else DEFAULT_PDF_OUT
+        print(f"{ensure(out, pdf=True)}: PDF manuals")
+        return 0
     for tool in ("apt-get", "dpkg-deb", "groff"):
         if shutil.which(tool) is None:
             print(f"{tool} is needed (a Debian system with groff-base)", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Retrieval quality: a small set for each embedder, and a large set through Beseda's own path.
 
-    python bench/retrieval.py [--small-only | --scale-only] [--index DIR]
+    python bench/retrieval.py [--small-only | --scale-only] [--index DIR] [--pdf]
 
 The small set (tests/data/retrieval, 14 documents written for the project, ru + en): for each
 available embedder, recall@1, recall@5, MRR (by source document) and the median query
@@ -14,7 +14,8 @@ would. Prints ``ingest_seconds_scale``, ``ingest_files_per_s_scale``,
 ``embedding_alone_seconds_scale``, the stored chunk texts embedded alone), ``recall_at_3_scale``,
 ``cross_recall_at_3_scale``, ``mrr_scale`` and the rest of the eval's figures with a
 ``_scale`` suffix. ``--index DIR`` keeps the ingested index there and reuses it (no ingest
-figures then).
+figures then). ``--pdf`` also runs the large set made into printed PDF manuals (running
+headers and footers, hyphenation: ``bench/mancorpus.py --pdf``), figures ending in ``_pdf``.
 """
 
 from __future__ import annotations
@@ -137,12 +138,19 @@ async def main() -> int:
     parser.add_argument("--small-only", action="store_true")
     parser.add_argument("--scale-only", action="store_true")
     parser.add_argument("--index", type=Path, default=None, help="keep the large index here")
+    parser.add_argument(
+        "--pdf", action="store_true", help="also the large set as printed PDF manuals (_pdf)"
+    )
     args = parser.parse_args()
     if not args.scale_only:
         await small()
         await through_beseda(DATA / "docs", DATA / "questions.json", "_small")
     if not args.small_only:
         await through_beseda(mancorpus.ensure(), mancorpus.QUESTIONS, "_scale", args.index)
+    if args.pdf:
+        with tempfile.TemporaryDirectory() as scratch:
+            questions = mancorpus.pdf_questions(Path(scratch))
+            await through_beseda(mancorpus.ensure(pdf=True), questions, "_pdf")
     return 0
 
 
