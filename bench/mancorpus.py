@@ -185,6 +185,8 @@ def build(out: Path, manifest: dict[str, object], work: Path, *, pdf: bool = Fal
 def ensure(out: Path | None = None, *, pdf: bool = False) -> Path:
     """The corpus folder (the PDF one with ``pdf``), built first if it is not there yet."""
     out = out or (DEFAULT_PDF_OUT if pdf else DEFAULT_OUT)
+    if pdf and not FONT.exists():
+        raise SystemExit(f"{FONT} is needed for the PDF manuals (Debian's fonts-dejavu-core)")
     if not (out / ".complete").exists():
         manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
         with tempfile.TemporaryDirectory() as work:
@@ -231,9 +233,6 @@ def main() -> int:
     parser.add_argument("--pdf", action="store_true", help="the pages as printed PDF manuals")
     args = parser.parse_args()
     if args.pdf:
-        if not FONT.exists():
-            print(f"{FONT} is needed (Debian's fonts-dejavu-core)", file=sys.stderr)
-            return 1
         out = args.out if args.out != DEFAULT_OUT else DEFAULT_PDF_OUT
         print(f"{ensure(out, pdf=True)}: PDF manuals")
         return 0
