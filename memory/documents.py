@@ -117,10 +117,9 @@ def chunk_pages(
     consecutive chunks of a page share up to ``overlap_tokens`` of whole units."""
     chunks: list[Chunk] = []
     for page in pages:
-        units = list(_units(page.text, count, max_tokens))
         current: list[tuple[str, int]] = []
         size = 0
-        for unit, tokens in units:
+        for unit, tokens in _units(page.text, count, max_tokens):
             if current and size + tokens > max_tokens:
                 chunks.append(Chunk(page.number, _join(current)))
                 carried: list[tuple[str, int]] = []

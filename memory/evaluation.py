@@ -114,9 +114,12 @@ def match_sources(
     by_file: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for plain, name in exact.items():
         by_file[plain.rsplit("/", 1)[-1]].append((plain, name))
+    base = None
+    if root is not None:
+        base = unicodedata.normalize("NFC", root.resolve().as_posix()).rstrip("/") + "/"
     matched, problems = [], []
     for n, question in enumerate(questions):
-        wanted = _plain(question.source, root)
+        wanted = _plain(question.source, base)
         found = exact.get(wanted)
         candidates = [found] if found else _by_tail(wanted, by_file)
         if len(candidates) == 1:
@@ -149,12 +152,11 @@ def _by_tail(wanted: str, by_file: dict[str, list[tuple[str, str]]]) -> list[str
     ]
 
 
-def _plain(name: str, root: Path | None = None) -> str:
+def _plain(name: str, base: str | None = None) -> str:
     """A document name compared as the index writes it: NFC letters, "/" between folders,
-    relative to ``root`` when it is an absolute path inside it."""
+    relative to the folder ``base`` ("/.../documents/") when it is an absolute path in it."""
     text = unicodedata.normalize("NFC", name.strip()).replace("\\", "/")
-    if root is not None and Path(text).is_absolute():
-        base = unicodedata.normalize("NFC", root.resolve().as_posix()).rstrip("/") + "/"
+    if base is not None and text.startswith("/"):
         text = text.removeprefix(base)
     while text.startswith("./"):
         text = text[2:]

@@ -47,6 +47,16 @@ def test_a_source_is_found_as_a_person_names_it(tmp_path: Path) -> None:
     ]
 
 
+def test_an_absolute_path_in_the_documents_folder_names_one_document(tmp_path: Path) -> None:
+    indexed = {"readme.md", "a/readme.md"}
+    docs = tmp_path / "docs"
+    # Its tail alone would fit both; inside the folder it is exactly one of them.
+    inside = ask((docs / "a" / "readme.md").as_posix(), (docs / "readme.md").as_posix())
+    assert sources(match_sources(inside, indexed, docs)) == ["a/readme.md", "readme.md"]
+    with pytest.raises(QuestionsFileError, match="matches several documents"):
+        match_sources(inside[:1], indexed)
+
+
 def test_unknown_and_ambiguous_sources_are_all_named() -> None:
     questions = ask("man2/open.2.txt", "opne.2.txt", "readme.md", "pen.2.txt", "open.2")
     with pytest.raises(QuestionsFileError) as caught:
