@@ -33,6 +33,11 @@ OPENING_CHARS = 200
 # Stored with each chunk: chunks embedded another way are embedded again by the next ingest.
 METHOD = f"opening-{OPENING_CHARS}"
 
+# A file that fails as UTF-8 is still UTF-8 with broken bytes when its valid multibyte
+# characters outnumber the broken bytes this many times (Windows-1251 Russian read as UTF-8
+# breaks at nearly every letter).
+DAMAGED_UTF8 = 20
+
 _PARAGRAPHS = re.compile(r"\n\s*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
@@ -86,12 +91,37 @@ def read_document(path: Path) -> list[Page]:
     if suffix == ".pdf":
         return [Page(page.number, valid_text(page.text)) for page in _read_pdf(path)]
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UnreadableDocumentError("not UTF-8 text") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise UnreadableDocumentError(str(exc)) from None
-    return [Page(NO_PAGE, text)]
+    text, encoding = decode_text(data)
+    if encoding != "utf-8":
+        log.info("%s: read as %s", path.name, encoding)
+    return [Page(NO_PAGE, valid_text(text))]
+
+
+def decode_text(data: bytes) -> tuple[str, str]:
+    """A text file's text and the encoding it was read in. UTF-8 first; else (Windows-1251,
+    KOI8-R, DOS 866, UTF-16, Windows-1252: what Russian and English text files come in)
+    the encoding chardet finds. A UTF-8 file with a few broken bytes (cut short, one stray
+    byte) stays UTF-8 with U+FFFD for them: guessing again would garble all of it.
+    Raises :class:`UnreadableDocumentError` for binary data."""
+    # UTF-8 text holds no NUL bytes; UTF-16 without a byte order mark does.
+    if b"\x00" not in data:
+        try:
+            return data.decode("utf-8-sig"), "utf-8"
+        except UnicodeDecodeError:
+            pass
+        text = data.decode("utf-8-sig", "replace")
+        broken = text.count("\ufffd")
+        if sum(ord(c) > 127 for c in text) - broken >= DAMAGED_UTF8 * broken:
+            return text, "utf-8 with broken bytes"
+    import chardet  # noqa: PLC0415 - only for files that are not UTF-8
+
+    encoding = chardet.detect(data, prefer_superset=True)["encoding"]
+    if encoding is None:
+        raise UnreadableDocumentError("not text (binary data)")
+    return data.decode(encoding, "replace"), encoding
 
 
 def _read_pdf(path: Path) -> list[Page]:

@@ -123,17 +123,21 @@ def test_a_persona_card_with_a_lone_surrogate_is_imported_as_valid_text(tmp_path
     assert "(Evil\ufffd)" in out.getvalue()
 
 
-async def test_invalid_utf8_attachment_is_rejected_with_a_notice(tmp_path: Path) -> None:
+async def test_a_binary_attachment_is_rejected_with_a_notice(tmp_path: Path) -> None:
     store = ChromaStore(open_client(tmp_path / "chroma"), "documents", WordHashEmbedder())
     index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=8)
     add = channel_documents(index, tmp_path / "attachments")
     notice = await add("test:1", "broken.txt", b"caf\xe9 \xff\xfe not utf-8 \x00")
     assert notice == "I could not read broken.txt."
     assert not list((tmp_path / "attachments").rglob("broken.txt"))  # not kept to fail again
-    # The channel's documents still work.
+    # The channel's documents still work, a Windows-1251 file too.
     notice = await add("test:1", "fine.txt", b"Otters hold hands.\n")
     assert notice.startswith("Indexed fine.txt")
-    assert [Path(s).name for s in await index.indexed("test:1")] == ["fine.txt"]
+    notice = await add("test:1", "выдры.txt", "Выдры держатся за лапы во сне.".encode("cp1251"))
+    assert notice.startswith("Indexed выдры.txt")
+    assert sorted(Path(s).name for s in await index.indexed("test:1")) == ["fine.txt", "выдры.txt"]
+    texts = [item.text for item in await index.store.get()]
+    assert "Выдры держатся за лапы во сне." in texts
 
 
 async def test_zero_width_and_direction_marks_do_not_hide_commands(

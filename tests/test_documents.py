@@ -14,6 +14,7 @@ from memory.documents import (
     OPENING_CHARS,
     DocumentIndex,
     Page,
+    UnreadableDocumentError,
     chunk_pages,
     document_opening,
     read_document,
@@ -215,13 +216,66 @@ async def test_an_index_embedded_the_old_way_is_embedded_again(
     assert (await index.ingest(folder)).reembedded == []
 
 
-async def test_corrupt_and_undecodable_files_are_reported_and_skipped(
+RUSSIAN = (
+    "Утилита ls выводит список файлов каталога.\n\n"
+    "Параметр -l включает подробный формат: права, владелец, размер и дата изменения."
+)
+ENGLISH_1252 = "The caf\u00e9 \u2014 open from nine \u2014 serves cr\u00e8me br\u00fbl\u00e9e."
+
+
+@pytest.mark.parametrize(
+    ("encoding", "text"),
+    [
+        ("cp1251", RUSSIAN),  # Windows, the most common for Russian text files
+        ("koi8-r", RUSSIAN),  # Unix, older mail and FTP archives
+        ("cp866", RUSSIAN),  # DOS
+        ("utf-16", RUSSIAN),  # Windows Notepad's "Unicode", with a byte order mark
+        ("utf-16-le", RUSSIAN),  # the same without one
+        ("cp1252", ENGLISH_1252),
+        ("utf-8-sig", RUSSIAN),
+        ("utf-8", "Кошка"),  # a single word
+    ],
+)
+def test_text_files_are_read_in_the_encoding_they_were_written_in(
+    tmp_path: Path, encoding: str, text: str
+) -> None:
+    path = tmp_path / "doc.txt"
+    path.write_bytes(text.encode(encoding))
+    assert read_document(path) == [Page(0, text)]
+
+
+def test_a_short_koi8_file_reads_as_russian(tmp_path: Path) -> None:
+    path = tmp_path / "note.txt"
+    path.write_bytes("Кошки спят.".encode("koi8-r"))
+    assert read_document(path)[0].text == "Кошки спят."
+
+
+def test_utf8_with_a_few_broken_bytes_stays_utf8(tmp_path: Path) -> None:
+    # Cut short in the middle of a letter, and a stray byte inside: the rest must not be
+    # read as some single-byte encoding (every letter garbled).
+    data = RUSSIAN.encode("utf-8")
+    middle = data.index("список".encode())
+    path = tmp_path / "cut.txt"
+    path.write_bytes(data[:middle] + b"\xff" + data[middle:] + "ё".encode()[:1])
+    text = read_document(path)[0].text
+    assert text.startswith("Утилита ls выводит \ufffdсписок файлов каталога.")
+    assert text.endswith("дата изменения.\ufffd")
+
+
+def test_a_binary_file_named_txt_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "picture.txt"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    with pytest.raises(UnreadableDocumentError, match="binary"):
+        read_document(path)
+
+
+async def test_corrupt_and_binary_files_are_reported_and_skipped(
     index: DocumentIndex, folder: Path
 ) -> None:
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj garbage\n%%EOF")
-    (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (folder / "image.md").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     report = await index.ingest(folder)
-    assert sorted(s for s, _ in report.failed) == ["broken.pdf", "latin1.txt"]
+    assert sorted(s for s, _ in report.failed) == ["broken.pdf", "image.md"]
     assert sorted(report.added) == ["cats.txt", "manual.pdf", "sub/notes.md"]
     assert {i.metadata["source"] for i in await index.store.get()} == {
         "cats.txt",
