@@ -74,11 +74,16 @@ class Retriever:
         show_sources: bool = True,
         hybrid: bool = True,
         max_tokens: int = 1000,
+        word_file: Path | None = None,
     ) -> None:
         self._history = history
         self._documents = documents
         # Hybrid search (memory/docsearch.py); without it, Chroma's similarity alone.
-        self._search = DocumentSearch(documents) if documents is not None and hybrid else None
+        self._search = (
+            DocumentSearch(documents, word_file=word_file)
+            if documents is not None and hybrid
+            else None
+        )
         self.memories = memories
         self._top_k = top_k
         self._min_score = min_score
@@ -276,6 +281,8 @@ def thresholds(config: Config) -> tuple[float, float, float]:
 
 
 MEMORIES_COLLECTION = "memories"
+# The document vocabulary's word vectors (memory/docsearch.py), beside the index.
+WORD_FILE = "document-words.npz"
 
 
 async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
@@ -314,6 +321,7 @@ async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
         show_sources=r.show_sources,
         hybrid=r.hybrid,
         max_tokens=r.max_tokens,
+        word_file=config.data_dir / WORD_FILE,
     )
     index = DocumentIndex(
         documents,
