@@ -126,13 +126,18 @@ def decode_text(data: bytes) -> tuple[str, str]:
 
 def _read_pdf(path: Path) -> list[Page]:
     from pypdf import PdfReader  # noqa: PLC0415 - only when there are PDFs
-    from pypdf.errors import PyPdfError  # noqa: PLC0415
+    from pypdf.errors import FileNotDecryptedError, PyPdfError  # noqa: PLC0415
 
     # pypdf logs every repair it attempts on a damaged file; the report says it once.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
+        # A PDF encrypted for its permissions alone (an empty password) is opened as is.
         reader = PdfReader(path)
         pages = [Page(i, page.extract_text() or "") for i, page in enumerate(reader.pages, 1)]
+    except FileNotDecryptedError:
+        raise UnreadableDocumentError(
+            "password-protected PDF: save a copy without the password to index it"
+        ) from None
     except (PyPdfError, OSError, ValueError, KeyError, TypeError) as exc:
         raise UnreadableDocumentError(f"not a readable PDF: {exc}") from None
     if not any(p.text.strip() for p in pages):

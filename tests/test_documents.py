@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fpdf import FPDF
+from fpdf.enums import EncryptionMethod
 
 from memory.documents import (
     METHOD,
@@ -260,6 +261,24 @@ def test_utf8_with_a_few_broken_bytes_stays_utf8(tmp_path: Path) -> None:
     text = read_document(path)[0].text
     assert text.startswith("Утилита ls выводит \ufffdсписок файлов каталога.")
     assert text.endswith("дата изменения.\ufffd")
+
+
+def test_encrypted_pdfs_open_unless_they_need_a_password(tmp_path: Path) -> None:
+    def encrypted(name: str, user_password: str | None = None) -> Path:
+        pdf = FPDF()
+        pdf.set_font("Helvetica", size=12)
+        pdf.add_page()
+        pdf.multi_cell(0, 8, "The valve code is 7741.")
+        pdf.set_encryption("owner", user_password, EncryptionMethod.RC4)
+        pdf.output(str(tmp_path / name))
+        return tmp_path / name
+
+    # Permissions only (no password to open it): most "protected" manuals.
+    opened = read_document(encrypted("manual.pdf"))
+    assert opened == [Page(1, "The valve code is 7741.")]
+    locked = encrypted("locked.pdf", user_password="user")
+    with pytest.raises(UnreadableDocumentError, match="password-protected PDF"):
+        read_document(locked)
 
 
 def test_a_binary_file_named_txt_is_refused(tmp_path: Path) -> None:
