@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from memory.doccache import Copy, load_copy, load_words, save_copy, save_words
 from memory.embeddings import Embedder
 from memory.lexical import BM25, Translator, language, query_words, terms, unit, vocabulary
 from memory.vectors import ChromaStore, Hit, Metadata
@@ -100,19 +99,20 @@ def build_snapshot(  # noqa: PLR0917 - the parts of one read, in its order
     metadata: Sequence[Metadata],
     vectors: Vectors,
     embed_words: Callable[[Sequence[str]], Vectors],
+    derived: Derived | None = None,
 ) -> Snapshot:
-    """A copy of the collection's items (blocking: run it on a worker thread)."""
+    """A copy of the collection's items (blocking: run it on a worker thread); ``derived``:
+    what :func:`derive` gave for these texts, when it was saved."""
     keys = [(str(m.get("scope", "")), str(m.get("source", ""))) for m in metadata]
     scope_names: dict[str, int] = {}
     scope_of = np.array([scope_names.setdefault(k[0], len(scope_names)) for k in keys])
     doc_index: dict[tuple[str, str], int] = {}
     doc_of = np.array([doc_index.setdefault(k, len(doc_index)) for k in keys], dtype=np.int64)
-    chunk_ru = np.array([language(t) == "ru" for t in texts], dtype=bool)
+    chunk_ru, words, bm25 = derive(texts) if derived is None else derived
     order = np.argsort(doc_of, kind="stable")
     bounds = np.searchsorted(doc_of[order], np.arange(len(doc_index) + 1))
     doc_chunks = tuple(order[bounds[d] : bounds[d + 1]] for d in range(len(doc_index)))
     doc_ru = np.array([chunk_ru[c].mean() > 0.5 for c in doc_chunks], dtype=bool)
-    words = vocabulary(texts)
     matrix = unit(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1))
     return Snapshot(
         generation,
@@ -130,8 +130,20 @@ def build_snapshot(  # noqa: PLR0917 - the parts of one read, in its order
         bounds[:-1].astype(np.int64),
         np.log(np.array([len(c) for c in doc_chunks], dtype=np.float32)),
         unit(np.add.reduceat(matrix[order], bounds[:-1], axis=0)),
-        BM25([terms(t) for t in texts]),
+        bm25,
         Translator(words, embed_words(words)),
+    )
+
+
+# Each chunk's language, the vocabulary, BM25: what the texts alone give (2 s at 10,000 chunks).
+Derived = tuple[npt.NDArray[np.bool_], list[str], BM25]
+
+
+def derive(texts: Sequence[str]) -> Derived:
+    return (
+        np.array([language(t) == "ru" for t in texts], dtype=bool),
+        vocabulary(texts),
+        BM25([terms(t) for t in texts]),
     )
 
 
@@ -224,12 +236,13 @@ class DocumentSearch:
         self,
         store: ChromaStore,
         *,
-        word_file: Path | None = None,
+        cache: Path | None = None,
         refresh_seconds: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self._word_file = word_file
+        # Where the copy and the word vectors are saved for the next process (doccache).
+        self._cache = cache
         self._refresh = refresh_seconds
         self._clock = clock
         self._snapshot: Snapshot | None = None
@@ -316,13 +329,28 @@ class DocumentSearch:
                 self._too_large = True
                 log.info("%s: too large to copy; searching in Chroma", self.store.name)
                 return
-            if not self._word_cache and self._word_file is not None:
-                self._word_cache = await asyncio.to_thread(
-                    load_words, self._word_file, self.embedder.name
+            copy = None
+            if self._cache is not None:
+                if not self._word_cache:
+                    self._word_cache = await asyncio.to_thread(
+                        load_words, self._cache, self.embedder.name
+                    )
+                name = self.embedder.name
+                copy = await asyncio.to_thread(load_copy, self._cache, name, generation, count)
+            if copy is None:
+                ids, texts, metadata, vectors = await self.store.read_all()
+                copy = await asyncio.to_thread(
+                    self._derive, generation, ids, texts, metadata, vectors
                 )
-            ids, texts, metadata, vectors = await self.store.read_all()
             snapshot = await asyncio.to_thread(
-                build_snapshot, generation, ids, texts, metadata, vectors, self._embed_words
+                build_snapshot,
+                generation,
+                copy.ids,
+                copy.texts,
+                copy.metadata,
+                copy.vectors,
+                self._embed_words,
+                (copy.chunk_ru, copy.words, copy.bm25),
             )
         except Exception:
             log.warning("%s: could not read the documents into memory", self.store.name,
@@ -335,6 +363,21 @@ class DocumentSearch:
             )  # fmt: skip
         finally:
             self._loading = None
+
+    def _derive(
+        self,
+        generation: str,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        metadata: Sequence[Metadata],
+        vectors: Vectors,
+    ) -> Copy:
+        """What was read from Chroma with what its texts give, saved for the next process."""
+        matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        copy = Copy(list(ids), list(texts), list(metadata), matrix, *derive(texts))
+        if self._cache is not None:
+            save_copy(self._cache, self.embedder.name, generation, copy)
+        return copy
 
     def _embed_words(self, words: Sequence[str], *, keep: bool = False) -> Vectors:
         """Vectors of ``words``, from the cache of the vocabulary's where it has them. A
@@ -349,54 +392,8 @@ class DocumentSearch:
             fresh.update(zip(batch, vectors, strict=True))
         if not keep:
             self._word_cache = {w: cache.get(w, fresh.get(w)) for w in words}  # type: ignore[misc]
-            if fresh and self._word_file is not None:
-                save_words(self._word_file, self.embedder.name, self._word_cache)
+            if fresh and self._cache is not None:
+                save_words(self._cache, self.embedder.name, self._word_cache)
         if not words:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         return np.stack([cache[w] if w in cache else fresh[w] for w in words])
-
-
-# The vocabulary's word vectors are also kept in a file beside the index (``word_file``):
-# embedding the 10,000 words of a large folder takes about 3 s, a third of a one-shot
-# ``search``, and they only change with the embedder. One array of vectors and the words
-# joined by newlines (a word is letters only), with the embedder's name.
-
-
-def load_words(path: Path, embedder: str) -> dict[str, Vectors]:
-    """The word vectors saved in ``path`` by ``embedder``; empty when there are none (or
-    they are unreadable, or another embedder's: they are embedded again)."""
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            if str(saved["embedder"]) != embedder:
-                return {}
-            words = str(saved["words"]).split("\n")
-            vectors = np.asarray(saved["vectors"], dtype=np.float32)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        log.warning("%s: cannot read saved word vectors (%s); embedding them again", path, exc)
-        return {}
-    if vectors.ndim != 2 or len(vectors) != len(words):
-        log.warning("%s: saved word vectors do not match their words; embedding them again", path)
-        return {}
-    return dict(zip(words, vectors, strict=True))
-
-
-def save_words(path: Path, embedder: str, vectors: Mapping[str, Vectors]) -> None:
-    """Write ``vectors`` to ``path`` whole or not at all (another process may read it, or
-    write it at the same time: the last complete file wins)."""
-    if not vectors:
-        return
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with scratch.open("wb") as out:
-            np.savez(
-                out,
-                embedder=np.array(embedder),
-                words=np.array("\n".join(vectors)),
-                vectors=np.stack(list(vectors.values())).astype(np.float32),
-            )
-        os.replace(scratch, path)
-    except OSError as exc:
-        log.warning("%s: cannot save word vectors: %s", path, exc)
-        scratch.unlink(missing_ok=True)

@@ -134,6 +134,43 @@ class BM25:
             norm = K1 * (1 - B + B * lengths[index] / max(average, 1.0))
             self._postings[term] = (index, (idf * tf * (K1 + 1) / (tf + norm)).astype(np.float32))
 
+    @classmethod
+    def restore(
+        cls,
+        size: int,
+        terms: Sequence[str],
+        starts: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.int64],
+        contributions: Vectors,
+    ) -> BM25:
+        """The index :meth:`export` gave (ValueError when the parts do not fit together)."""
+        bounds = np.asarray(starts, dtype=np.int64)
+        if (
+            len(bounds) != len(terms) + 1
+            or len(rows) != len(contributions)
+            or (len(rows) and (bounds[-1] != len(rows) or rows.min() < 0 or rows.max() >= size))
+        ):
+            raise ValueError("BM25 postings that do not fit together")
+        index = cls([])
+        index.size = size
+        index._postings = {
+            term: (rows[bounds[n] : bounds[n + 1]], contributions[bounds[n] : bounds[n + 1]])
+            for n, term in enumerate(terms)
+        }
+        return index
+
+    def export(self) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.int64], Vectors]:
+        """The postings as flat arrays: terms, where each term's rows start (and the end),
+        the rows, each row's contribution."""
+        terms = list(self._postings)
+        postings = [self._postings[t] for t in terms]
+        starts = np.cumsum([0] + [len(rows) for rows, _ in postings], dtype=np.int64)
+        if not postings:
+            return terms, starts, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        rows = np.concatenate([rows for rows, _ in postings]).astype(np.int64)
+        contributions = np.concatenate([c for _, c in postings]).astype(np.float32)
+        return terms, starts, rows, contributions
+
     def __contains__(self, term: str) -> bool:
         return term in self._postings
 

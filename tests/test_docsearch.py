@@ -159,50 +159,6 @@ class CountingEmbedder(WordHashEmbedder):
         return super().embed_passages(texts)
 
 
-async def test_word_vectors_are_saved_and_not_embedded_again_by_the_next_process(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    first = CountingEmbedder()
-    files = {  # words seen twice make the vocabulary
-        "a.txt": "The kernel memory report. The kernel writes the memory report.",
-        "b.txt": "Удалить каталог. Каталог нельзя удалить без пароля, пароль спросят.",
-    }
-    store, _ = await index_folder(tmp_path, files, first)
-    first.embedded = 0  # the chunks
-    saved = tmp_path / "document-words.npz"
-    search = DocumentSearch(store, word_file=saved)
-    await search.warm()
-    words = len(vocabulary(files.values()))
-    assert first.embedded == words > 0
-    assert saved.exists()
-    expected = await search.nearest("kernel report", 2, ["global"])
-
-    def again(embedder: CountingEmbedder) -> DocumentSearch:
-        """A new process: the same index and file, a new embedder of the given name."""
-        other = ChromaStore(open_client(tmp_path / "data"), "documents", embedder)
-        return DocumentSearch(other, word_file=saved)
-
-    second = CountingEmbedder()
-    later = again(second)
-    await later.warm()
-    assert second.embedded == 0  # the vocabulary came from the file
-    assert await later.nearest("kernel report", 2, ["global"]) == expected
-    # A damaged file is embedded again, with a warning, and written anew.
-    saved.write_bytes(saved.read_bytes()[:100])
-    third = CountingEmbedder()
-    with caplog.at_level(logging.WARNING):
-        await again(third).warm()
-    assert third.embedded == words
-    assert "cannot read saved word vectors" in caplog.text
-    fourth = CountingEmbedder()
-    await again(fourth).warm()
-    assert fourth.embedded == 0
-    # Another embedder's vectors are not used (the store refuses another name anyway; the
-    # file is checked on its own).
-    assert docsearch.load_words(saved, "another:model") == {}
-    assert len(docsearch.load_words(saved, first.name)) == words
-
-
 async def test_one_document_still_fills_every_place(tmp_path: Path) -> None:
     text = "\n\n".join(f"Pump P-{n} has valve code {n}{n}." for n in range(10))
     store, _ = await index_folder(tmp_path, {"pumps.txt": text}, WordHashEmbedder(), 12)

@@ -74,15 +74,13 @@ class Retriever:
         show_sources: bool = True,
         hybrid: bool = True,
         max_tokens: int = 1000,
-        word_file: Path | None = None,
+        cache: Path | None = None,
     ) -> None:
         self._history = history
         self._documents = documents
         # Hybrid search (memory/docsearch.py); without it, Chroma's similarity alone.
         self._search = (
-            DocumentSearch(documents, word_file=word_file)
-            if documents is not None and hybrid
-            else None
+            DocumentSearch(documents, cache=cache) if documents is not None and hybrid else None
         )
         self.memories = memories
         self._top_k = top_k
@@ -281,8 +279,6 @@ def thresholds(config: Config) -> tuple[float, float, float]:
 
 
 MEMORIES_COLLECTION = "memories"
-# The document vocabulary's word vectors (memory/docsearch.py), beside the index.
-WORD_FILE = "document-words.npz"
 
 
 async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
@@ -321,7 +317,7 @@ async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
         show_sources=r.show_sources,
         hybrid=r.hybrid,
         max_tokens=r.max_tokens,
-        word_file=config.data_dir / WORD_FILE,
+        cache=config.data_dir,
     )
     index = DocumentIndex(
         documents,
