@@ -136,19 +136,26 @@ def save_copy(folder: Path, embedder: str, generation: str, copy: Copy) -> None:
         "generation": generation,
         "count": len(copy.ids),
     }
+    try:
+        texts = {
+            "meta": _bytes(meta),
+            "ids": _bytes(copy.ids),
+            "texts": _bytes(copy.texts),
+            "metadata": _bytes(copy.metadata),
+            "words": _bytes(copy.words),
+            "terms": _bytes(terms),
+        }
+    except (TypeError, ValueError) as exc:  # a metadata value JSON cannot hold
+        log.warning("%s: cannot save the copy: %s", folder / COPY_FILE, exc)
+        return
     _write(
         folder / COPY_FILE,
-        meta=_bytes(meta),
-        ids=_bytes(copy.ids),
-        texts=_bytes(copy.texts),
-        metadata=_bytes(copy.metadata),
         vectors=np.asarray(copy.vectors, dtype=np.float32),
         chunk_ru=copy.chunk_ru,
-        words=_bytes(copy.words),
-        terms=_bytes(terms),
         starts=starts,
         rows=rows,
         contributions=contributions,
+        **texts,
     )
 
 

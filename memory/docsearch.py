@@ -7,7 +7,9 @@ Why each part (figures: bench/retrieval.py on ~800 Debian man pages, 213 questio
   Chroma stays the store of record; this is a copy of the documents collection, read again
   whenever its ``generation`` changes. ``ingest`` (another process, or attachments in this
   one) sets a new generation after it wrote (memory/vectors.py), and a search looks at most
-  every REFRESH_SECONDS; until the new copy is ready the old one answers.
+  every REFRESH_SECONDS; until the new copy is ready the old one answers. What the copy
+  took to build is saved beside the index, so the next process (a one-shot ``search``) reads
+  it instead (memory/doccache.py).
 - *Documents, not chunks, are ranked.* A document's score is its best chunk's, minus a
   penalty that grows with the log of its number of chunks: a long page (proc(5): 250 chunks)
   otherwise has so many chances that its best chunk beats the right page for one question in

@@ -140,3 +140,22 @@ def test_bm25_postings_survive_export_and_restore() -> None:
     terms_, starts, rows, contributions = index.export()
     with pytest.raises(ValueError, match="do not fit"):
         BM25.restore(2, terms_, starts, rows, contributions)  # a row past the chunks
+
+
+def test_a_copy_that_json_cannot_hold_is_not_saved_and_nothing_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy = doccache.Copy(
+        ["a|0"],
+        ["text"],
+        [{"source": object()}],  # type: ignore[dict-item]
+        np.ones((1, 4), dtype=np.float32),
+        np.zeros(1, dtype=bool),
+        [],
+        BM25([["text"]]),
+    )
+    with caplog.at_level(logging.WARNING):
+        doccache.save_copy(tmp_path, "fake", "generation-1", copy)
+    assert "cannot save the copy" in caplog.text
+    assert not list(tmp_path.iterdir())
+    assert doccache.load_copy(tmp_path, "fake", "generation-1", 1) is None
