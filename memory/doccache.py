@@ -10,7 +10,9 @@ language (1.9 s). Two files hold them:
   changes, so a new generation of the collection embeds only the words it adds.
 - ``document-copy.npz``: the copy itself (chunks, vectors, what BM25 derived from the text)
   for one *generation* of the collection and its number of chunks. Any other generation, or
-  another count (an ingest killed before it could mark its change), and Chroma is read again.
+  another count (an ingest killed before it could mark its change), or stems and postings
+  computed by other code (memory/lexical.py changed, another PyStemmer), and Chroma is read
+  again.
 
 Both are written whole or not at all (a scratch file renamed over the old one: the bot and a
 one-shot command may write at the same time; the last complete file wins), and checked
@@ -21,18 +23,21 @@ pass through), never as pickles.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from memory import lexical
 from memory.lexical import BM25
 from memory.vectors import Metadata
 
@@ -42,8 +47,23 @@ Vectors = npt.NDArray[np.float32]
 
 WORDS_FILE = "document-words.npz"
 COPY_FILE = "document-copy.npz"
-# Raised whenever what the copy file holds changes meaning.
+# Raised whenever what either file holds changes meaning.
 FORMAT = 1
+
+
+def _derivation() -> str:
+    """What the saved stems, postings and languages were computed by: memory/lexical.py's
+    code and the stemmer's version. Another one (an upgrade, a changed constant) and the
+    copy is built again, without anyone having to remember to raise FORMAT."""
+    code = hashlib.sha256(Path(lexical.__file__).read_bytes()).hexdigest()[:16]
+    try:
+        stemmer = version("PyStemmer")
+    except PackageNotFoundError:  # pragma: no cover - a dependency
+        stemmer = "unknown"
+    return f"lexical {code}, PyStemmer {stemmer}"
+
+
+DERIVATION = _derivation()
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError)
 
 
@@ -94,7 +114,13 @@ class Copy:
 def load_copy(folder: Path, embedder: str, generation: str, count: int) -> Copy | None:
     """The saved copy of ``generation`` (holding ``count`` chunks), or None."""
     path = folder / COPY_FILE
-    expected = {"format": FORMAT, "embedder": embedder, "generation": generation, "count": count}
+    expected = {
+        "format": FORMAT,
+        "derivation": DERIVATION,
+        "embedder": embedder,
+        "generation": generation,
+        "count": count,
+    }
     try:
         with np.load(path, allow_pickle=False) as saved:
             if not generation or _json(saved["meta"]) != expected:
@@ -132,6 +158,7 @@ def save_copy(folder: Path, embedder: str, generation: str, copy: Copy) -> None:
     terms, starts, rows, contributions = copy.bm25.export()
     meta = {
         "format": FORMAT,
+        "derivation": DERIVATION,
         "embedder": embedder,
         "generation": generation,
         "count": len(copy.ids),

@@ -159,3 +159,17 @@ def test_a_copy_that_json_cannot_hold_is_not_saved_and_nothing_fails(
     assert "cannot save the copy" in caplog.text
     assert not list(tmp_path.iterdir())
     assert doccache.load_copy(tmp_path, "fake", "generation-1", 1) is None
+
+
+async def test_a_copy_derived_by_other_code_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stems and postings saved by another version of memory/lexical.py (a changed stopword
+    list, BM25 constant) or another PyStemmer are not trusted."""
+    await ingest(tmp_path, FILES)
+    expected = await Process(tmp_path).ask()
+    monkeypatch.setattr(doccache, "DERIVATION", "lexical 0123456789abcdef, PyStemmer 0.0")
+    upgraded = Process(tmp_path)
+    assert await upgraded.ask() == expected
+    assert upgraded.reads == 1
+    assert upgraded.embedder.embedded == 0  # word vectors depend on the embedder alone
