@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -84,16 +85,18 @@ class IngestReport:
         )
 
 
-def read_document(path: Path) -> list[Page]:
+def read_document(path: Path, data: bytes | None = None) -> list[Page]:
     """The text of ``path`` by page, valid (a PDF's text map may hold lone surrogates).
+    ``data``: its bytes, when the caller read them already (ingest hashes them first: the
+    text is then exactly what the hash says, even if the file changes meanwhile).
     Raises :class:`UnreadableDocumentError`."""
-    suffix = path.suffix.lower()
-    if suffix == ".pdf":
-        return [Page(page.number, valid_text(page.text)) for page in _read_pdf(path)]
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UnreadableDocumentError(str(exc)) from None
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UnreadableDocumentError(str(exc)) from None
+    if path.suffix.lower() == ".pdf":
+        return [Page(page.number, valid_text(page.text)) for page in _read_pdf(data)]
     text, encoding = decode_text(data)
     if encoding != "utf-8":
         log.info("%s: read as %s", path.name, encoding)
@@ -124,7 +127,7 @@ def decode_text(data: bytes) -> tuple[str, str]:
     return data.decode(encoding, "replace"), encoding
 
 
-def _read_pdf(path: Path) -> list[Page]:
+def _read_pdf(data: bytes) -> list[Page]:
     from pypdf import PdfReader  # noqa: PLC0415 - only when there are PDFs
     from pypdf.errors import FileNotDecryptedError, PyPdfError  # noqa: PLC0415
 
@@ -132,7 +135,7 @@ def _read_pdf(path: Path) -> list[Page]:
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         # A PDF encrypted for its permissions alone (an empty password) is opened as is.
-        reader = PdfReader(path)
+        reader = PdfReader(io.BytesIO(data))
         pages = [Page(i, page.extract_text() or "") for i, page in enumerate(reader.pages, 1)]
     except FileNotDecryptedError:
         raise UnreadableDocumentError(
@@ -350,7 +353,7 @@ class DocumentIndex:
             report.unchanged.append(source)
             return None
         try:
-            pages = await asyncio.to_thread(read_document, path)
+            pages = await asyncio.to_thread(read_document, path, data)
         except UnreadableDocumentError as exc:
             log.warning("skipped %s: %s", source, exc)
             report.failed.append((source, str(exc)))

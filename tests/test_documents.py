@@ -281,6 +281,18 @@ def test_encrypted_pdfs_open_unless_they_need_a_password(tmp_path: Path) -> None
         read_document(locked)
 
 
+def test_the_bytes_ingest_hashed_are_the_ones_read(tmp_path: Path) -> None:
+    """Ingest hashes a file's bytes, then reads its text: from those same bytes, so a file
+    rewritten in between is not indexed under the old hash (and is read once)."""
+    text = tmp_path / "notes.txt"
+    text.write_text("Written later.", encoding="utf-8")
+    assert read_document(text, "Hashed first.".encode("cp1251")) == [Page(0, "Hashed first.")]
+    pdf = write_pdf(tmp_path / "manual.pdf", ["The valve code is 7741."])
+    data = pdf.read_bytes()
+    pdf.unlink()
+    assert read_document(pdf, data) == [Page(1, "The valve code is 7741.")]
+
+
 def test_a_binary_file_named_txt_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "picture.txt"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
