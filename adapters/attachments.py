@@ -1,19 +1,38 @@
 """Attachments into a channel's document scope: each channel keeps its files in a folder.
 
 The folder is the source of truth the documents pipeline indexes (incrementally, by hash),
-so an attachment sent again with the same name replaces its earlier version.
+so an attachment sent again with the same name replaces its earlier version. Indexing a file
+takes seconds to minutes (a long PDF is thousands of chunks to embed), so adapters run it in
+the channel's :class:`Lanes`: the messages of that channel wait for it, in order, and every
+other channel goes on. What the person is told comes back in their language.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from agent.i18n import Lang, detect, ours
+from agent.i18n import catalog as texts
 from memory.documents import SUFFIXES, DocumentIndex
 
-# (scope, file name, content) -> a one-line report for the person who sent it.
-DocumentsHook = Callable[[str, str, bytes], Awaitable[str]]
+log = logging.getLogger(__name__)
+
+# (scope, file name, content, language of the notice) -> a one-line report for the sender.
+DocumentsHook = Callable[[str, str, bytes, Lang], Awaitable[str]]
+# At a stop, how long the messages waiting for a document's indexing may still take: they
+# are taken in before the core closes. Past it they are cancelled (and logged).
+STOP_GRACE_SECONDS = 30.0
+
+UNREADABLE = {
+    "binary": texts.UNREADABLE_BINARY,
+    "password": texts.UNREADABLE_PASSWORD,
+    "scanned": texts.UNREADABLE_SCANNED,
+    "pdf": texts.UNREADABLE_PDF,
+}
 
 
 def accepts(filename: str) -> bool:
@@ -26,19 +45,100 @@ def safe_name(name: str) -> str:
     return cleaned or "attachment"
 
 
-def channel_documents(index: DocumentIndex, root: Path) -> DocumentsHook:
-    """Store an attachment under ``root/<scope>/`` and index that folder into the scope."""
+def notice_language(caption: str, filename: str, setting: str, locale: str | None = None) -> Lang:
+    """The language to tell the sender in: their caption's, else their own (``locale``:
+    Telegram says it, Discord does not), else ``[chat] language``, where that is "auto" the
+    file name's ("отчёт.pdf"), else English."""
+    found = detect(caption) or ours(locale) or ours(setting)
+    if found is None and setting == "auto":
+        found = detect(Path(filename).stem)
+    return found or "en"
 
-    async def add(scope: str, filename: str, data: bytes) -> str:
+
+def too_large(filename: str, limit_bytes: int, lang: Lang) -> str:
+    limit = f"{limit_bytes / 1_000_000:g}"
+    return texts.ATTACHMENT_TOO_LARGE(lang, name=filename, limit=limit)
+
+
+def not_indexed(filename: str, lang: Lang) -> str:
+    """The notice when fetching or indexing the file failed (the reason is in the log)."""
+    return texts.ATTACHMENT_FAILED(lang, name=filename)
+
+
+def channel_documents(index: DocumentIndex, root: Path) -> DocumentsHook:
+    """Store an attachment under ``root/<scope>/`` and index that folder into the scope.
+
+    One channel's files are indexed one at a time: two ingests of one folder at once could
+    each prune what the other just added."""
+    locks: dict[str, asyncio.Lock] = {}
+
+    async def add(scope: str, filename: str, data: bytes, lang: Lang) -> str:
         folder = root / safe_name(scope)
-        folder.mkdir(parents=True, exist_ok=True)
-        stored = safe_name(filename)
-        (folder / stored).write_bytes(data)
-        report = await index.ingest(folder, scope=scope)
-        if any(Path(source).name == stored for source, _reason in report.failed):
+        async with locks.setdefault(folder.name, asyncio.Lock()):
+            folder.mkdir(parents=True, exist_ok=True)
+            stored = safe_name(filename)
+            (folder / stored).write_bytes(data)
+            report = await index.ingest(folder, scope=scope)
+        if stored in dict(report.failed):
             # Not kept: it would fail again at every later ingest of this folder.
             (folder / stored).unlink(missing_ok=True)
-            return f"I could not read {filename}."
-        return f"Indexed {filename} for this channel ({report.chunks} chunks written)."
+            reason = UNREADABLE.get(report.failure_kinds.get(stored, ""))
+            if reason is None:
+                return not_indexed(filename, lang)
+            return texts.ATTACHMENT_UNREADABLE(lang, name=filename, reason=reason(lang))
+        if stored in report.unchanged:
+            return texts.ATTACHMENT_UNCHANGED(lang, name=filename)
+        chunks = report.written.get(stored, 0)
+        if not chunks:
+            return texts.ATTACHMENT_EMPTY(lang, name=filename)
+        return texts.ATTACHMENT_INDEXED(lang, chunks, name=filename)
 
     return add
+
+
+class Lanes:
+    """Work for one channel in arrival order, off the caller's path: while a document of one
+    channel is indexed, the next messages of that channel wait for it (a question about the
+    document is answered with it) and every other channel goes on."""
+
+    def __init__(self) -> None:
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def busy(self, key: str) -> bool:
+        """Whether ``key`` has work queued or running (a new message must queue behind it)."""
+        return key in self._tails
+
+    def add(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` after the work queued for ``key`` before it (which may have failed:
+        each piece logs its own failure)."""
+        previous = self._tails.get(key)
+
+        async def step() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            await work()
+
+        task = asyncio.create_task(step(), name=f"lane:{key}")
+        self._tails[key] = task
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if self._tails.get(key) is finished:
+                del self._tails[key]
+            if not finished.cancelled() and (error := finished.exception()) is not None:
+                log.error("a message of %s failed", key, exc_info=error)
+
+        task.add_done_callback(done)
+
+    async def finish(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the queued work (at a stop), then cancel it."""
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("stopped %d messages still waiting for a document's indexing", len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)

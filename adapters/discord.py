@@ -21,7 +21,15 @@ import discord
 from discord import app_commands
 
 from adapters import discord_json
-from adapters.attachments import DocumentsHook, accepts
+from adapters.attachments import (
+    STOP_GRACE_SECONDS,
+    DocumentsHook,
+    Lanes,
+    accepts,
+    not_indexed,
+    notice_language,
+    too_large,
+)
 from adapters.credentials import platform_secret
 from adapters.discord_catchup import CatchUp
 from adapters.discord_reply import Editable, discord_reply
@@ -175,6 +183,7 @@ class DiscordAdapter:
         self._origins: OrderedDict[str, discord.Message | discord.Interaction] = OrderedDict()
         self._submit: Submit | None = None
         self._documents: DocumentsHook | None = None
+        self._lanes = Lanes()  # a channel whose document is being indexed waits for it
         self._stopped = False
         self.client: _Client | None = None
         # Why the platform stopped by itself (bad token, refused intent); None while fine.
@@ -231,6 +240,8 @@ class DiscordAdapter:
         self._stopped = True
         self.ready.set()  # a recovery waiting for the connection gives up now
         await self.catch_up.cancel()
+        # Messages behind a document's indexing are taken in before the core closes.
+        await self._lanes.finish(STOP_GRACE_SECONDS)
         if self.client is not None:
             await self.client.close()
 
@@ -342,9 +353,31 @@ class DiscordAdapter:
             log.debug("rate-limited user %s in %s", author.id, where)
             return
         ambient = decision.outcome is Outcome.AMBIENT
+        documents = not ambient and message.attachments and self.config.attachments
+        if (documents and self._documents) or self._lanes.busy(where):
+            # The channel's next messages wait for the documents (a question about one is
+            # answered with it); other channels do not.
+            self._lanes.add(
+                where, lambda: self._take(message, where, text, ambient, facts, replied, me)
+            )
+            return
+        await self._take(message, where, text, ambient, facts, replied, me)
+
+    async def _take(  # noqa: PLR0917 - the intake decision's results, handed on
+        self,
+        message: discord.Message,
+        where: str,
+        text: str,
+        ambient: bool,
+        facts: Facts,
+        replied: discord.Message | None,
+        me: discord.ClientUser,
+    ) -> None:
+        """Index the message's documents, if any, and submit the message to the core."""
+        assert self._submit is not None
         indexed = False
         if not ambient and message.attachments and self.config.attachments and self._documents:
-            indexed = await self._index_attachments(message, where)
+            indexed = await self._index_attachments(message, where, text)
         if not text and (ambient or indexed):
             return  # only documents: their confirmation was the answer
         # An empty mention, or one with only an image, goes on: the core stores it and tells
@@ -364,23 +397,25 @@ class DiscordAdapter:
         """Where attachments go (set by the app when the documents pipeline is on)."""
         self._documents = hook
 
-    async def _index_attachments(self, message: discord.Message, where: str) -> bool:
+    async def _index_attachments(self, message: discord.Message, where: str, text: str) -> bool:
         """Index the message's documents; whether it had any (each was answered)."""
         hook = self._documents
         assert hook is not None
         found = False
         for attachment in message.attachments:
-            if not accepts(attachment.filename):
+            name = attachment.filename
+            if not accepts(name):
                 continue
             found = True
+            lang = notice_language(text, name, self.language)
             if attachment.size > self.config.attachment_max_bytes:
-                notice = f"{attachment.filename} is too large for me to index."
+                notice = too_large(name, self.config.attachment_max_bytes, lang)
             else:
                 try:
-                    notice = await hook(where, attachment.filename, await attachment.read())
+                    notice = await hook(where, name, await attachment.read(), lang)
                 except Exception:
-                    log.exception("could not index %s in %s", attachment.filename, where)
-                    notice = f"I could not index {attachment.filename}."
+                    log.exception("could not index %s in %s", name, where)
+                    notice = not_indexed(name, lang)
             await message.reply(notice, mention_author=False)
         return found
 

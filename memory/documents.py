@@ -46,7 +46,14 @@ Counter = Callable[[str], int]
 
 
 class UnreadableDocumentError(Exception):
-    """A file that cannot be turned into text."""
+    """A file that cannot be turned into text. ``kind`` says why in one word, for a notice
+    in the reader's language (adapters/attachments.py): ``binary`` (not text),
+    ``password`` (a PDF that needs one), ``scanned`` (a PDF without a text layer), ``pdf``
+    (a damaged or fake PDF), ``unreadable`` (the file itself could not be read)."""
+
+    def __init__(self, reason: str, kind: str = "unreadable") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +77,13 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     # Unchanged files whose chunks an older ingest embedded another way (METHOD).
     reembedded: list[str] = field(default_factory=list)
+    # Unchanged files an earlier ingest indexed only in part (stopped midway): now whole.
+    completed: list[str] = field(default_factory=list)
     chunks: int = 0
+    # Chunks written for each file added, updated or embedded again.
+    written: dict[str, int] = field(default_factory=dict)
+    # Why each failed file failed, as UnreadableDocumentError.kind.
+    failure_kinds: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         again = (
@@ -78,6 +91,8 @@ class IngestReport:
             if self.reembedded
             else ""
         )
+        if self.completed:
+            again += f", {len(self.completed)} completed (an earlier ingest stopped midway)"
         return (
             f"{len(self.added)} added, {len(self.updated)} updated, "
             f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, "
@@ -123,7 +138,7 @@ def decode_text(data: bytes) -> tuple[str, str]:
 
     encoding = chardet.detect(data, prefer_superset=True)["encoding"]
     if encoding is None:
-        raise UnreadableDocumentError("not text (binary data)")
+        raise UnreadableDocumentError("not text (binary data)", "binary")
     return data.decode(encoding, "replace"), encoding
 
 
@@ -139,12 +154,12 @@ def _read_pdf(data: bytes) -> list[Page]:
         pages = [Page(i, page.extract_text() or "") for i, page in enumerate(reader.pages, 1)]
     except FileNotDecryptedError:
         raise UnreadableDocumentError(
-            "password-protected PDF: save a copy without the password to index it"
+            "password-protected PDF: save a copy without the password to index it", "password"
         ) from None
     except (PyPdfError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise UnreadableDocumentError(f"not a readable PDF: {exc}") from None
+        raise UnreadableDocumentError(f"not a readable PDF: {exc}", "pdf") from None
     if not any(p.text.strip() for p in pages):
-        raise UnreadableDocumentError("no extractable text (scanned or damaged PDF)")
+        raise UnreadableDocumentError("no extractable text (scanned or damaged PDF)", "scanned")
     return pages
 
 
@@ -283,6 +298,7 @@ class DocumentIndex:
     async def indexed(self, scope: str = GLOBAL_SCOPE) -> dict[str, Indexed]:
         """What is in the index now, by source."""
         found: dict[str, Indexed] = {}
+        totals: dict[str, set[int]] = {}  # the number of chunks each chunk says its file has
         for item in await self.store.get({"scope": scope}):
             source = str(item.metadata.get("source", ""))
             digest = str(item.metadata.get("hash", ""))
@@ -290,6 +306,13 @@ class DocumentIndex:
             known.ids.append(item.id)
             if item.metadata.get("method") != METHOD:
                 known.current = False  # embedded by an older method: indexed again
+            if isinstance(total := item.metadata.get("chunks"), int):
+                totals.setdefault(source, set()).add(total)
+        for source, known in found.items():
+            if totals.get(source, {len(known.ids)}) != {len(known.ids)}:
+                # Not the whole file: an ingest stopped between two batches of its chunks
+                # (Ctrl-C, a crash), or between writing a new version and deleting the old.
+                known.whole = False
         return found
 
     async def ingest(
@@ -349,7 +372,12 @@ class DocumentIndex:
             report.failed.append((source, str(exc)))
             return None
         digest = hashlib.sha256(data).hexdigest()
-        if previous is not None and previous.digest == digest and previous.current:
+        if (
+            previous is not None
+            and previous.digest == digest
+            and previous.current
+            and previous.whole
+        ):
             report.unchanged.append(source)
             return None
         try:
@@ -357,6 +385,7 @@ class DocumentIndex:
         except UnreadableDocumentError as exc:
             log.warning("skipped %s: %s", source, exc)
             report.failed.append((source, str(exc)))
+            report.failure_kinds[source] = exc.kind
             return None
         count = self.store.embedder.count_tokens
         chunks = await asyncio.to_thread(
@@ -374,6 +403,7 @@ class DocumentIndex:
                     "page": chunk.page,
                     "hash": digest,
                     "chunk": n,
+                    "chunks": len(chunks),
                     "method": METHOD,
                 },
                 context=_context(opening, chunk.text),
@@ -393,21 +423,28 @@ class DocumentIndex:
             if previous is not None:
                 stale = set(previous.ids) - {i.id for i in prepared.items}
                 await self.store.delete(sorted(stale))
-                same = previous.digest == prepared.digest  # only the method changed
-                (report.reembedded if same else report.updated).append(prepared.source)
+                if previous.digest != prepared.digest:
+                    report.updated.append(prepared.source)
+                elif not previous.whole:
+                    report.completed.append(prepared.source)
+                else:  # only the method changed
+                    report.reembedded.append(prepared.source)
             else:
                 report.added.append(prepared.source)
             report.chunks += len(prepared.items)
+            report.written[prepared.source] = len(prepared.items)
 
 
 @dataclass(slots=True)
 class Indexed:
-    """A source's chunks in the index: the content hash they were made from, their ids, and
-    whether they were embedded by the current :data:`METHOD`."""
+    """A source's chunks in the index: the content hash they were made from, their ids,
+    whether they were embedded by the current :data:`METHOD`, and whether they are all there."""
 
     digest: str
     ids: list[str]
     current: bool
+    # All its chunks are there (an index written before chunks recorded their number: True).
+    whole: bool = True
 
 
 @dataclass(frozen=True, slots=True)

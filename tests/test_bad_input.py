@@ -127,13 +127,15 @@ async def test_a_binary_attachment_is_rejected_with_a_notice(tmp_path: Path) -> 
     store = ChromaStore(open_client(tmp_path / "chroma"), "documents", WordHashEmbedder())
     index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=8)
     add = channel_documents(index, tmp_path / "attachments")
-    notice = await add("test:1", "broken.txt", b"caf\xe9 \xff\xfe not utf-8 \x00")
-    assert notice == "I could not read broken.txt."
+    notice = await add("test:1", "broken.txt", b"caf\xe9 \xff\xfe not utf-8 \x00", "en")
+    assert notice == "I could not read broken.txt: it is not text."
     assert not list((tmp_path / "attachments").rglob("broken.txt"))  # not kept to fail again
     # The channel's documents still work, a Windows-1251 file too.
-    notice = await add("test:1", "fine.txt", b"Otters hold hands.\n")
+    notice = await add("test:1", "fine.txt", b"Otters hold hands.\n", "en")
     assert notice.startswith("Indexed fine.txt")
-    notice = await add("test:1", "выдры.txt", "Выдры держатся за лапы во сне.".encode("cp1251"))
+    notice = await add(
+        "test:1", "выдры.txt", "Выдры держатся за лапы во сне.".encode("cp1251"), "en"
+    )
     assert notice.startswith("Indexed выдры.txt")
     assert sorted(Path(s).name for s in await index.indexed("test:1")) == ["fine.txt", "выдры.txt"]
     texts = [item.text for item in await index.store.get()]

@@ -32,6 +32,7 @@ from agent.config import (
 )
 from agent.events import Inbound
 from agent.generators.base import ChatMessage
+from agent.i18n import Lang
 from agent.ports import platform_failures
 from agent.runtime.core import NOTHING_NOTICE, Core
 from memory.db import Database
@@ -521,13 +522,35 @@ async def test_attachments_are_indexed_into_the_channel_scope(
     assert bot.generator.calls == []  # nothing else to answer
 
 
+async def test_a_question_after_a_document_waits_for_its_indexing(
+    start_bot: StartBot, fake: fk.DiscordFake
+) -> None:
+    """Discord delivers the question while the document is still being indexed: the question
+    is answered after it, with it; another channel is answered meanwhile."""
+    bot = await start_bot(attachments=True, all_messages_channels=[fk.OTHER_CHANNEL_ID])
+    release = asyncio.Event()
+
+    async def hook(scope: str, name: str, data: bytes, lang: Lang) -> str:
+        await release.wait()
+        return f"indexed {name} ({lang})"
+
+    bot.adapter.use_documents(hook)
+    await fake.message_create(MENTION, mentions=[fake.bot], files={"отчёт.pdf": b"%PDF"})
+    await fake.message_create(f"{MENTION} what does it say?", mentions=[fake.bot])
+    await fake.message_create("hello", channel_id=fk.OTHER_CHANNEL_ID)
+    assert await bot.answered(1, fk.OTHER_CHANNEL_ID) == ["echo: hello"]
+    assert fake.contents(fk.CHANNEL_ID) == []
+    release.set()
+    assert await bot.answered(2) == ["indexed отчёт.pdf (ru)", "echo: what does it say?"]
+
+
 async def test_attachments_are_not_fetched_when_disabled(
     start_bot: StartBot, fake: fk.DiscordFake, tmp_path: Path
 ) -> None:
     bot = await start_bot()
     added: list[str] = []
 
-    async def hook(scope: str, name: str, data: bytes) -> str:
+    async def hook(scope: str, name: str, data: bytes, lang: str) -> str:
         added.append(name)
         return "indexed"
 

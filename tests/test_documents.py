@@ -193,6 +193,41 @@ async def test_chunks_deep_in_a_document_are_embedded_after_its_opening(tmp_path
     assert deep[0].metadata["source"] == "kettle.txt"
 
 
+async def test_a_file_an_interrupted_ingest_wrote_in_part_is_completed(
+    index: DocumentIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during a long ingest stops it between two batches of a file's chunks: the
+    next ingest must not take the part for the whole file because its hash matches."""
+    root = tmp_path / "long"
+    root.mkdir()
+    paragraphs = [f"Paragraph {n} tells how pump {n} is primed and bled." for n in range(12)]
+    (root / "pumps.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    monkeypatch.setattr("memory.documents.BATCH", 3)
+    real_add = index.store.add
+    calls = 0
+
+    async def add_then_stop(items: Sequence[Item]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt  # between the first and the second batch
+        await real_add(items)
+
+    monkeypatch.setattr(index.store, "add", add_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        await index.ingest(root)
+    monkeypatch.setattr(index.store, "add", real_add)
+    part = await index.store.get({"source": "pumps.txt"})
+    assert 0 < len(part) < len(paragraphs) / 2
+    again = await index.ingest(root)
+    assert (again.completed, again.unchanged) == (["pumps.txt"], [])
+    assert "1 completed (an earlier ingest stopped midway)" in again.summary()
+    whole = await index.store.get({"source": "pumps.txt"})
+    assert len(whole) > len(part)
+    assert all(f"pump {n} " in " ".join(i.text for i in whole) for n in range(12))
+    assert (await index.ingest(root)).unchanged == ["pumps.txt"]
+
+
 async def test_an_index_embedded_the_old_way_is_embedded_again(
     index: DocumentIndex, folder: Path
 ) -> None:

@@ -35,6 +35,7 @@ LATIN_ALLOWED = {
     *chat_commands.COMMANDS,
     "config",
     "toml",
+    "pdf",  # a file format, written so in Russian too
     "personas",
     "channels",
     "discord",

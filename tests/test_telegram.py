@@ -507,13 +507,36 @@ async def test_documents_are_indexed_into_the_chat_scope(
     assert bot.generator.calls == []  # nothing else to answer
 
 
+async def test_a_document_being_indexed_holds_up_only_its_own_chat(
+    start_bot: StartBot, fake: tf.TelegramFake
+) -> None:
+    """Indexing a long document takes minutes: other chats are answered meanwhile, and the
+    sender's next message waits for it (a question about the document is answered with it)."""
+    bot = await start_bot(attachments=True)
+    release = asyncio.Event()
+
+    async def hook(scope: str, name: str, data: bytes, lang: Lang) -> str:
+        await release.wait()
+        return f"indexed {name} ({lang})"
+
+    bot.adapter.use_documents(hook)
+    ivan = tf.user(333, "Иван", language_code="ru")
+    await fake.send(None, author=ivan, document=fake.add_file("manual.pdf", b"%PDF"))
+    await fake.send("what does it say?", author=ivan)
+    await fake.send("hello", author=tf.BOB)
+    assert await bot.answered(1, tf.BOB["id"]) == ["echo: hello"]
+    assert fake.texts(333) == []  # still indexing: the question waits behind the document
+    release.set()
+    assert await bot.answered(2, 333) == ["indexed manual.pdf (ru)", "echo: what does it say?"]
+
+
 async def test_documents_are_not_fetched_when_off(
     start_bot: StartBot, fake: tf.TelegramFake
 ) -> None:
     bot = await start_bot()
     added: list[str] = []
 
-    async def hook(scope: str, name: str, data: bytes) -> str:
+    async def hook(scope: str, name: str, data: bytes, lang: str) -> str:
         added.append(name)
         return "indexed"
 
@@ -530,7 +553,7 @@ async def test_the_token_never_reaches_a_log_line(
     caplog.set_level(logging.DEBUG)
     bot = await start_bot(attachments=True)
 
-    async def hook(scope: str, name: str, data: bytes) -> str:
+    async def hook(scope: str, name: str, data: bytes, lang: str) -> str:
         return "indexed"
 
     bot.adapter.use_documents(hook)

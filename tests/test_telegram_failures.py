@@ -46,7 +46,7 @@ async def test_hostile_text_becomes_u_fffd_and_an_unreadable_update_is_skipped(
     bot = await start_bot(attachments=True)
     indexed: list[str] = []
 
-    async def hook(scope: str, name: str, data: bytes) -> str:
+    async def hook(scope: str, name: str, data: bytes, lang: str) -> str:
         indexed.append(name)
         return f"Indexed {name}."
 

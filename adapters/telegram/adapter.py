@@ -46,7 +46,15 @@ from aiogram.utils.token import TokenValidationError
 from aiohttp import web
 from pydantic import ValidationError
 
-from adapters.attachments import DocumentsHook, accepts
+from adapters.attachments import (
+    STOP_GRACE_SECONDS,
+    DocumentsHook,
+    Lanes,
+    accepts,
+    not_indexed,
+    notice_language,
+    too_large,
+)
 from adapters.intake import AllowLists, Facts, Outcome, decide, listed, rate_notice
 from adapters.streaming import Clock, EditedReply, Sleep
 from adapters.telegram import commands, messages
@@ -105,6 +113,7 @@ class TelegramAdapter:
         self._seen = _Lru()  # (chat id, message id) -> Message: deeper reply chains
         self._submit: Submit | None = None
         self._documents: DocumentsHook | None = None
+        self._lanes = Lanes()  # a chat whose document is being indexed waits for it
         self._drafts = config.drafts
         self._secret = ""  # the webhook's, new at every start
         self._started = now()
@@ -160,6 +169,8 @@ class TelegramAdapter:
     async def stop(self) -> None:
         self._stopping.set()
         self._ready.set()  # a recovery waiting for the connection gives up
+        # Messages behind a document's indexing are taken in before the core closes.
+        await self._lanes.finish(STOP_GRACE_SECONDS)
 
     def _fail(self, failure: str) -> None:
         self.failure = failure
@@ -314,7 +325,7 @@ class TelegramAdapter:
         self._seen.remember((message.chat.id, message.message_id), message)
         if user is None:  # a channel post, or an anonymous group admin
             return
-        where, parent = messages.channel_of(message)
+        where = messages.channel_of(message)[0]
         if message.date < self._started and self._now() - message.date > self._max_age:
             log.info("telegram: skipped a message in %s from before the start: too old", where)
             return
@@ -352,11 +363,28 @@ class TelegramAdapter:
             log.debug("rate-limited user %s in %s", user.id, where)
             return
         ambient = decision.outcome is Outcome.AMBIENT
+        document = not ambient and message.document and self.config.attachments
+        if (document and self._documents) or self._lanes.busy(where):
+            # Indexing takes seconds to minutes: the updates of other chats go on meanwhile.
+            self._lanes.add(where, lambda: self._take(message, where, text, ambient, facts, user))
+            return
+        await self._take(message, where, text, ambient, facts, user)
+
+    async def _take(  # noqa: PLR0917 - the intake decision's results, handed on
+        self, message: Message, where: str, text: str, ambient: bool, facts: Facts, user: User
+    ) -> None:
+        """Index the message's document, if any, and submit the message to the core."""
         indexed = False
         if not ambient and message.document and self.config.attachments and self._documents:
-            indexed = await self._index_document(message, where)
+            indexed = await self._index_document(message, where, text, user)
         if not text and (ambient or indexed):
             return  # only a document: its confirmation was the answer
+        me = self.me
+        assert me is not None
+        assert self._submit is not None
+        _, parent = messages.channel_of(message)
+        direct = message.chat.type == "private"
+        replied = messages.replied(message)
         # An empty mention, or only a photo, goes on: the core stores it and tells the person
         # there is nothing to answer.
         if not ambient and replied is not None and not facts.reply:
@@ -402,7 +430,7 @@ class TelegramAdapter:
         """Where documents go (set by the app when the documents pipeline is on)."""
         self._documents = hook
 
-    async def _index_document(self, message: Message, where: str) -> bool:
+    async def _index_document(self, message: Message, where: str, text: str, user: User) -> bool:
         """Index the message's document; whether it was one (and was answered)."""
         hook, bot, document = self._documents, self.bot, message.document
         assert hook is not None
@@ -411,8 +439,9 @@ class TelegramAdapter:
         name = document.file_name or "document"
         if not accepts(name):
             return False
+        lang = notice_language(text, name, self.language, user.language_code)
         if (document.file_size or 0) > self.config.attachment_max_bytes:
-            await self._say(message, f"{name} is too large for me to index.")
+            await self._say(message, too_large(name, self.config.attachment_max_bytes, lang))
             return True
         try:
             file = await bot.get_file(document.file_id)
@@ -420,13 +449,13 @@ class TelegramAdapter:
                 raise DownloadError("the Bot API gave no file path")
             data = await bot.download_file(file.file_path)
             assert data is not None
-            notice = await hook(where, name, data.read())
+            notice = await hook(where, name, data.read(), lang)
         except (TelegramAPIError, DownloadError) as exc:
             log.warning("telegram: could not fetch %s in %s: %s", name, where, exc)
-            notice = f"I could not index {name}."
+            notice = not_indexed(name, lang)
         except Exception:
             log.exception("telegram: could not index %s in %s", name, where)
-            notice = f"I could not index {name}."
+            notice = not_indexed(name, lang)
         await self._say(message, notice)
         return True
 

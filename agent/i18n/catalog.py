@@ -76,6 +76,51 @@ NOT_ALLOWED = Text(
     ru="Извините, здесь мне не разрешено вам отвечать.",
 )
 
+# -- documents sent to a channel (adapters/attachments.py) --------------------------------------
+
+ATTACHMENT_INDEXED = Plural(
+    en=(
+        "Indexed {name} for this channel ({count} chunk).",
+        "Indexed {name} for this channel ({count} chunks).",
+    ),
+    ru=(
+        "Добавила {name} в документы этого канала ({count} фрагмент).",
+        "Добавила {name} в документы этого канала ({count} фрагмента).",
+        "Добавила {name} в документы этого канала ({count} фрагментов).",
+    ),
+)
+ATTACHMENT_UNCHANGED = Text(
+    en="{name} is among this channel's documents already, unchanged.",
+    ru="{name} уже есть в документах этого канала, без изменений.",
+)
+ATTACHMENT_EMPTY = Text(
+    en="There is no text in {name} for me to index.",
+    ru="В {name} нет текста, который я могла бы добавить.",
+)
+ATTACHMENT_TOO_LARGE = Text(
+    en="{name} is too large for me to index (the limit is {limit} MB).",
+    ru="{name} слишком большой, я не могу его добавить (предел — {limit} МБ).",
+)
+ATTACHMENT_FAILED = Text(
+    en="I could not index {name}.",
+    ru="Не получилось добавить {name} в документы.",
+)
+ATTACHMENT_UNREADABLE = Text(
+    en="I could not read {name}: {reason}.",
+    ru="Не получилось прочитать {name}: {reason}.",
+)
+# The reasons, by UnreadableDocumentError.kind (memory/documents.py).
+UNREADABLE_BINARY = Text(en="it is not text", ru="это не текст")
+UNREADABLE_PASSWORD = Text(
+    en="it is protected by a password; please send a copy without one",
+    ru="он защищён паролем; пришлите, пожалуйста, копию без пароля",
+)
+UNREADABLE_SCANNED = Text(
+    en="it has no text layer (a scan?)",
+    ru="в нём нет текстового слоя (это скан?)",
+)
+UNREADABLE_PDF = Text(en="it is not a readable PDF", ru="это не читаемый PDF")
+
 # -- the sources line under answers (agent/prompt/citations.py) --------------------------------
 
 SOURCES = Text(en="Sources:", ru="Источники:")
