@@ -530,6 +530,30 @@ async def test_a_document_being_indexed_holds_up_only_its_own_chat(
     assert await bot.answered(2, 333) == ["indexed manual.pdf (ru)", "echo: what does it say?"]
 
 
+async def test_at_a_stop_the_messages_behind_a_document_are_still_taken_in(
+    start_bot: StartBot, fake: tf.TelegramFake
+) -> None:
+    """Their updates were confirmed to Telegram already: dropped at a stop, they would be
+    lost. The stop waits for the indexing (up to a grace) and they reach the core."""
+    bot = await start_bot(attachments=True)
+    release = asyncio.Event()
+
+    async def hook(scope: str, name: str, data: bytes, lang: Lang) -> str:
+        await release.wait()
+        return f"indexed {name}"
+
+    bot.adapter.use_documents(hook)
+    await fake.send(None, document=fake.add_file("manual.pdf", b"%PDF"))
+    await fake.send("what does it say?")
+    await fake.wait_for(lambda: len(fake.calls_of("getFile")) == 1)
+    stopping = asyncio.create_task(bot.adapter.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waiting for the document
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert await bot.answered(2) == ["indexed manual.pdf", "echo: what does it say?"]
+
+
 async def test_documents_are_not_fetched_when_off(
     start_bot: StartBot, fake: tf.TelegramFake
 ) -> None:

@@ -159,6 +159,8 @@ class TelegramAdapter:
             for task in (serving, stopping):
                 task.cancel()
             await asyncio.gather(serving, stopping, return_exceptions=True)
+            # Messages behind a document's indexing still reply through this session.
+            await self._lanes.finish(STOP_GRACE_SECONDS)
             self._ended, self._connected = True, False
             self._ready.set()
             # Replies still being rendered (the core drains its queues after stop) keep the
