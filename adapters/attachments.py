@@ -68,8 +68,8 @@ def not_indexed(filename: str, lang: Lang) -> str:
 def channel_documents(index: DocumentIndex, root: Path) -> DocumentsHook:
     """Store an attachment under ``root/<scope>/`` and index that folder into the scope.
 
-    One channel's files are indexed one at a time: two ingests of one folder at once could
-    each prune what the other just added."""
+    One channel's files are indexed one at a time: files sent at once would each start an
+    ingest of the folder, and each would embed the files the others were still embedding."""
     locks: dict[str, asyncio.Lock] = {}
 
     async def add(scope: str, filename: str, data: bytes, lang: Lang) -> str:
