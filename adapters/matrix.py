@@ -32,13 +32,26 @@ from nio import (
     JoinResponse,
     MatrixRoom,
     MegolmEvent,
+    MemoryDownloadResponse,
+    RoomEncryptedFile,
     RoomGetEventResponse,
+    RoomMessageFile,
     RoomMessageText,
     RoomSendResponse,
     SyncResponse,
 )
+from nio.crypto import decrypt_attachment
 from nio.exceptions import EncryptionError, LocalProtocolError, ProtocolError
 
+from adapters.attachments import (
+    STOP_GRACE_SECONDS,
+    DocumentsHook,
+    Lanes,
+    accepts,
+    not_indexed,
+    notice_language,
+    too_large,
+)
 from adapters.intake import Facts, Outcome, decide, listed, rate_notice
 from adapters.matrix_reply import Content, MatrixReply, MatrixSendError, text_content
 from adapters.matrix_session import MatrixLoginError, Secrets, log_in, matrix_secrets
@@ -56,6 +69,8 @@ Submit = Callable[[Inbound, ReplyTarget], Awaitable[object]]
 SYNC_TIMEOUT_MS = 30_000
 REMEMBERED = 2000
 NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+# A file's download may take this long (nio sets no timeout on downloads).
+DOWNLOAD_SECONDS = 120.0
 
 
 def server_of(user_or_room: str) -> str:
@@ -129,6 +144,8 @@ class MatrixAdapter:
         self.own_events = _Lru()  # ids of the bot's messages: replies to them are answered
         self._invites = _Lru()
         self._submit: Submit | None = None
+        self._documents: DocumentsHook | None = None
+        self._lanes = Lanes()  # a room whose document is being indexed waits for it
         self._stopping = asyncio.Event()
         self._ended = False
         self._replies = 0
@@ -154,6 +171,9 @@ class MatrixAdapter:
             ),
         )
         self.client.add_event_callback(self._guard(self._on_message), RoomMessageText)
+        self.client.add_event_callback(
+            self._guard(self._on_file), (RoomMessageFile, RoomEncryptedFile)
+        )
         self.client.add_event_callback(self._guard(self._on_undecryptable), MegolmEvent)
         self.client.add_event_callback(self._guard(self._on_invite), InviteMemberEvent)
 
@@ -180,6 +200,8 @@ class MatrixAdapter:
             for task in (loop, stopping):
                 task.cancel()
             await asyncio.gather(loop, stopping, return_exceptions=True)
+            # Messages behind a document's indexing still reply through this client.
+            await self._lanes.finish(STOP_GRACE_SECONDS)
             self._ended = True
             self._connected = False
             self._ready.set()
@@ -191,6 +213,8 @@ class MatrixAdapter:
     async def stop(self) -> None:
         self._stopping.set()
         self._ready.set()  # a recovery waiting for the first sync gives up
+        # Messages behind a document's indexing are taken in before the core closes.
+        await self._lanes.finish(STOP_GRACE_SECONDS)
 
     @property
     def connected(self) -> bool:
@@ -396,12 +420,32 @@ class MatrixAdapter:
             log.debug("rate-limited %s in %s", sender, room_key)
             return
         ambient = decision.outcome is Outcome.AMBIENT
+        root = thread_root(relation)
+        key = f"{room_key}/{root}" if root else room_key
         if reply_to is not None and not own_reply and not ambient:
             # What the question replies to, oldest first (the bot's own messages are in the
             # history already): "what do you think of this?" needs "this".
             text = "\n".join([*await self._reply_chain(room, reply_to), text])
-        root = relation.get("event_id") if relation.get("rel_type") == "m.thread" else None
-        root = root if isinstance(root, str) else None
+        self._origins.remember(event.event_id, (room.room_id, root, sender))
+        if self._lanes.busy(key):  # a document of this room is being indexed: after it
+            self._lanes.add(key, lambda: self._take(room, event, text, reply_to, facts, ambient))
+            return
+        await self._take(room, event, text, reply_to, facts, ambient)
+
+    async def _take(  # noqa: PLR0917 - the intake decision's results, handed on
+        self,
+        room: MatrixRoom,
+        event: RoomMessageText | RoomMessageFile | RoomEncryptedFile,
+        text: str,
+        reply_to: str | None,
+        facts: Facts,
+        ambient: bool,
+    ) -> None:
+        """Submit the message (or a file's caption) to the core."""
+        assert self._submit is not None
+        sender: str = event.sender
+        room_key = f"matrix:{room.room_id}"
+        root = thread_root(event.source.get("content", {}).get("m.relates_to"))
         inbound = Inbound(
             platform="matrix",
             channel_key=f"{room_key}/{root}" if root else room_key,
@@ -414,12 +458,108 @@ class MatrixAdapter:
             parent_key=room_key if root else None,
             server_id=None if facts.direct else server_of(room.room_id),
             is_direct=facts.direct,
-            is_admin=admin,
+            is_admin=facts.admin,
             ambient=ambient,
             timestamp=datetime.fromtimestamp(event.server_timestamp / 1000, UTC),
         )
-        self._origins.remember(event.event_id, (room.room_id, root, sender))
         await self._submit(inbound, self)
+
+    # -- files -------------------------------------------------------------------------------
+
+    def use_documents(self, hook: DocumentsHook) -> None:
+        """Where files go (set by the app when the documents pipeline is on)."""
+        self._documents = hook
+
+    async def _on_file(self, room: MatrixRoom, event: RoomMessageFile | RoomEncryptedFile) -> None:
+        """A txt/md/pdf file sent to the bot: indexed into the room's documents, then its
+        caption, if any, is answered. Indexing runs in the room's lane: the room's next
+        messages wait for it, other rooms do not."""
+        if self._catching_up or self._submit is None or self._stopping.is_set():
+            return
+        if not self.config.attachments or self._documents is None:
+            return
+        if event.event_id in self._origins:
+            return
+        content: dict[str, Any] = event.source.get("content", {})
+        name = str(content.get("filename") or event.body)
+        if not accepts(name):
+            return
+        # With a filename of its own, the body is a caption (Matrix 1.10).
+        caption = str(event.body) if content.get("filename") and event.body != name else ""
+        sender: str = event.sender
+        admin = sender in self.config.admins
+        facts = Facts(
+            author_id=sender,
+            own=sender == self.user_id,
+            direct=room.member_count <= 2,
+            dms_enabled=self.config.dms,
+            allowed=admin or not self.config.rooms or room.room_id in self.config.rooms,
+            admin=admin,
+            mention=self.config.mentions and self._mentioned(room, content, caption),
+            reply=False,
+            command=False,
+            all_messages=listed(self.config.all_messages_rooms, room.room_id),
+            context=listed(self.config.context_rooms, room.room_id),
+            empty=False,
+        )
+        decision = decide(facts, self._limiter.check)
+        if decision.outcome is Outcome.LIMITED and decision.notice:
+            await self._notice(room.room_id, event.event_id, rate_notice(caption, self.language))
+        if decision.outcome is not Outcome.ACCEPT:
+            return  # not addressed to the bot (a file is never ambient context), or limited
+        text = self._strip_mention(room, caption)
+        root = thread_root(content.get("m.relates_to"))
+        key = f"matrix:{room.room_id}/{root}" if root else f"matrix:{room.room_id}"
+        self._origins.remember(event.event_id, (room.room_id, root, sender))
+
+        async def index_then_answer() -> None:
+            await self._index_file(room, event, name, text, key)
+            if text:
+                await self._take(room, event, text, None, facts, False)
+
+        self._lanes.add(key, index_then_answer)
+
+    async def _index_file(
+        self, room: MatrixRoom, event: RoomMessageFile | RoomEncryptedFile, name: str, text: str,
+        key: str,
+    ) -> None:  # fmt: skip
+        hook = self._documents
+        assert hook is not None
+        lang = notice_language(text, name, self.language)
+        info = event.source.get("content", {}).get("info")
+        size = info.get("size") if isinstance(info, dict) else None
+        limit = self.config.attachment_max_bytes
+        if isinstance(size, int) and size > limit:
+            notice = too_large(name, limit, lang)
+        else:
+            try:
+                data = await self._download(event)
+                notice = too_large(name, limit, lang) if len(data) > limit else (
+                    await hook(key, name, data, lang)
+                )  # fmt: skip
+            except DownloadFailedError as exc:
+                log.warning("matrix: could not fetch %s in %s: %s", name, key, exc)
+                notice = not_indexed(name, lang)
+            except Exception:
+                log.exception("matrix: could not index %s in %s", name, key)
+                notice = not_indexed(name, lang)
+        await self._notice(room.room_id, event.event_id, notice)
+
+    async def _download(self, event: RoomMessageFile | RoomEncryptedFile) -> bytes:
+        """The file's bytes (decrypted, in an encrypted room)."""
+        try:
+            response = await asyncio.wait_for(self.client.download(mxc=event.url), DOWNLOAD_SECONDS)
+        except (*NETWORK_ERRORS, ValueError) as exc:
+            raise DownloadFailedError(str(exc) or type(exc).__name__) from None
+        if not isinstance(response, MemoryDownloadResponse):
+            raise DownloadFailedError(getattr(response, "message", str(response)))
+        if not isinstance(event, RoomEncryptedFile):
+            return bytes(response.body)
+        try:
+            key, digest = event.key["k"], event.hashes["sha256"]
+            return bytes(decrypt_attachment(response.body, key, digest, event.iv))
+        except (KeyError, TypeError, ValueError, EncryptionError) as exc:
+            raise DownloadFailedError(f"cannot decrypt it: {exc}") from None
 
     def _names(self, room: MatrixRoom) -> list[str]:
         """How people address the bot in text: display name, localpart, full id."""
@@ -492,10 +632,14 @@ class MatrixAdapter:
         return event if isinstance(event, RoomMessageText) else None
 
     async def _rate_notice(self, room: MatrixRoom, event: RoomMessageText) -> None:
-        content = text_content(rate_notice(event.body, self.language))
-        content["m.relates_to"] = {"m.in_reply_to": {"event_id": event.event_id}}
+        await self._notice(room.room_id, event.event_id, rate_notice(event.body, self.language))
+
+    async def _notice(self, room_id: str, event_id: str, text: str) -> None:
+        """A short notice replying to ``event_id`` (a failure to send it is not fatal)."""
+        content = text_content(text)
+        content["m.relates_to"] = {"m.in_reply_to": {"event_id": event_id}}
         with contextlib.suppress(MatrixSendError):
-            await NioRoom(self, room.room_id).send(content)
+            await NioRoom(self, room_id).send(content)
 
     # -- replies -----------------------------------------------------------------------------
 
@@ -543,6 +687,18 @@ class MatrixAdapter:
         self._replies -= 1
         if self._ended and not self._replies:
             await self.client.close()
+
+
+class DownloadFailedError(Exception):
+    """A file could not be fetched from the homeserver or decrypted."""
+
+
+def thread_root(relation: object) -> str | None:
+    """The thread root an event's ``m.relates_to`` names, if it is in a thread."""
+    if not isinstance(relation, dict) or relation.get("rel_type") != "m.thread":
+        return None
+    root = relation.get("event_id")
+    return root if isinstance(root, str) else None
 
 
 def _replied_id(event: RoomMessageText) -> str | None:

@@ -163,7 +163,8 @@ class App:
             await self.knowledge.retriever.warm()  # documents for hybrid search, likewise
 
     def _attach_documents(self, adapters: Sequence[PlatformAdapter]) -> None:
-        """Adapters that accept attachments (Discord) index them into the channel's scope."""
+        """Adapters that accept attachments (Discord, Matrix, Telegram) index them into the
+        channel's scope."""
         if self.knowledge is None:
             return
         hook = channel_documents(self.knowledge.documents, self.config.data_dir / "attachments")

@@ -376,6 +376,11 @@ class MatrixConfig(_Section):
     split_limit: int = Field(default=4000, ge=200, le=8000)
     # Reconnecting after the homeserver went away: exponential back-off up to this.
     reconnect_max_seconds: float = Field(default=60.0, ge=0.1)
+    # Index txt/md/pdf files (m.file, encrypted rooms too) into the room's document scope
+    # (needs [retrieval]): in direct rooms, in all_messages_rooms, or with a mention in the
+    # file's caption.
+    attachments: bool = False
+    attachment_max_bytes: int = Field(default=8_000_000, ge=1)
 
 
 class TelegramConfig(_Section):

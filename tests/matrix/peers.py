@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from nio import (
     RoomMessageText,
     RoomSendResponse,
     TypingNoticeEvent,
+    UploadResponse,
 )
 
 from adapters.matrix import MatrixAdapter
@@ -110,6 +112,27 @@ class Human:
         )
         assert isinstance(reply, RoomSendResponse), reply
         return str(reply.event_id)
+
+    async def send_file(
+        self, room_id: str, name: str, data: bytes, *, encrypt: bool = False, **extra: Any
+    ) -> str:
+        """Upload ``data`` and post it as an m.file (encrypted for an encrypted room)."""
+        reply, keys = await self.client.upload(
+            io.BytesIO(data), "text/plain", filename=name, encrypt=encrypt, filesize=len(data)
+        )
+        assert isinstance(reply, UploadResponse), reply
+        content: dict[str, Any] = {"msgtype": "m.file", "body": name, "info": {"size": len(data)}}
+        if encrypt:
+            assert keys is not None
+            content["file"] = {**keys, "url": reply.content_uri}
+        else:
+            content["url"] = reply.content_uri
+        content.update(extra)
+        sent = await self.client.room_send(
+            room_id, "m.room.message", content, ignore_unverified_devices=True
+        )
+        assert isinstance(sent, RoomSendResponse), sent
+        return str(sent.event_id)
 
     def from_user(self, room_id: str, sender: str) -> list[dict[str, Any]]:
         return [e for r, e in self.events if r == room_id and e["sender"] == sender]

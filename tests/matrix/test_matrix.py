@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
+from adapters.attachments import channel_documents
 from adapters.intake import RATE_NOTICE
 from adapters.matrix import MatrixAdapter, matrix_adapter, strip_reply_fallback
 from adapters.matrix_reply import MatrixReply, MatrixSendError, edit_content, render_html
@@ -17,8 +18,11 @@ from adapters.matrix_session import Secrets, device_summary, load_credentials, m
 from adapters.registry import configured_adapters
 from agent.config import Config, ConfigError, MatrixConfig, StorageConfig, load_config
 from agent.events import Inbound
+from agent.i18n import Lang
 from agent.i18n import catalog as texts
 from agent.ports import platform_failures
+from memory.documents import DocumentIndex
+from memory.vectors import ChromaStore, open_client
 from tests.matrix.peers import (
     PASSWORD,
     WAIT,
@@ -32,6 +36,7 @@ from tests.matrix.peers import (
 )
 from tests.matrix.synapse import SERVER_NAME, Synapse
 from tests.support.fakes import SteppingClock, record_submissions
+from tests.support.retrieval import WordHashEmbedder
 
 
 async def test_invite_join_mention_reply(start_bot: StartBot, humans: Any) -> None:
@@ -251,6 +256,70 @@ async def test_an_encrypted_room_round_trip(start_bot: StartBot, humans: Any) ->
     assert answer["type"] == "m.room.message"
     assert bot.adapter.client.rooms[room].encrypted
     assert bot.adapter.undecryptable == 0
+
+
+async def test_a_file_is_indexed_and_the_question_after_it_waits_for_it(
+    start_bot: StartBot, humans: Any, tmp_path: Path
+) -> None:
+    """In an encrypted direct room: the file is fetched, decrypted and indexed into the room's
+    documents; the question sent right after is answered after the notice; another room is
+    answered meanwhile."""
+    alice = await humans()
+    bot = await start_bot(attachments=True)
+    store = ChromaStore(open_client(tmp_path / "chroma"), "documents", WordHashEmbedder())
+    index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=8)
+    add = channel_documents(index, tmp_path / "attachments")
+    release = asyncio.Event()
+
+    async def hook(scope: str, name: str, data: bytes, lang: Lang) -> str:
+        await release.wait()
+        return await add(scope, name, data, lang)
+
+    bot.adapter.use_documents(hook)
+    room = await room_with_bot(alice, bot, encrypted=True, direct=True)
+    other = await room_with_bot(alice, bot, direct=True)
+    note = "Выдры держатся за лапы во сне.\n".encode()
+    await alice.send_file(room, "выдры.txt", note, encrypt=True)
+    await alice.say(room, "what do otters do?")
+    await alice.say(other, "hello")
+    await alice.expect(other, bot.user_id, ["echo: hello"])
+    assert alice.shown(room, bot.user_id) == []  # the question waits for the document
+    release.set()
+    await alice.expect(
+        room,
+        bot.user_id,
+        ["Добавила выдры.txt в документы этого канала (1 фрагмент).", "echo: what do otters do?"],
+    )
+    scope = f"matrix:{room}"
+    assert list(await index.indexed(scope)) == ["выдры.txt"]
+    [chunk] = await store.get({"scope": scope})
+    assert chunk.text == note.decode().strip()  # decrypted, not the ciphertext
+
+
+async def test_files_not_addressed_to_the_bot_are_left_alone(
+    start_bot: StartBot, humans: Any, tmp_path: Path
+) -> None:
+    """In a group room a file counts only with a mention in its caption; a binary file is
+    refused with the reason; with attachments off nothing is fetched."""
+    alice = await humans()
+    bot = await start_bot(attachments=True)
+    store = ChromaStore(open_client(tmp_path / "chroma"), "documents", WordHashEmbedder())
+    index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=8)
+    bot.adapter.use_documents(channel_documents(index, tmp_path / "attachments"))
+    room = await human_room_with_others(alice, bot, humans)
+    await alice.send_file(room, "ignored.txt", b"Nobody asked the bot about this.")
+    await alice.send_file(
+        room,
+        "picture.txt",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        filename="picture.txt",
+        body=f"{bot.user_id} read this",
+        **{"m.mentions": {"user_ids": [bot.user_id]}},
+    )
+    await alice.expect(
+        room, bot.user_id, ["I could not read picture.txt: it is not text.", "echo: read this"]
+    )
+    assert await index.indexed(f"matrix:{room}") == {}
 
 
 async def test_a_restart_answers_nothing_twice_and_reuses_the_device(
