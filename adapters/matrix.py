@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import aiohttp
 from nio import (
@@ -53,7 +53,13 @@ from adapters.attachments import (
     too_large,
 )
 from adapters.intake import Facts, Outcome, decide, listed, rate_notice
-from adapters.matrix_reply import Content, MatrixReply, MatrixSendError, text_content
+from adapters.matrix_reply import (
+    Content,
+    MatrixReply,
+    MatrixSendError,
+    reply_relation,
+    text_content,
+)
 from adapters.matrix_session import MatrixLoginError, Secrets, log_in, matrix_secrets
 from adapters.quotes import quote, reply_chain
 from adapters.streaming import Clock, Sleep
@@ -71,6 +77,8 @@ REMEMBERED = 2000
 NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 # A file's download may take this long (nio sets no timeout on downloads).
 DOWNLOAD_SECONDS = 120.0
+# What a person posts that the bot takes in: a text, or a file (encrypted or not).
+Posted: TypeAlias = RoomMessageText | RoomMessageFile | RoomEncryptedFile
 
 
 def server_of(user_or_room: str) -> str:
@@ -435,7 +443,7 @@ class MatrixAdapter:
     async def _take(  # noqa: PLR0917 - the intake decision's results, handed on
         self,
         room: MatrixRoom,
-        event: RoomMessageText | RoomMessageFile | RoomEncryptedFile,
+        event: Posted,
         text: str,
         reply_to: str | None,
         facts: Facts,
@@ -504,7 +512,8 @@ class MatrixAdapter:
         )
         decision = decide(facts, self._limiter.check)
         if decision.outcome is Outcome.LIMITED and decision.notice:
-            await self._notice(room.room_id, event.event_id, rate_notice(caption, self.language))
+            notice = rate_notice(caption, self.language)
+            await self._notice(room.room_id, event, notice)
         if decision.outcome is not Outcome.ACCEPT:
             return  # not addressed to the bot (a file is never ambient context), or limited
         text = self._strip_mention(room, caption)
@@ -543,7 +552,7 @@ class MatrixAdapter:
             except Exception:
                 log.exception("matrix: could not index %s in %s", name, key)
                 notice = not_indexed(name, lang)
-        await self._notice(room.room_id, event.event_id, notice)
+        await self._notice(room.room_id, event, notice)
 
     async def _download(self, event: RoomMessageFile | RoomEncryptedFile) -> bytes:
         """The file's bytes (decrypted, in an encrypted room)."""
@@ -632,12 +641,14 @@ class MatrixAdapter:
         return event if isinstance(event, RoomMessageText) else None
 
     async def _rate_notice(self, room: MatrixRoom, event: RoomMessageText) -> None:
-        await self._notice(room.room_id, event.event_id, rate_notice(event.body, self.language))
+        await self._notice(room.room_id, event, rate_notice(event.body, self.language))
 
-    async def _notice(self, room_id: str, event_id: str, text: str) -> None:
-        """A short notice replying to ``event_id`` (a failure to send it is not fatal)."""
+    async def _notice(self, room_id: str, event: Posted, text: str) -> None:
+        """A short notice replying to ``event``, in its thread if it has one (a failure to
+        send it is not fatal)."""
         content = text_content(text)
-        content["m.relates_to"] = {"m.in_reply_to": {"event_id": event_id}}
+        root = thread_root(event.source.get("content", {}).get("m.relates_to"))
+        content["m.relates_to"] = reply_relation(event.event_id, root)
         with contextlib.suppress(MatrixSendError):
             await NioRoom(self, room_id).send(content)
 

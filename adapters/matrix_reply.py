@@ -58,6 +58,19 @@ def render_html(text: str) -> str | None:
     return rendered
 
 
+def reply_relation(event_id: str, thread_root: str | None = None) -> dict[str, Any]:
+    """``m.relates_to`` of a message answering ``event_id``: in a thread, the relation keeps
+    it in the thread, and the reply part is what clients without thread support show."""
+    if thread_root is None:
+        return {"m.in_reply_to": {"event_id": event_id}}
+    return {
+        "rel_type": "m.thread",
+        "event_id": thread_root,
+        "is_falling_back": True,
+        "m.in_reply_to": {"event_id": event_id},
+    }
+
+
 def text_content(text: str, mentions: tuple[str, ...] = ()) -> Content:
     content: Content = {"msgtype": "m.text", "body": text}
     rendered = render_html(text)
@@ -107,16 +120,9 @@ class MatrixSurface:
         content = text_content(text, self._mentions if index == 0 else ())
         previous = self._posted.get(index - 1, self._reply_to)
         if self._thread_root is not None:
-            # Threads: the relation keeps the answer in the thread; the reply part is what
-            # clients without thread support show.
-            content["m.relates_to"] = {
-                "rel_type": "m.thread",
-                "event_id": self._thread_root,
-                "is_falling_back": True,
-                "m.in_reply_to": {"event_id": previous},
-            }
+            content["m.relates_to"] = reply_relation(previous, self._thread_root)
         elif index == 0:
-            content["m.relates_to"] = {"m.in_reply_to": {"event_id": self._reply_to}}
+            content["m.relates_to"] = reply_relation(self._reply_to)
         event_id = await self._sink.send(content)
         self._posted[index] = event_id
         return event_id

@@ -308,18 +308,23 @@ async def test_files_not_addressed_to_the_bot_are_left_alone(
     bot.adapter.use_documents(channel_documents(index, tmp_path / "attachments"))
     room = await human_room_with_others(alice, bot, humans)
     await alice.send_file(room, "ignored.txt", b"Nobody asked the bot about this.")
+    root = await alice.say(room, "a thread about files")
+    thread = {"rel_type": "m.thread", "event_id": root, "is_falling_back": True}
     await alice.send_file(
         room,
         "picture.txt",
         b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
         filename="picture.txt",
         body=f"{bot.user_id} read this",
-        **{"m.mentions": {"user_ids": [bot.user_id]}},
+        **{"m.mentions": {"user_ids": [bot.user_id]}, "m.relates_to": thread},
     )
-    await alice.expect(
+    shown = await alice.expect(
         room, bot.user_id, ["I could not read picture.txt: it is not text.", "echo: read this"]
     )
-    assert await index.indexed(f"matrix:{room}") == {}
+    # Both in the thread the file was posted in.
+    assert [m["relation"].get("event_id") for m in shown] == [root, root]
+    assert [m["relation"].get("rel_type") for m in shown] == ["m.thread", "m.thread"]
+    assert await index.indexed(f"matrix:{room}/{root}") == {}
 
 
 async def test_a_restart_answers_nothing_twice_and_reuses_the_device(
