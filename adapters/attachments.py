@@ -10,9 +10,11 @@ other channel goes on. What the person is told comes back in their language.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import shutil
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 
 from agent.i18n import Lang, detect, ours
@@ -45,6 +47,16 @@ def safe_name(name: str) -> str:
     return cleaned or "attachment"
 
 
+def scope_folder(scope: str) -> str:
+    """The folder name of a scope's files: readable, and no other scope's. The file-name rule
+    (:func:`safe_name`) keeps only the last part of a key, so Telegram forum topics 45 of two
+    groups ("telegram:-1001/45", "telegram:-1002/45") once shared one folder, and each group's
+    ingest indexed the other's files into its own scope."""
+    readable = re.sub(r"[^\w.\-]+", "_", scope).strip("._")[:80] or "channel"
+    digest = hashlib.sha256(scope.encode("utf-8", "replace")).hexdigest()[:12]
+    return f"{readable}-{digest}"
+
+
 def notice_language(caption: str, filename: str, setting: str, locale: str | None = None) -> Lang:
     """The language to tell the sender in: their caption's, else their own (``locale``:
     Telegram says it, Discord does not), else ``[chat] language``, where that is "auto" the
@@ -66,15 +78,19 @@ def not_indexed(filename: str, lang: Lang) -> str:
 
 
 def channel_documents(index: DocumentIndex, root: Path) -> DocumentsHook:
-    """Store an attachment under ``root/<scope>/`` and index that folder into the scope.
+    """Store an attachment under ``root/<scope folder>/`` (:func:`scope_folder`) and index
+    that folder into the scope.
 
     One channel's files are indexed one at a time: files sent at once would each start an
     ingest of the folder, and each would embed the files the others were still embedding."""
     locks: dict[str, asyncio.Lock] = {}
 
     async def add(scope: str, filename: str, data: bytes, lang: Lang) -> str:
-        folder = root / safe_name(scope)
+        folder = root / scope_folder(scope)
         async with locks.setdefault(folder.name, asyncio.Lock()):
+            if not folder.exists():
+                sources = list(await index.indexed(scope))
+                await asyncio.to_thread(_adopt, root / safe_name(scope), folder, sources, scope)
             folder.mkdir(parents=True, exist_ok=True)
             stored = safe_name(filename)
             (folder / stored).write_bytes(data)
@@ -94,6 +110,19 @@ def channel_documents(index: DocumentIndex, root: Path) -> DocumentsHook:
         return texts.ATTACHMENT_INDEXED(lang, chunks, name=filename)
 
     return add
+
+
+def _adopt(legacy: Path, folder: Path, sources: Collection[str], scope: str) -> None:
+    """Copy this scope's files (``sources``: those indexed in it) from the folder an earlier
+    version kept them in (named by :func:`safe_name`, possibly shared with another scope), so
+    the new folder's first ingest prunes none of them and adds none of another scope's."""
+    if not legacy.is_dir():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = [s for s in sources if (legacy / s).is_file()]
+    for source in kept:
+        shutil.copy2(legacy / source, folder / source)
+    log.info("attachments of %s: %d files taken over from %s", scope, len(kept), legacy.name)
 
 
 class Lanes:

@@ -12,7 +12,13 @@ import pytest
 from fpdf import FPDF
 from fpdf.enums import EncryptionMethod
 
-from adapters.attachments import Lanes, channel_documents, notice_language, too_large
+from adapters.attachments import (
+    Lanes,
+    channel_documents,
+    notice_language,
+    scope_folder,
+    too_large,
+)
 from memory.documents import DocumentIndex
 from memory.vectors import ChromaStore, open_client
 from tests.support.retrieval import WordHashEmbedder
@@ -79,6 +85,47 @@ def test_the_notice_language_comes_from_the_sender_first() -> None:
     assert notice_language("", "отчёт.pdf", "auto") == "ru"
     assert notice_language("", "отчёт.pdf", "en") == "en"
     assert notice_language("", "2024.pdf", "auto") == "en"
+
+
+async def test_forum_topics_with_the_same_number_keep_their_documents_apart(
+    tmp_path: Path,
+) -> None:
+    """Topic 45 of one group and topic 45 of another once shared a folder: each group's
+    ingest indexed the other's files into its own scope (a leak between chats)."""
+    index = documents(tmp_path)
+    add = channel_documents(index, tmp_path / "attachments")
+    first, second = "telegram:-1001/45", "telegram:-1002/45"
+    await add(first, "plans.txt", b"The first group's secret plans.", "en")
+    await add(second, "menu.txt", b"The second group's lunch menu.", "en")
+    assert list(await index.indexed(first)) == ["plans.txt"]
+    assert list(await index.indexed(second)) == ["menu.txt"]
+    assert scope_folder(first) != scope_folder(second)
+    assert scope_folder(first).startswith("telegram_-1001_45-")
+
+
+async def test_a_scopes_files_in_the_folder_of_an_earlier_version_are_taken_over(
+    tmp_path: Path,
+) -> None:
+    """The earlier folder (named "45" for both topics) holds both scopes' files: each scope
+    takes over its own, so none is pruned from its index and none reaches the other."""
+    index = documents(tmp_path)
+    root = tmp_path / "attachments"
+    first, second = "telegram:-1001/45", "telegram:-1002/45"
+    legacy = root / "45"
+    legacy.mkdir(parents=True)
+    (legacy / "plans.txt").write_bytes(b"The first group's secret plans.")
+    await index.ingest(legacy, scope=first)  # as the earlier version indexed it
+    (legacy / "menu.txt").write_bytes(b"The second group's lunch menu.")
+    await index.ingest(legacy / "menu.txt", scope=second)
+    add = channel_documents(index, root)
+    await add(first, "notes.txt", b"New notes of the first group.", "en")
+    assert sorted(await index.indexed(first)) == ["notes.txt", "plans.txt"]
+    assert sorted(p.name for p in (root / scope_folder(first)).iterdir()) == [
+        "notes.txt",
+        "plans.txt",
+    ]
+    await add(second, "drinks.txt", b"The second group's drinks.", "en")
+    assert sorted(await index.indexed(second)) == ["drinks.txt", "menu.txt"]
 
 
 class CountingEmbedder(WordHashEmbedder):
