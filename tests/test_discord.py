@@ -32,7 +32,6 @@ from agent.config import (
 )
 from agent.events import Inbound
 from agent.generators.base import ChatMessage
-from agent.i18n import Lang
 from agent.ports import platform_failures
 from agent.runtime.core import NOTHING_NOTICE, Core
 from memory.db import Database
@@ -41,7 +40,7 @@ from memory.history import SqlHistoryStore
 from memory.vectors import ChromaStore, open_client
 from tests.conftest import write_config
 from tests.support import discord_fake as fk
-from tests.support.fakes import FakeGenerator, SteppingClock, record_submissions
+from tests.support.fakes import FakeGenerator, SteppingClock, held_documents, record_submissions
 from tests.support.retrieval import WordHashEmbedder
 
 ALICE = fk.user(111, "alice")
@@ -529,12 +528,7 @@ async def test_a_question_after_a_document_waits_for_its_indexing(
     is answered after it, with it; another channel is answered meanwhile."""
     bot = await start_bot(attachments=True, all_messages_channels=[fk.OTHER_CHANNEL_ID])
     release = asyncio.Event()
-
-    async def hook(scope: str, name: str, data: bytes, lang: Lang) -> str:
-        await release.wait()
-        return f"indexed {name} ({lang})"
-
-    bot.adapter.use_documents(hook)
+    bot.adapter.use_documents(held_documents(release))
     await fake.message_create(MENTION, mentions=[fake.bot], files={"отчёт.pdf": b"%PDF"})
     await fake.message_create(f"{MENTION} what does it say?", mentions=[fake.bot])
     await fake.message_create("hello", channel_id=fk.OTHER_CHANNEL_ID)

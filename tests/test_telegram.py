@@ -45,7 +45,13 @@ from memory.records import Status
 from memory.vectors import ChromaStore, open_client
 from tests.conftest import write_config
 from tests.support import telegram_fake as tf
-from tests.support.fakes import FakeGenerator, RecordedSleeps, SteppingClock, record_submissions
+from tests.support.fakes import (
+    FakeGenerator,
+    RecordedSleeps,
+    SteppingClock,
+    held_documents,
+    record_submissions,
+)
 from tests.support.retrieval import WordHashEmbedder
 from tests.test_i18n import expected_help
 
@@ -514,12 +520,7 @@ async def test_a_document_being_indexed_holds_up_only_its_own_chat(
     sender's next message waits for it (a question about the document is answered with it)."""
     bot = await start_bot(attachments=True)
     release = asyncio.Event()
-
-    async def hook(scope: str, name: str, data: bytes, lang: Lang) -> str:
-        await release.wait()
-        return f"indexed {name} ({lang})"
-
-    bot.adapter.use_documents(hook)
+    bot.adapter.use_documents(held_documents(release))
     ivan = tf.user(333, "Иван", language_code="ru")
     await fake.send(None, author=ivan, document=fake.add_file("manual.pdf", b"%PDF"))
     await fake.send("what does it say?", author=ivan)
@@ -537,12 +538,7 @@ async def test_at_a_stop_the_messages_behind_a_document_are_still_taken_in(
     lost. The stop waits for the indexing (up to a grace) and they reach the core."""
     bot = await start_bot(attachments=True)
     release = asyncio.Event()
-
-    async def hook(scope: str, name: str, data: bytes, lang: Lang) -> str:
-        await release.wait()
-        return f"indexed {name}"
-
-    bot.adapter.use_documents(hook)
+    bot.adapter.use_documents(held_documents(release))
     await fake.send(None, document=fake.add_file("manual.pdf", b"%PDF"))
     await fake.send("what does it say?")
     await fake.wait_for(lambda: len(fake.calls_of("getFile")) == 1)
@@ -551,7 +547,7 @@ async def test_at_a_stop_the_messages_behind_a_document_are_still_taken_in(
     assert not stopping.done()  # waiting for the document
     release.set()
     await asyncio.wait_for(stopping, 10)
-    assert await bot.answered(2) == ["indexed manual.pdf", "echo: what does it say?"]
+    assert await bot.answered(2) == ["indexed manual.pdf (en)", "echo: what does it say?"]
 
 
 async def test_documents_are_not_fetched_when_off(

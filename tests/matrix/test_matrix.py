@@ -18,7 +18,6 @@ from adapters.matrix_session import Secrets, device_summary, load_credentials, m
 from adapters.registry import configured_adapters
 from agent.config import Config, ConfigError, MatrixConfig, StorageConfig, load_config
 from agent.events import Inbound
-from agent.i18n import Lang
 from agent.i18n import catalog as texts
 from agent.ports import platform_failures
 from memory.documents import DocumentIndex
@@ -35,7 +34,7 @@ from tests.matrix.peers import (
     room_with_bot,
 )
 from tests.matrix.synapse import SERVER_NAME, Synapse
-from tests.support.fakes import SteppingClock, record_submissions
+from tests.support.fakes import SteppingClock, held_documents, record_submissions
 from tests.support.retrieval import WordHashEmbedder
 
 
@@ -270,12 +269,7 @@ async def test_a_file_is_indexed_and_the_question_after_it_waits_for_it(
     index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=8)
     add = channel_documents(index, tmp_path / "attachments")
     release = asyncio.Event()
-
-    async def hook(scope: str, name: str, data: bytes, lang: Lang) -> str:
-        await release.wait()
-        return await add(scope, name, data, lang)
-
-    bot.adapter.use_documents(hook)
+    bot.adapter.use_documents(held_documents(release, add))
     room = await room_with_bot(alice, bot, encrypted=True, direct=True)
     other = await room_with_bot(alice, bot, direct=True)
     note = "Выдры держатся за лапы во сне.\n".encode()

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.attachments import DocumentsHook
 from agent.events import Inbound
 from agent.generators.base import ChatMessage, GenerationStats, SamplingParams, TokenStream
+from agent.i18n import Lang
 
 
 class FakeGenerator:
@@ -182,3 +184,16 @@ def record_submissions(adapter: Any) -> list[Inbound]:
 
     adapter._submit = submit
     return submitted
+
+
+def held_documents(release: asyncio.Event, then: DocumentsHook | None = None) -> DocumentsHook:
+    """A documents hook that holds every file until ``release`` is set (a long indexing),
+    then hands it to ``then``, or answers "indexed NAME (LANG)"."""
+
+    async def hook(scope: str, name: str, data: bytes, lang: Lang) -> str:
+        await release.wait()
+        if then is not None:
+            return await then(scope, name, data, lang)
+        return f"indexed {name} ({lang})"
+
+    return hook
