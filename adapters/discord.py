@@ -20,16 +20,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from adapters import discord_json
-from adapters.attachments import (
-    STOP_GRACE_SECONDS,
-    DocumentsHook,
-    Lanes,
-    accepts,
-    not_indexed,
-    notice_language,
-    too_large,
-)
+from adapters import attachments, discord_json
 from adapters.credentials import platform_secret
 from adapters.discord_catchup import CatchUp
 from adapters.discord_reply import Editable, discord_reply
@@ -182,8 +173,8 @@ class DiscordAdapter:
         )
         self._origins: OrderedDict[str, discord.Message | discord.Interaction] = OrderedDict()
         self._submit: Submit | None = None
-        self._documents: DocumentsHook | None = None
-        self._lanes = Lanes()  # a channel whose document is being indexed waits for it
+        self._documents: attachments.DocumentsHook | None = None
+        self._lanes = attachments.Lanes()  # a channel whose document is being indexed waits for it
         self._stopped = False
         self.client: _Client | None = None
         # Why the platform stopped by itself (bad token, refused intent); None while fine.
@@ -241,7 +232,7 @@ class DiscordAdapter:
         self.ready.set()  # a recovery waiting for the connection gives up now
         await self.catch_up.cancel()
         # Messages behind a document's indexing are taken in before the core closes.
-        await self._lanes.finish(STOP_GRACE_SECONDS)
+        await self._lanes.finish(attachments.STOP_GRACE_SECONDS)
         if self.client is not None:
             await self.client.close()
 
@@ -393,7 +384,7 @@ class DiscordAdapter:
         self._remember(str(message.id), message)
         await self._submit(inbound, self)
 
-    def use_documents(self, hook: DocumentsHook) -> None:
+    def use_documents(self, hook: attachments.DocumentsHook) -> None:
         """Where attachments go (set by the app when the documents pipeline is on)."""
         self._documents = hook
 
@@ -404,18 +395,18 @@ class DiscordAdapter:
         found = False
         for attachment in message.attachments:
             name = attachment.filename
-            if not accepts(name):
+            if not attachments.accepts(name):
                 continue
             found = True
-            lang = notice_language(text, name, self.language)
+            lang = attachments.notice_language(text, name, self.language)
             if attachment.size > self.config.attachment_max_bytes:
-                notice = too_large(name, self.config.attachment_max_bytes, lang)
+                notice = attachments.too_large(name, self.config.attachment_max_bytes, lang)
             else:
                 try:
                     notice = await hook(where, name, await attachment.read(), lang)
                 except Exception:
                     log.exception("could not index %s in %s", name, where)
-                    notice = not_indexed(name, lang)
+                    notice = attachments.not_indexed(name, lang)
             await message.reply(notice, mention_author=False)
         return found
 

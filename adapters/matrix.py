@@ -43,15 +43,7 @@ from nio import (
 from nio.crypto import decrypt_attachment
 from nio.exceptions import EncryptionError, LocalProtocolError, ProtocolError
 
-from adapters.attachments import (
-    STOP_GRACE_SECONDS,
-    DocumentsHook,
-    Lanes,
-    accepts,
-    not_indexed,
-    notice_language,
-    too_large,
-)
+from adapters import attachments
 from adapters.intake import Facts, Outcome, decide, listed, rate_notice
 from adapters.matrix_reply import (
     Content,
@@ -152,8 +144,8 @@ class MatrixAdapter:
         self.own_events = _Lru()  # ids of the bot's messages: replies to them are answered
         self._invites = _Lru()
         self._submit: Submit | None = None
-        self._documents: DocumentsHook | None = None
-        self._lanes = Lanes()  # a room whose document is being indexed waits for it
+        self._documents: attachments.DocumentsHook | None = None
+        self._lanes = attachments.Lanes()  # a room whose document is being indexed waits for it
         self._stopping = asyncio.Event()
         self._ended = False
         self._replies = 0
@@ -209,7 +201,7 @@ class MatrixAdapter:
                 task.cancel()
             await asyncio.gather(loop, stopping, return_exceptions=True)
             # Messages behind a document's indexing still reply through this client.
-            await self._lanes.finish(STOP_GRACE_SECONDS)
+            await self._lanes.finish(attachments.STOP_GRACE_SECONDS)
             self._ended = True
             self._connected = False
             self._ready.set()
@@ -222,7 +214,7 @@ class MatrixAdapter:
         self._stopping.set()
         self._ready.set()  # a recovery waiting for the first sync gives up
         # Messages behind a document's indexing are taken in before the core closes.
-        await self._lanes.finish(STOP_GRACE_SECONDS)
+        await self._lanes.finish(attachments.STOP_GRACE_SECONDS)
 
     @property
     def connected(self) -> bool:
@@ -474,7 +466,7 @@ class MatrixAdapter:
 
     # -- files -------------------------------------------------------------------------------
 
-    def use_documents(self, hook: DocumentsHook) -> None:
+    def use_documents(self, hook: attachments.DocumentsHook) -> None:
         """Where files go (set by the app when the documents pipeline is on)."""
         self._documents = hook
 
@@ -490,7 +482,7 @@ class MatrixAdapter:
             return
         content: dict[str, Any] = event.source.get("content", {})
         name = str(content.get("filename") or event.body)
-        if not accepts(name):
+        if not attachments.accepts(name):
             return
         # With a filename of its own, the body is a caption (Matrix 1.10).
         caption = str(event.body) if content.get("filename") and event.body != name else ""
@@ -534,24 +526,24 @@ class MatrixAdapter:
     ) -> None:  # fmt: skip
         hook = self._documents
         assert hook is not None
-        lang = notice_language(text, name, self.language)
+        lang = attachments.notice_language(text, name, self.language)
         info = event.source.get("content", {}).get("info")
         size = info.get("size") if isinstance(info, dict) else None
         limit = self.config.attachment_max_bytes
         if isinstance(size, int) and size > limit:
-            notice = too_large(name, limit, lang)
+            notice = attachments.too_large(name, limit, lang)
         else:
             try:
                 data = await self._download(event)
-                notice = too_large(name, limit, lang) if len(data) > limit else (
+                notice = attachments.too_large(name, limit, lang) if len(data) > limit else (
                     await hook(key, name, data, lang)
                 )  # fmt: skip
             except DownloadFailedError as exc:
                 log.warning("matrix: could not fetch %s in %s: %s", name, key, exc)
-                notice = not_indexed(name, lang)
+                notice = attachments.not_indexed(name, lang)
             except Exception:
                 log.exception("matrix: could not index %s in %s", name, key)
-                notice = not_indexed(name, lang)
+                notice = attachments.not_indexed(name, lang)
         await self._notice(room.room_id, event, notice)
 
     async def _download(self, event: RoomMessageFile | RoomEncryptedFile) -> bytes:

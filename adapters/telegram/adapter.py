@@ -46,15 +46,7 @@ from aiogram.utils.token import TokenValidationError
 from aiohttp import web
 from pydantic import ValidationError
 
-from adapters.attachments import (
-    STOP_GRACE_SECONDS,
-    DocumentsHook,
-    Lanes,
-    accepts,
-    not_indexed,
-    notice_language,
-    too_large,
-)
+from adapters import attachments
 from adapters.intake import AllowLists, Facts, Outcome, decide, listed, rate_notice
 from adapters.streaming import Clock, EditedReply, Sleep
 from adapters.telegram import commands, messages
@@ -112,8 +104,8 @@ class TelegramAdapter:
         self._origins = _Lru()  # message key -> Origin
         self._seen = _Lru()  # (chat id, message id) -> Message: deeper reply chains
         self._submit: Submit | None = None
-        self._documents: DocumentsHook | None = None
-        self._lanes = Lanes()  # a chat whose document is being indexed waits for it
+        self._documents: attachments.DocumentsHook | None = None
+        self._lanes = attachments.Lanes()  # a chat whose document is being indexed waits for it
         self._drafts = config.drafts
         self._secret = ""  # the webhook's, new at every start
         self._started = now()
@@ -160,7 +152,7 @@ class TelegramAdapter:
                 task.cancel()
             await asyncio.gather(serving, stopping, return_exceptions=True)
             # Messages behind a document's indexing still reply through this session.
-            await self._lanes.finish(STOP_GRACE_SECONDS)
+            await self._lanes.finish(attachments.STOP_GRACE_SECONDS)
             self._ended, self._connected = True, False
             self._ready.set()
             # Replies still being rendered (the core drains its queues after stop) keep the
@@ -172,7 +164,7 @@ class TelegramAdapter:
         self._stopping.set()
         self._ready.set()  # a recovery waiting for the connection gives up
         # Messages behind a document's indexing are taken in before the core closes.
-        await self._lanes.finish(STOP_GRACE_SECONDS)
+        await self._lanes.finish(attachments.STOP_GRACE_SECONDS)
 
     def _fail(self, failure: str) -> None:
         self.failure = failure
@@ -428,7 +420,7 @@ class TelegramAdapter:
         except TelegramAPIError as exc:
             log.warning("telegram: could not send a notice in %s: %s", message.chat.id, exc)
 
-    def use_documents(self, hook: DocumentsHook) -> None:
+    def use_documents(self, hook: attachments.DocumentsHook) -> None:
         """Where documents go (set by the app when the documents pipeline is on)."""
         self._documents = hook
 
@@ -439,11 +431,13 @@ class TelegramAdapter:
         assert bot is not None
         assert document is not None
         name = document.file_name or "document"
-        if not accepts(name):
+        if not attachments.accepts(name):
             return False
-        lang = notice_language(text, name, self.language, user.language_code)
+        lang = attachments.notice_language(text, name, self.language, user.language_code)
         if (document.file_size or 0) > self.config.attachment_max_bytes:
-            await self._say(message, too_large(name, self.config.attachment_max_bytes, lang))
+            await self._say(
+                message, attachments.too_large(name, self.config.attachment_max_bytes, lang)
+            )
             return True
         try:
             file = await bot.get_file(document.file_id)
@@ -454,10 +448,10 @@ class TelegramAdapter:
             notice = await hook(where, name, data.read(), lang)
         except (TelegramAPIError, DownloadError) as exc:
             log.warning("telegram: could not fetch %s in %s: %s", name, where, exc)
-            notice = not_indexed(name, lang)
+            notice = attachments.not_indexed(name, lang)
         except Exception:
             log.exception("telegram: could not index %s in %s", name, where)
-            notice = not_indexed(name, lang)
+            notice = attachments.not_indexed(name, lang)
         await self._say(message, notice)
         return True
 
