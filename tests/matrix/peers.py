@@ -208,6 +208,7 @@ async def human_room_with_others(alice: Human, bot: Bot, humans: Any) -> str:
     await alice.wait_joined(room, bot.user_id)
     await carol.client.join(room)
     await alice.wait_joined(room, carol.user_id)
+    await carol.wait_joined(room, carol.user_id)  # her client has synced the room too
     return room
 
 

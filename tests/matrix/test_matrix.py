@@ -68,6 +68,7 @@ async def test_a_reply_to_others_quotes_the_chain_even_when_encrypted(
     await alice.wait_joined(room, bot.user_id)
     await carol.client.join(room)
     await alice.wait_joined(room, carol.user_id)
+    await carol.wait_joined(room, carol.user_id)  # her client has synced the room too
     await carol.client.sync()  # learn the room's members and devices before writing
     first = await carol.say(room, "The launch code is 7731.")
     second = await alice.say(
@@ -132,6 +133,7 @@ async def test_only_served_rooms_are_answered_and_admins_pass(
     await alice.wait_joined(room, bot.user_id)
     await carol.client.join(room)
     await alice.wait_joined(room, carol.user_id)
+    await carol.wait_joined(room, carol.user_id)  # her client has synced the room too
     await carol.say(room, "!help")
     await alice.say(room, "!help")
     await alice.answers(room, bot.user_id, 1)
