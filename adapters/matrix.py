@@ -420,8 +420,7 @@ class MatrixAdapter:
             log.debug("rate-limited %s in %s", sender, room_key)
             return
         ambient = decision.outcome is Outcome.AMBIENT
-        root = thread_root(relation)
-        key = f"{room_key}/{root}" if root else room_key
+        key, root = channel_of(room.room_id, event)
         if reply_to is not None and not own_reply and not ambient:
             # What the question replies to, oldest first (the bot's own messages are in the
             # history already): "what do you think of this?" needs "this".
@@ -444,11 +443,11 @@ class MatrixAdapter:
         """Submit the message (or a file's caption) to the core."""
         assert self._submit is not None
         sender: str = event.sender
+        key, root = channel_of(room.room_id, event)
         room_key = f"matrix:{room.room_id}"
-        root = thread_root(event.source.get("content", {}).get("m.relates_to"))
         inbound = Inbound(
             platform="matrix",
-            channel_key=f"{room_key}/{root}" if root else room_key,
+            channel_key=key,
             author_id=sender,
             author_name=room.user_name(sender) or sender,
             text=text,
@@ -509,8 +508,7 @@ class MatrixAdapter:
         if decision.outcome is not Outcome.ACCEPT:
             return  # not addressed to the bot (a file is never ambient context), or limited
         text = self._strip_mention(room, caption)
-        root = thread_root(content.get("m.relates_to"))
-        key = f"matrix:{room.room_id}/{root}" if root else f"matrix:{room.room_id}"
+        key, root = channel_of(room.room_id, event)
         self._origins.remember(event.event_id, (room.room_id, root, sender))
 
         async def index_then_answer() -> None:
@@ -535,9 +533,10 @@ class MatrixAdapter:
         else:
             try:
                 data = await self._download(event)
-                notice = attachments.too_large(name, limit, lang) if len(data) > limit else (
-                    await hook(key, name, data, lang)
-                )  # fmt: skip
+                if len(data) > limit:  # the size it was announced with was wrong
+                    notice = attachments.too_large(name, limit, lang)
+                else:
+                    notice = await hook(key, name, data, lang)
             except DownloadFailedError as exc:
                 log.warning("matrix: could not fetch %s in %s: %s", name, key, exc)
                 notice = attachments.not_indexed(name, lang)
@@ -639,8 +638,7 @@ class MatrixAdapter:
         """A short notice replying to ``event``, in its thread if it has one (a failure to
         send it is not fatal)."""
         content = text_content(text)
-        root = thread_root(event.source.get("content", {}).get("m.relates_to"))
-        content["m.relates_to"] = reply_relation(event.event_id, root)
+        content["m.relates_to"] = reply_relation(event.event_id, channel_of(room_id, event)[1])
         with contextlib.suppress(MatrixSendError):
             await NioRoom(self, room_id).send(content)
 
@@ -696,12 +694,15 @@ class DownloadFailedError(Exception):
     """A file could not be fetched from the homeserver or decrypted."""
 
 
-def thread_root(relation: object) -> str | None:
-    """The thread root an event's ``m.relates_to`` names, if it is in a thread."""
+def channel_of(room_id: str, event: Posted) -> tuple[str, str | None]:
+    """The channel key of ``event`` (its room's, or its thread's: ``matrix:!room/$root``)
+    and the thread root, if it is in a thread."""
+    room_key = f"matrix:{room_id}"
+    relation = event.source.get("content", {}).get("m.relates_to")
     if not isinstance(relation, dict) or relation.get("rel_type") != "m.thread":
-        return None
+        return room_key, None
     root = relation.get("event_id")
-    return root if isinstance(root, str) else None
+    return (f"{room_key}/{root}", root) if isinstance(root, str) else (room_key, None)
 
 
 def _replied_id(event: RoomMessageText) -> str | None:

@@ -79,11 +79,15 @@ class IngestReport:
     reembedded: list[str] = field(default_factory=list)
     # Unchanged files an earlier ingest indexed only in part (stopped midway): now whole.
     completed: list[str] = field(default_factory=list)
-    chunks: int = 0
-    # Chunks written for each file added, updated or embedded again.
+    # Chunks written for each file added, updated, embedded again or completed.
     written: dict[str, int] = field(default_factory=dict)
     # Why each failed file failed, as UnreadableDocumentError.kind.
     failure_kinds: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def chunks(self) -> int:
+        """Chunks written in all."""
+        return sum(self.written.values())
 
     def summary(self) -> str:
         again = (
@@ -431,7 +435,6 @@ class DocumentIndex:
                     report.reembedded.append(prepared.source)
             else:
                 report.added.append(prepared.source)
-            report.chunks += len(prepared.items)
             report.written[prepared.source] = len(prepared.items)
 
 
