@@ -10,7 +10,10 @@ without the per-user rate limit (they were written over a longer time). Live mes
 until the catch-up is done, so a channel is answered in order.
 
 Never twice: what is stored already is skipped here, and a message the gateway delivers as
-well is refused by the history's unique (channel, platform id) index in the core.
+well is refused by the history's unique (channel, platform id) index in the core. A message
+the bot has replied to is skipped too, though it is not stored: one that carried only a
+document (its reply was the indexing notice) or one refused by the rate limit (its reply
+said so).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class CatchUp:
         self, client: discord.Client, ledger: Ledger, mark: ChannelMark, floor: int
     ) -> list[discord.Message]:
         """The channel's messages after the last one stored (and after ``floor``) that are
-        not stored yet."""
+        not stored yet and that the bot has not replied to."""
         channel_id = int(mark.channel_key.removeprefix("discord:"))
         last = mark.message_id or ""
         # A slash command's id ("interaction:…") is no message: start from its time then.
@@ -106,4 +109,10 @@ class CatchUp:
             log.warning("discord: cannot catch up in %s: %s", mark.channel_key, exc)
             return []
         stored = await ledger.stored(mark.channel_key, [str(m.id) for m in messages])
-        return [m for m in messages if str(m.id) not in stored]
+        me = client.user
+        replied = {
+            m.reference.message_id
+            for m in messages
+            if me is not None and m.author.id == me.id and m.reference is not None
+        }
+        return [m for m in messages if str(m.id) not in stored and m.id not in replied]

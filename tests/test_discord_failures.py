@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.attachments import DocumentsHook
 from adapters.discord import DiscordAdapter
 from agent.app import App
 from agent.config import DiscordConfig, load_config
@@ -53,7 +54,9 @@ Serve = Callable[..., contextlib.AbstractAsyncContextManager[Served]]
 @pytest.fixture
 def serve(fake: fk.DiscordFake, tmp_path: Path) -> Serve:  # noqa: F811
     @contextlib.asynccontextmanager
-    async def running(max_age_minutes: float = 30) -> AsyncIterator[Served]:
+    async def running(
+        max_age_minutes: float = 30, documents: DocumentsHook | None = None
+    ) -> AsyncIterator[Served]:
         path = write_config(
             tmp_path / "config.toml",
             retrieval={"enabled": False},
@@ -64,8 +67,12 @@ def serve(fake: fk.DiscordFake, tmp_path: Path) -> Serve:  # noqa: F811
         async with App.open(load_config(path, environ={}), generator) as app:
             app.backoff = Backoff(first=0.01, cap=0.05)
             adapter = DiscordAdapter(
-                DiscordConfig(), fk.TOKEN, client_options={"guild_ready_timeout": 0.05}
+                DiscordConfig(attachments=documents is not None),
+                fk.TOKEN,
+                client_options={"guild_ready_timeout": 0.05},
             )
+            if documents is not None:
+                adapter.use_documents(documents)
             serving = asyncio.create_task(app.serve([adapter]))
             try:
                 for _ in range(1000):
@@ -201,6 +208,32 @@ async def test_messages_written_while_the_bot_was_stopped_are_answered_once_olde
         await served.idle()
         assert served.generator.calls == []
     assert fake.contents() == ["echo: before", "echo: first", "echo: bob: second"]
+
+
+async def test_a_message_the_bot_replied_to_without_storing_it_is_not_caught_up_again(
+    serve: Serve,
+    fake: fk.DiscordFake,  # noqa: F811
+) -> None:
+    """A message with only a document is answered by its notice and never stored; after a
+    restart it must not be indexed and confirmed a second time."""
+    indexed: list[str] = []
+
+    async def documents(scope: str, name: str, data: bytes, lang: str) -> str:
+        indexed.append(name)
+        return f"indexed {name}" if len(indexed) == 1 else f"{name} is already there"
+
+    async with serve(documents=documents) as served:
+        await fake.message_create(f"{MENTION} before", mentions=[fake.bot])
+        await answered(fake, served, ["echo: before"], fk.CHANNEL_ID)
+        await fake.message_create(MENTION, mentions=[fake.bot], files={"notes.md": b"otters"})
+        await answered(fake, served, ["echo: before", "indexed notes.md"], fk.CHANNEL_ID)
+    await fake.message_create(f"{MENTION} while away", mentions=[fake.bot])
+
+    async with serve(documents=documents) as served:
+        await answered(
+            fake, served, ["echo: before", "indexed notes.md", "echo: while away"], fk.CHANNEL_ID
+        )
+        assert indexed == ["notes.md"]
 
 
 async def test_a_resume_that_fails_into_a_new_identify_catches_up_once(
