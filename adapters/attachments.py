@@ -34,6 +34,7 @@ UNREADABLE = {
     "password": texts.UNREADABLE_PASSWORD,
     "scanned": texts.UNREADABLE_SCANNED,
     "pdf": texts.UNREADABLE_PDF,
+    "slow": texts.UNREADABLE_SLOW,
 }
 
 

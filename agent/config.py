@@ -238,6 +238,9 @@ class DocumentsConfig(_Section):
     overlap_tokens: int = Field(default=40, ge=0)
     # Bring the index up to date (changed files only) every time Beseda starts.
     ingest_on_start: bool = False
+    # A PDF is read in a child process, stopped after this many seconds per started
+    # megabyte of the file (a PDF can be built to keep its reader busy for hours).
+    pdf_seconds_per_mb: float = Field(default=60.0, gt=0)
 
 
 class RetrievalConfig(_Section):

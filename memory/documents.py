@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memory import pdf
 from memory.text import valid_text
 from memory.vectors import ChromaStore, Item
 
@@ -49,7 +49,8 @@ class UnreadableDocumentError(Exception):
     """A file that cannot be turned into text. ``kind`` says why in one word, for a notice
     in the reader's language (adapters/attachments.py): ``binary`` (not text),
     ``password`` (a PDF that needs one), ``scanned`` (a PDF without a text layer), ``pdf``
-    (a damaged or fake PDF), ``unreadable`` (the file itself could not be read)."""
+    (a damaged or fake PDF), ``slow`` (a PDF that took longer to read than it may),
+    ``unreadable`` (the file itself could not be read)."""
 
     def __init__(self, reason: str, kind: str = "unreadable") -> None:
         super().__init__(reason)
@@ -115,11 +116,27 @@ def read_document(path: Path, data: bytes | None = None) -> list[Page]:
         except OSError as exc:
             raise UnreadableDocumentError(str(exc)) from None
     if path.suffix.lower() == ".pdf":
-        return [Page(page.number, valid_text(page.text)) for page in _read_pdf(data)]
+        try:
+            return _pdf_pages(pdf.extract(data))
+        except pdf.PdfError as exc:
+            raise UnreadableDocumentError(str(exc), exc.kind) from None
     text, encoding = decode_text(data)
     if encoding != "utf-8":
         log.info("%s: read as %s", path.name, encoding)
     return [Page(NO_PAGE, valid_text(text))]
+
+
+async def _read_pdf(reader: pdf.Reader, data: bytes, seconds: float) -> list[Page]:
+    """A PDF's pages, read in ``reader``'s child process within ``seconds``."""
+    try:
+        return _pdf_pages(await reader.read(data, seconds=seconds))
+    except pdf.PdfError as exc:
+        raise UnreadableDocumentError(str(exc), exc.kind) from None
+
+
+def _pdf_pages(pages: list[tuple[int, str]]) -> list[Page]:
+    # A PDF's text map may hold lone surrogates.
+    return [Page(number, valid_text(text)) for number, text in pages]
 
 
 def decode_text(data: bytes) -> tuple[str, str]:
@@ -144,27 +161,6 @@ def decode_text(data: bytes) -> tuple[str, str]:
     if encoding is None:
         raise UnreadableDocumentError("not text (binary data)", "binary")
     return data.decode(encoding, "replace"), encoding
-
-
-def _read_pdf(data: bytes) -> list[Page]:
-    from pypdf import PdfReader  # noqa: PLC0415 - only when there are PDFs
-    from pypdf.errors import FileNotDecryptedError, PyPdfError  # noqa: PLC0415
-
-    # pypdf logs every repair it attempts on a damaged file; the report says it once.
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
-    try:
-        # A PDF encrypted for its permissions alone (an empty password) is opened as is.
-        reader = PdfReader(io.BytesIO(data))
-        pages = [Page(i, page.extract_text() or "") for i, page in enumerate(reader.pages, 1)]
-    except FileNotDecryptedError:
-        raise UnreadableDocumentError(
-            "password-protected PDF: save a copy without the password to index it", "password"
-        ) from None
-    except (PyPdfError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise UnreadableDocumentError(f"not a readable PDF: {exc}", "pdf") from None
-    if not any(p.text.strip() for p in pages):
-        raise UnreadableDocumentError("no extractable text (scanned or damaged PDF)", "scanned")
-    return pages
 
 
 def chunk_pages(
@@ -293,11 +289,17 @@ class DocumentIndex:
     """Documents of one scope in a vector store collection."""
 
     def __init__(
-        self, store: ChromaStore, *, chunk_tokens: int = 200, overlap_tokens: int = 40
+        self,
+        store: ChromaStore,
+        *,
+        chunk_tokens: int = 200,
+        overlap_tokens: int = 40,
+        pdf_seconds_per_mb: float = pdf.SECONDS_PER_MB,
     ) -> None:
         self.store = store
         self._chunk_tokens = chunk_tokens
         self._overlap = overlap_tokens
+        self._pdf_seconds_per_mb = pdf_seconds_per_mb
 
     async def indexed(self, scope: str = GLOBAL_SCOPE) -> dict[str, Indexed]:
         """What is in the index now, by source."""
@@ -334,10 +336,13 @@ class DocumentIndex:
         bar = _progress(len(files), enabled=progress)
         pending: list[_Prepared] = []
         changed = False
+        pdfs = pdf.Reader()  # one child process reads this ingest's PDFs
         try:
             for source, path in files.items():
                 bar.set_postfix_str(source[-40:], refresh=False)
-                prepared = await self._prepare(source, path, scope, known.get(source), report)
+                prepared = await self._prepare(
+                    source, path, scope, known.get(source), report, pdfs=pdfs
+                )
                 if prepared is not None:
                     pending.append(prepared)
                 # Chunks of several files are embedded together: the embedder's batches,
@@ -357,6 +362,7 @@ class DocumentIndex:
                     report.removed.append(source)
         finally:
             bar.close()
+            await pdfs.close()
             if changed:  # also after a failure: what was written is searchable
                 await self.store.mark_changed()
         return report
@@ -368,6 +374,8 @@ class DocumentIndex:
         scope: str,
         previous: Indexed | None,
         report: IngestReport,
+        *,
+        pdfs: pdf.Reader,
     ) -> _Prepared | None:
         """A file's chunks, or None when it is unchanged or unreadable (reported)."""
         try:
@@ -385,7 +393,11 @@ class DocumentIndex:
             report.unchanged.append(source)
             return None
         try:
-            pages = await asyncio.to_thread(read_document, path, data)
+            if path.suffix.lower() == ".pdf":
+                seconds = pdf.budget(len(data), self._pdf_seconds_per_mb)
+                pages = await _read_pdf(pdfs, data, seconds)
+            else:
+                pages = await asyncio.to_thread(read_document, path, data)
         except UnreadableDocumentError as exc:
             log.warning("skipped %s: %s", source, exc)
             report.failed.append((source, str(exc)))

@@ -120,6 +120,10 @@ UNREADABLE_SCANNED = Text(
     ru="в нём нет текстового слоя (это скан?)",
 )
 UNREADABLE_PDF = Text(en="it is not a readable PDF", ru="это не читаемый PDF")
+UNREADABLE_SLOW = Text(
+    en="reading it took too long (a damaged PDF?)",
+    ru="его чтение заняло слишком много времени (PDF повреждён?)",
+)
 
 # -- the sources line under answers (agent/prompt/citations.py) --------------------------------
 

@@ -323,6 +323,7 @@ async def open_knowledge(config: Config, history: HistoryStore) -> Knowledge:
         documents,
         chunk_tokens=config.documents.chunk_tokens,
         overlap_tokens=config.documents.overlap_tokens,
+        pdf_seconds_per_mb=config.documents.pdf_seconds_per_mb,
     )
     return Knowledge(
         client, index, memory_store, retriever, config.resolve_path(config.documents.path)
