@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import pytest
 
-from memory.embeddings import Embedder, EmbedderError, load_embedder
+from memory.embeddings import (
+    PASSAGES_PER_TURN,
+    Embedder,
+    EmbedderError,
+    Turns,
+    Vector,
+    load_embedder,
+)
 
 TEXTS = [
     "The cat sleeps on the warm sofa.",
@@ -70,3 +79,66 @@ def test_unknown_embedder_and_missing_model_name() -> None:
         load_embedder("word2vec")
     with pytest.raises(EmbedderError, match=r"needs \[vectors\] model"):
         load_embedder("sentence-transformers", "")
+
+
+def test_passages_are_embedded_in_small_turns_while_chats_are_active() -> None:
+    sizes: list[int] = []
+
+    def embed(batch: list[str]) -> list[Vector]:
+        sizes.append(len(batch))
+        return [[float(len(text))] for text in batch]
+
+    texts = ["x" * n for n in range(2 * PASSAGES_PER_TURN + 3)]
+    turns = Turns()
+    # No chat going on (the ingest command): one batch, the embedder's fastest.
+    assert turns.passages(texts, embed) == [[float(n)] for n in range(len(texts))]
+    assert sizes == [len(texts)]
+    # A chat asked something a moment ago: small batches, so its next query gets in soon.
+    with turns.query():
+        pass
+    sizes.clear()
+    assert turns.passages(texts, embed) == [[float(n)] for n in range(len(texts))]
+    assert sizes == [PASSAGES_PER_TURN, PASSAGES_PER_TURN, 3]
+    assert turns.passages([], embed) == []
+
+
+def test_a_waiting_query_goes_before_the_next_batch_of_passages() -> None:
+    """A document's passages are being embedded; a chat message's query arrives: it is
+    embedded after the batch under way, before the rest of the document's batches."""
+    turns = Turns()
+    order: list[str] = []
+    first_batch, go_on = threading.Event(), threading.Event()
+
+    def embed(batch: list[str]) -> list[Vector]:
+        order.append(batch[0])
+        if batch[0] == "passage 0":
+            first_batch.set()
+            go_on.wait(10)
+        return [[0.0] for _ in batch]
+
+    with turns.query():  # a chat is active
+        pass
+    passages = [f"passage {n}" for n in range(3 * PASSAGES_PER_TURN)]
+    document = threading.Thread(target=turns.passages, args=(passages, embed))
+    document.start()
+    assert first_batch.wait(10)
+
+    def query() -> None:
+        with turns.query():
+            order.append("query")
+
+    asking = threading.Thread(target=query)
+    asking.start()
+    for _ in range(1000):  # until the query waits for its turn
+        if turns._queries:  # the test watches the waiting count
+            break
+        time.sleep(0.001)
+    go_on.set()
+    document.join(10)
+    asking.join(10)
+    assert order == [
+        "passage 0",
+        "query",
+        f"passage {PASSAGES_PER_TURN}",
+        f"passage {2 * PASSAGES_PER_TURN}",
+    ]
