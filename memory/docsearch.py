@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.doccache import Copy, load_copy, load_words, save_copy, save_words
-from memory.embeddings import Embedder
+from memory.embeddings import Embedder, for_a_query
 from memory.lexical import BM25, Translator, language, query_words, terms, unit, vocabulary
 from memory.vectors import ChromaStore, Hit, Metadata
 
@@ -298,7 +298,8 @@ class DocumentSearch:
         embedded = self.embedder.embed_query(query) if given is None else given
         vector = np.asarray(embedded, dtype=np.float32)
         words = query_words(query)
-        word_vectors = self._embed_words(words, keep=True)
+        with for_a_query():  # before the passages of a document being indexed
+            word_vectors = self._embed_words(words, keep=True)
         return rank(snapshot, query, vector, word_vectors, scopes, k, min_score)
 
     async def _current(self) -> Snapshot | None:

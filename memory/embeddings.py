@@ -7,6 +7,7 @@ Queries and passages are embedded differently on purpose: e5 models were trained
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import math
 import re
@@ -26,6 +27,20 @@ Vector = list[float]
 # whole batches.
 PASSAGES_PER_TURN = 16
 QUIET_SECONDS = 60.0
+
+
+_FOR_A_QUERY = contextvars.ContextVar("embedding_for_a_query", default=False)
+
+
+@contextlib.contextmanager
+def for_a_query() -> Iterator[None]:
+    """Passages embedded inside this block are a query's (its words, for the lexical
+    search): they take a query's turn, not a document's."""
+    token = _FOR_A_QUERY.set(True)
+    try:
+        yield
+    finally:
+        _FOR_A_QUERY.reset(token)
 
 
 class Turns:
@@ -77,7 +92,11 @@ class Turns:
         self, texts: Sequence[str], embed: Callable[[list[str]], list[Vector]]
     ) -> list[Vector]:
         """``embed`` over ``texts``: in batches of :data:`PASSAGES_PER_TURN`, a turn each,
-        while chats are active; else at once."""
+        while chats are active; else at once. Inside :func:`for_a_query`, at once, in a
+        query's turn."""
+        if _FOR_A_QUERY.get():
+            with self.query():
+                return embed(list(texts))
         vectors: list[Vector] = []
         start = 0
         while start < len(texts):

@@ -14,6 +14,7 @@ from memory.embeddings import (
     EmbedderError,
     Turns,
     Vector,
+    for_a_query,
     load_embedder,
 )
 
@@ -100,6 +101,11 @@ def test_passages_are_embedded_in_small_turns_while_chats_are_active() -> None:
     assert turns.passages(texts, embed) == [[float(n)] for n in range(len(texts))]
     assert sizes == [PASSAGES_PER_TURN, PASSAGES_PER_TURN, 3]
     assert turns.passages([], embed) == []
+    # A query's own words (the lexical search's) are embedded at once, in a query's turn.
+    sizes.clear()
+    with for_a_query():
+        assert turns.passages(texts, embed) == [[float(n)] for n in range(len(texts))]
+    assert sizes == [len(texts)]
 
 
 def test_a_waiting_query_goes_before_the_next_batch_of_passages() -> None:
@@ -127,18 +133,21 @@ def test_a_waiting_query_goes_before_the_next_batch_of_passages() -> None:
         with turns.query():
             order.append("query")
 
-    asking = threading.Thread(target=query)
-    asking.start()
-    for _ in range(1000):  # until the query waits for its turn
-        if turns._queries:  # the test watches the waiting count
+    def query_words() -> None:
+        with for_a_query():
+            turns.passages(["query words"], embed)
+
+    asking = [threading.Thread(target=query), threading.Thread(target=query_words)]
+    for thread in asking:
+        thread.start()
+    for _ in range(1000):  # until both wait for their turn
+        if turns._queries == len(asking):  # the test watches the waiting count
             break
         time.sleep(0.001)
     go_on.set()
     document.join(10)
-    asking.join(10)
-    assert order == [
-        "passage 0",
-        "query",
-        f"passage {PASSAGES_PER_TURN}",
-        f"passage {2 * PASSAGES_PER_TURN}",
-    ]
+    for thread in asking:
+        thread.join(10)
+    assert order[0] == "passage 0"
+    assert sorted(order[1:3]) == ["query", "query words"]
+    assert order[3:] == [f"passage {PASSAGES_PER_TURN}", f"passage {2 * PASSAGES_PER_TURN}"]
