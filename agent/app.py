@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
@@ -196,6 +197,25 @@ class App:
         """Let queued background work (summaries) complete, for at most ``grace`` s."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.core.background.wait_quiet(), grace)
+
+
+# Seconds a thread may keep the interpreter lock while another waits for it (Python's default
+# is 0.005). See share_the_interpreter.
+SWITCH_INTERVAL = 0.0005
+
+
+def share_the_interpreter() -> None:
+    """Let the event loop have the interpreter lock back sooner.
+
+    Pure-Python work on a worker thread (chunking a document with the embedder's own
+    tokenizer, for one) keeps the lock for Python's 5 ms switch interval each time, and the
+    event loop, which needs it again after every await of a thread's result, serves every
+    chat at that pace. bench/ingest_queries.py: a piece of work shaped like a message's
+    handling took about 190 ms instead of 2 ms while a large text was chunked; with the
+    lock handed over every 0.5 ms, about 20 ms, and the chunking took as long. Called by
+    ``run``, like :func:`settle_heap`.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def settle_heap() -> None:

@@ -1,4 +1,5 @@
-"""A chat's query embedding while another chat's document is indexed.
+"""What indexing one chat's document costs the other chats: their query embeddings wait
+for the embedder, and their handling for the interpreter lock.
 
     python bench/ingest_queries.py [--paragraphs 6000]
 
@@ -15,7 +16,14 @@ Figures (query embeddings every 50 ms, timed from the call to the vector):
 - ``query_p95_ingest_over_idle``: the ratio;
 - ``ingest_seconds_quiet``: the same text ingested before any query (no chat going on:
   whole batches), ``ingest_seconds_during_queries`` the ingest above (small batches), and
-  ``ingest_during_queries_over_quiet`` their ratio.
+  ``ingest_during_queries_over_quiet`` their ratio;
+- ``busy_ms_idle``: the median time of work shaped like a message's handling
+  (tests/support/work.py) with nothing else running; ``busy_ms_chunking_default``/
+  ``busy_ms_chunking_run`` the same while three times that text is chunked on a worker
+  thread (pure Python: the embedder's tokenizer), with Python's default switch interval
+  (5 ms) and with the one ``run`` sets (agent/app.py, ``share_the_interpreter``), and
+  ``busy_chunking_default_over_idle``/``busy_chunking_run_over_idle`` the ratios;
+  ``chunking_seconds_default``/``chunking_seconds_run`` how long the chunking took.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memory.documents import DocumentIndex
+from agent.app import SWITCH_INTERVAL
+from memory.documents import DocumentIndex, Page, chunk_pages
 from memory.embeddings import Embedder, load_embedder
 from memory.vectors import ChromaStore, open_client
+from tests.support.work import busy_median
 
 QUESTION = "какое давление открывает клапан?"
 
@@ -51,6 +61,33 @@ def p95(values: list[float]) -> float:
     return sorted(values)[int(len(values) * 0.95)]
 
 
+async def busy_while_chunking(
+    embedder: Embedder, text: str, interval: float
+) -> tuple[float, float]:
+    """The median of the message-shaped work while ``text`` is chunked on a thread, and the
+    chunking's seconds, with the interpreter's switch interval at ``interval``."""
+    default = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    try:
+        started = time.perf_counter()
+        chunking = asyncio.ensure_future(
+            asyncio.to_thread(
+                chunk_pages,
+                [Page(0, text)],
+                embedder.count_tokens,
+                max_tokens=200,
+                overlap_tokens=40,
+            )
+        )
+        await asyncio.sleep(0.3)  # under way
+        busy = await busy_median(10)
+        assert not chunking.done(), "the chunking ended before the work was timed"
+        await chunking
+        return busy, time.perf_counter() - started
+    finally:
+        sys.setswitchinterval(default)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--paragraphs", type=int, default=6000)
@@ -60,14 +97,12 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "documents"
         folder.mkdir()
-        (folder / "manual.txt").write_text(
-            "\n\n".join(
-                f"Абзац {n}: клапан открывается при давлении {n % 9} бар и закрывается при "
-                f"меньшем. Paragraph {n}: the valve opens at {n % 7} bar and closes below it."
-                for n in range(args.paragraphs)
-            ),
-            encoding="utf-8",
+        text = "\n\n".join(
+            f"Абзац {n}: клапан открывается при давлении {n % 9} бар и закрывается при "
+            f"меньшем. Paragraph {n}: the valve opens at {n % 7} bar and closes below it."
+            for n in range(args.paragraphs)
         )
+        (folder / "manual.txt").write_text(text, encoding="utf-8")
         client = open_client(Path(tmp) / "chroma")
         started = time.perf_counter()
         await DocumentIndex(ChromaStore(client, "quiet", embedder)).ingest(folder)
@@ -96,6 +131,17 @@ async def main() -> None:
     print(f"query_p95_ms_ingest={p95(during):.1f}")
     print(f"query_max_ms_ingest={max(during):.1f}")
     print(f"query_p95_ingest_over_idle={p95(during) / p95(idle):.1f}")
+
+    idle_work = await busy_median(10)
+    default_work, default_seconds = await busy_while_chunking(embedder, text * 3, 0.005)
+    run_work, run_seconds = await busy_while_chunking(embedder, text * 3, SWITCH_INTERVAL)
+    print(f"busy_ms_idle={idle_work:.2f}")
+    print(f"busy_ms_chunking_default={default_work:.1f}")
+    print(f"busy_ms_chunking_run={run_work:.1f}")
+    print(f"busy_chunking_default_over_idle={default_work / idle_work:.1f}")
+    print(f"busy_chunking_run_over_idle={run_work / idle_work:.1f}")
+    print(f"chunking_seconds_default={default_seconds:.1f}")
+    print(f"chunking_seconds_run={run_seconds:.1f}")
 
 
 if __name__ == "__main__":

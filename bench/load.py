@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert, select  # noqa: E402
 
-from agent.app import build_core, settle_heap  # noqa: E402
+from agent.app import build_core, settle_heap, share_the_interpreter  # noqa: E402
 from agent.config import (  # noqa: E402
     ChatConfig,
     Config,
@@ -365,6 +365,7 @@ async def run(
     await retriever.memories.store.warm()  # likewise (embedded Chroma: memories mirrored)
     await retriever.warm()  # and the documents, for hybrid search
     settle_heap()  # as `beseda run` does once started
+    share_the_interpreter()
     overheads = await one_at_a_time(core, timed, solo, channels)
     solo_retrieval = retrieval[WARMUP:]
     baseline = await store_only(history, solo, channels)

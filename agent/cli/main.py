@@ -11,7 +11,7 @@ from typing import Any
 
 from adapters.console import ConsoleAdapter
 from adapters.registry import configured_adapters
-from agent.app import BACKGROUND_GRACE_SECONDS, App, settle_heap
+from agent.app import BACKGROUND_GRACE_SECONDS, App, settle_heap, share_the_interpreter
 from agent.cli.doctor import run_doctor
 from agent.cli.knowledge import run_eval, run_ingest, run_search
 from agent.cli.models import run_models
@@ -227,6 +227,7 @@ def russian_hint(config: Config) -> str | None:
 async def _run(config: Config) -> int:
     async with App.open(config, serving=True) as app:
         settle_heap()
+        share_the_interpreter()
         console = lambda: _console(config, None, interactive=sys.stdin.isatty(), app=app)  # noqa: E731
         adapters = configured_adapters(config, console)
         await app.serve(adapters)
