@@ -4,9 +4,9 @@ pypdf is pure Python, and a PDF is a program as much as a document: a 16 kB file
 all draw one content stream of a few megabytes kept pypdf busy for 7 s per page on this
 project's machine, so a thousand such pages (a 130 kB attachment) would take two hours and
 hold the interpreter's lock throughout, slowing every chat of the bot. Read in a child
-process (``python -m memory.pdf``: the file's bytes on stdin, its pages as JSON on stdout),
-such a file costs one core until its time is up, and then the child is killed; the bot's
-own process stays responsive, and its memory cannot be exhausted by the reading.
+process (``python -m memory.pdf``, see :class:`Reader`), such a file costs one core until
+its time is up, and then the child is killed; the bot's own process stays responsive, and
+its memory cannot be exhausted by the reading.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any
 # Seconds allowed to read a PDF, per started megabyte of the file: real documents read at
 # a megabyte in a few seconds; the limit is there for the ones built to be slow.
 SECONDS_PER_MB = 60.0
-# The child's address space: pypdf holds the file, its objects and the text.
+# The child's address space: pypdf holds the file, its objects and the text (a file over
+# 100 MB gets 20 times its size).
 MEMORY_BYTES = 2 * 1024**3
 MB = 1024 * 1024
 # The length before each file and each answer on the child's pipes.
@@ -149,25 +150,33 @@ def _frame(data: bytes) -> bytes:
     return len(data).to_bytes(HEADER, "big") + data
 
 
-def main() -> None:
-    """The child: PDFs on stdin, for each ``{"pages": [[n, text], ...]}`` or
-    ``{"kind", "reason"}`` on stdout, until stdin ends."""
+def _limit_memory(size: int) -> int:
+    """Hold this process to :data:`MEMORY_BYTES` of address space, or 20 times a larger
+    file's size; the limit in bytes (where the system has no such limit, nothing is held)."""
+    limit = max(MEMORY_BYTES, 20 * size)
     with contextlib.suppress(ImportError, ValueError, OSError):  # not on Windows
         import resource  # noqa: PLC0415
 
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    return limit
+
+
+def main() -> None:
+    """The child: PDFs on stdin, for each ``{"pages": [[n, text], ...]}`` or
+    ``{"kind", "reason"}`` on stdout, until stdin ends."""
     given, answers = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not break the answers' framing
     exhausted = False
     while not exhausted and (header := given.read(HEADER)):
         data = given.read(int.from_bytes(header, "big"))
+        limit = _limit_memory(len(data))
         try:
             answer: dict[str, Any] = {"pages": extract(data)}
         except PdfError as exc:
             answer = {"kind": exc.kind, "reason": str(exc)}
         except MemoryError:
-            limit = MEMORY_BYTES // MB
-            answer = {"kind": "pdf", "reason": f"not a readable PDF: needs over {limit} MB"}
+            reason = f"not a readable PDF: it needs over {limit // MB} MB to read"
+            answer = {"kind": "pdf", "reason": reason}
             exhausted = True  # the next file gets a fresh process
         # ASCII JSON: a PDF's text map may hold lone surrogates, which UTF-8 cannot carry.
         answers.write(_frame(json.dumps(answer).encode("ascii")))

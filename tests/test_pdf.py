@@ -5,6 +5,8 @@ and costs nothing else of the folder."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +81,14 @@ async def test_a_slow_pdf_in_a_folder_costs_only_itself(tmp_path: Path) -> None:
     index = DocumentIndex(store, chunk_tokens=30, overlap_tokens=8, pdf_seconds_per_mb=1)
     folder = tmp_path / "documents"
     folder.mkdir()
-    (folder / "slow.pdf").write_bytes(slow_pdf(pages=300))
+    # First: the next PDF is read by a child started again after this one was killed.
+    (folder / "a-slow.pdf").write_bytes(slow_pdf(pages=300))
     (folder / "manual.pdf").write_bytes(simple_pdf("The valve code is 7741."))
     (folder / "notes.txt").write_text("Otters hold hands while sleeping.", encoding="utf-8")
     report = await index.ingest(folder)
     assert sorted(report.added) == ["manual.pdf", "notes.txt"]
-    assert [source for source, _ in report.failed] == ["slow.pdf"]
-    assert report.failure_kinds == {"slow.pdf": "slow"}
+    assert [source for source, _ in report.failed] == ["a-slow.pdf"]
+    assert report.failure_kinds == {"a-slow.pdf": "slow"}
     # Sent to a chat, the sender is told why, in their language.
     add = channel_documents(index, tmp_path / "attachments")
     notice = await add("telegram:42", "отчёт.pdf", slow_pdf(pages=300), "ru")
@@ -93,3 +96,28 @@ async def test_a_slow_pdf_in_a_folder_costs_only_itself(tmp_path: Path) -> None:
         "Не получилось прочитать отчёт.pdf: его чтение заняло слишком много времени "
         "(PDF повреждён?)."
     )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no address-space limit on Windows")
+async def test_a_pdf_that_needs_more_memory_than_allowed_is_refused_and_the_reader_restarts() -> (
+    None
+):
+    """The child is held to its memory limit (here 120 MB instead of 2 GB, so that a small
+    PDF reaches it): the file is refused with the reason, and the child ends, so the next
+    file gets a fresh process."""
+    data = slow_pdf(pages=1, stream_bytes=5_000_000)  # about 250 MB to read its text
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import memory.pdf as p; p.MEMORY_BYTES = 120 * 2**20; p.main()",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(child.communicate(pdf._frame(data) * 2), 60)
+    size = int.from_bytes(out[: pdf.HEADER], "big")
+    assert json.loads(out[pdf.HEADER : pdf.HEADER + size]) == {
+        "kind": "pdf",
+        "reason": "not a readable PDF: it needs over 120 MB to read",
+    }
+    assert len(out) == pdf.HEADER + size  # no answer for the second file: it ended
+    assert child.returncode == 0
