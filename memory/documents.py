@@ -40,6 +40,10 @@ METHOD = f"opening-{OPENING_CHARS}"
 DAMAGED_UTF8 = 20
 
 _PARAGRAPHS = re.compile(r"\n\s*\n")
+# A file embedded in a Markdown document as a data URI (an image pasted into a note, as
+# Obsidian, Typora and Notion exports keep them): kilobytes of base64 and no text.
+_DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,[A-Za-z0-9+/=]+")
+MARKDOWN = frozenset({".md", ".markdown"})
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 Counter = Callable[[str], int]
@@ -123,6 +127,8 @@ def read_document(path: Path, data: bytes | None = None) -> list[Page]:
     text, encoding = decode_text(data)
     if encoding != "utf-8":
         log.info("%s: read as %s", path.name, encoding)
+    if path.suffix.lower() in MARKDOWN:
+        text = _DATA_URI.sub("data:", text)  # ![diagram](data:) keeps the alt text
     return [Page(NO_PAGE, valid_text(text))]
 
 
@@ -234,12 +240,17 @@ def _units(text: str, count: Counter, max_tokens: int) -> Iterator[tuple[str, in
 
 def _runs(words: Sequence[str], count: Counter, max_tokens: int) -> Iterator[tuple[str, int]]:
     """The longest runs of ``words`` that fit ``max_tokens``, in order, with their counts (a
-    word that alone does not fit is a run). Found by doubling, then halving, the run: a few
-    counts of about a run's length each, where adding one word at a time counted the run
-    again for every word (a quadratic cost in long table rows and code)."""
+    word that alone does not fit is cut, see :func:`_pieces`). Found by doubling, then
+    halving, the run: a few counts of about a run's length each, where adding one word at a
+    time counted the run again for every word (a quadratic cost in long table rows and
+    code)."""
     start, guess = 0, 16
     while start < len(words):
         fits, size = start + 1, count(words[start])
+        if size > max_tokens:
+            yield from _pieces(words[start], count, max_tokens)
+            start += 1
+            continue
         too_long = len(words) + 1
         step = guess
         while fits + 1 < too_long:  # grow by doubling until a run does not fit
@@ -262,6 +273,27 @@ def _runs(words: Sequence[str], count: Counter, max_tokens: int) -> Iterator[tup
         yield " ".join(words[start:fits]), size
         guess = max(1, fits - start)
         start = fits
+
+
+def _pieces(word: str, count: Counter, max_tokens: int) -> Iterator[tuple[str, int]]:
+    """A word longer than a chunk, in pieces that fit, in order, nothing left out.
+
+    Base64 (an image inside a Markdown file), a long URL, minified code, text written
+    without spaces: one 400,000-character word was one chunk, 200,000 of the embedder's
+    tokens, and embedding it took 20 s and 5 GB of memory (an 8 MB attachment of it would
+    have taken the bot's process down). Each piece's length follows the word's density so
+    far: a few counts per piece."""
+    size = 4 * max_tokens  # characters; shrunk or grown to the word's density
+    start = 0
+    while start < len(word):
+        piece = word[start : start + size]
+        tokens = count(piece)
+        while tokens > max_tokens and len(piece) > 1:
+            piece = piece[: max(1, len(piece) * max_tokens // (tokens + 1))]
+            tokens = count(piece)
+        yield piece, tokens
+        start += len(piece)
+        size = len(piece) * 2 if tokens <= max_tokens // 2 else len(piece)
 
 
 def _join(units: Sequence[tuple[str, int]]) -> str:

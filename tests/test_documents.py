@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,40 @@ def folder(tmp_path: Path) -> Path:
     (root / "sub" / "notes.md").write_text("# Notes\n\nThe lighthouse keeper is Arvid.\n")
     write_pdf(root / "manual.pdf", ["Page one talks about pumps.", "The valve code is 7741."])
     return root
+
+
+def test_a_word_longer_than_a_chunk_is_cut_into_chunks_that_fit() -> None:
+    """An image inside a Markdown file (base64, no spaces) was one chunk however long: 20 s
+    and 5 GB of memory to embed 400,000 characters of it."""
+
+    def count(text: str) -> int:  # about three characters a token, as base64 with `use`
+        return len(text) // 3 + 1
+
+    blob = base64.b64encode(bytes(range(256)) * 90).decode()  # 30,720 characters
+    text = f"A diagram follows.\n\n![diagram](data:image/png;base64,{blob})\n\nThat is all."
+    chunks = chunk_pages([Page(0, text)], count, max_tokens=50, overlap_tokens=10)
+    assert max(count(chunk.text) for chunk in chunks) <= 50
+    assert len(chunks) > 30_720 // 150
+    assert chunks[0].text == "A diagram follows."
+    assert chunks[-1].text.endswith("That is all.")
+    assert f"![diagram](data:image/png;base64,{blob})" in "".join(c.text for c in chunks)
+
+
+def test_images_inside_markdown_are_not_indexed_as_text(tmp_path: Path) -> None:
+    blob = base64.b64encode(bytes(range(256)) * 90).decode()
+    note = tmp_path / "note.md"
+    note.write_text(
+        f"# Pump\n\n![diagram](data:image/png;base64,{blob})\n\n"
+        f"Inline data:image/svg+xml;charset=utf-8;base64,{blob[:64]} and text after it.",
+        encoding="utf-8",
+    )
+    assert read_document(note) == [
+        Page(0, "# Pump\n\n![diagram](data:)\n\nInline data: and text after it.")
+    ]
+    # A text file is indexed as written.
+    plain = tmp_path / "note.txt"
+    plain.write_text(f"data:image/png;base64,{blob[:8]}", encoding="utf-8")
+    assert read_document(plain) == [Page(0, f"data:image/png;base64,{blob[:8]}")]
 
 
 def test_chunks_respect_the_budget_cut_at_sentences_and_overlap() -> None:
