@@ -21,6 +21,7 @@ from memory.vectors import ChromaStore, Item
 log = logging.getLogger(__name__)
 
 SUFFIXES = frozenset({".txt", ".md", ".markdown", ".pdf"})
+MARKDOWN = frozenset({".md", ".markdown"})
 GLOBAL_SCOPE = "global"
 # Chroma metadata cannot be null: page 0 means "no pages" (txt, md).
 NO_PAGE = 0
@@ -43,7 +44,6 @@ _PARAGRAPHS = re.compile(r"\n\s*\n")
 # A file embedded in a Markdown document as a data URI (an image pasted into a note, as
 # Obsidian, Typora and Notion exports keep them): kilobytes of base64 and no text.
 _DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,[A-Za-z0-9+/=]+")
-MARKDOWN = frozenset({".md", ".markdown"})
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 Counter = Callable[[str], int]
@@ -113,7 +113,8 @@ def read_document(path: Path, data: bytes | None = None) -> list[Page]:
     """The text of ``path`` by page, valid (a PDF's text map may hold lone surrogates).
     ``data``: its bytes, when the caller read them already (ingest hashes them first: the
     text is then exactly what the hash says, even if the file changes meanwhile).
-    Raises :class:`UnreadableDocumentError`."""
+    A PDF is read in this process; ``ingest`` reads them in a child process with a time and
+    memory limit instead (memory/pdf.py). Raises :class:`UnreadableDocumentError`."""
     if data is None:
         try:
             data = path.read_bytes()

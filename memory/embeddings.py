@@ -94,6 +94,8 @@ class Turns:
         """``embed`` over ``texts``: in batches of :data:`PASSAGES_PER_TURN`, a turn each,
         while chats are active; else at once. Inside :func:`for_a_query`, at once, in a
         query's turn."""
+        if not texts:
+            return []
         if _FOR_A_QUERY.get():
             with self.query():
                 return embed(list(texts))
