@@ -144,6 +144,38 @@ async def serving(
             await asyncio.wait_for(running, 20)
 
 
+async def test_a_reply_in_flight_when_telegram_crashes_is_delivered_and_its_session_closed(
+    fake: tf.TelegramFake,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run ends (a crash) while an answer is being generated: the answer is still sent
+    through the old run's session, which is closed once it is done. The restarted run has
+    a session of its own; the old one used to stay open for good (the whole suite's
+    "Unclosed client session" at exit)."""
+    async with serving(fake, tmp_path, monkeypatch) as (app, adapter):
+        generator = app.generator
+        assert isinstance(generator, FakeGenerator)
+        release = asyncio.Event()
+        generator.hold = lambda messages: release if messages[-1].content == "slow" else None
+        await fake.send("slow")
+        await generator.wait_for_calls(1)  # its reply is open, its generation held
+        first = adapter.bot
+        assert first is not None
+        await fake.wait_for(lambda: fake.confirmed > 0)
+        fake.garble_next("getUpdates")
+        await fake.send("during")
+        assert app.supervisor is not None
+        [entry] = app.supervisor.adapters
+        await fake.wait_for(lambda: entry.restarts == 1 and entry.state is AdapterState.RUNNING)
+        assert adapter.bot is not first
+        assert fake.texts(ALICE) == []
+        release.set()  # "during" waits for "slow": one chat answers in order
+        await fake.wait_for(lambda: fake.texts(ALICE) == ["echo: slow", "echo: during"])
+        http = first.session._session  # aiogram's aiohttp session
+        await fake.wait_for(lambda: http is None or http.closed)
+
+
 async def test_an_adapter_that_raises_is_restarted_and_takes_each_message_once(
     fake: tf.TelegramFake,  # noqa: F811
     tmp_path: Path,

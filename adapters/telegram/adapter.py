@@ -77,6 +77,35 @@ class _Lru(OrderedDict[Any, Any]):
             self.popitem(last=False)
 
 
+class _Session:
+    """One run's Bot API session. Replies still being rendered when the run ends (after a
+    stop, or a crash the supervisor restarts Telegram after) finish through it; it is closed
+    once the run has ended and the last of them is done. Counted per run: a restarted run
+    has a session of its own, and the old one is still closed."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        self._replies = 0
+        self._ended = False
+
+    def reply(self) -> Callable[[], Awaitable[None]]:
+        """A reply starts using the session; call the result when it is done."""
+        self._replies += 1
+        return self._reply_done
+
+    async def _reply_done(self) -> None:
+        self._replies -= 1
+        await self._close_when_unused()
+
+    async def end(self) -> None:
+        self._ended = True
+        await self._close_when_unused()
+
+    async def _close_when_unused(self) -> None:
+        if self._ended and not self._replies:
+            await self.bot.session.close()
+
+
 class TelegramAdapter:
     def __init__(
         self,
@@ -112,8 +141,7 @@ class TelegramAdapter:
         self._stopping = asyncio.Event()
         self._ready = asyncio.Event()  # connected once, or stopping (reopen waits on it)
         self._connected = False
-        self._ended = False
-        self._replies = 0
+        self._session: _Session | None = None
         self.bot: Bot | None = None
         self.me: User | None = None
         # Why Telegram stopped by itself (a rejected token); None while fine.
@@ -131,7 +159,6 @@ class TelegramAdapter:
 
     async def run(self, submit: Submit) -> None:
         self._submit = submit
-        self._ended = False  # run again after an error (the app's supervisor restarts it)
         self._started = self._now()
         try:
             bot = Bot(self._token, session=TokenSafeSession(self.config.api_url, self._token))
@@ -141,6 +168,7 @@ class TelegramAdapter:
         if logging.getLogger("aiogram").isEnabledFor(logging.DEBUG):
             bot.session.middleware(RequestLogging())  # one line per request: method, bot id
         self.bot = bot
+        session = self._session = _Session(bot)
         serving = asyncio.create_task(self._serve(bot), name="telegram:updates")
         stopping = asyncio.create_task(self._stopping.wait())
         try:
@@ -153,12 +181,11 @@ class TelegramAdapter:
             await asyncio.gather(serving, stopping, return_exceptions=True)
             # Messages behind a document's indexing still reply through this session.
             await self._lanes.finish(attachments.STOP_GRACE_SECONDS)
-            self._ended, self._connected = True, False
+            self._connected = False
             self._ready.set()
             # Replies still being rendered (the core drains its queues after stop) keep the
             # session open; the last one closes it.
-            if not self._replies:
-                await bot.session.close()
+            await session.end()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -470,10 +497,10 @@ class TelegramAdapter:
 
     async def open_reply(self, inbound: Inbound) -> EditedReply[int]:
         origin = self._origins.get((inbound.channel_key, inbound.message_id or ""))
-        bot = self.bot
-        if origin is None or bot is None:
+        session = self._session
+        if origin is None or session is None:
             raise LookupError(f"no Telegram message to answer for {inbound.message_id}")
-        self._replies += 1
+        bot = session.bot
         surface = TelegramSurface(
             bot,
             origin,
@@ -488,16 +515,11 @@ class TelegramAdapter:
             edit_interval=interval,
             limit=TELEGRAM_LIMIT,
             split=split_for_telegram,
-            on_done=self._reply_done,
+            on_done=session.reply(),
         )
 
     def _no_drafts(self) -> None:
         self._drafts = False
-
-    async def _reply_done(self) -> None:
-        self._replies -= 1
-        if self._ended and not self._replies and self.bot is not None:
-            await self.bot.session.close()
 
     # -- recovery ----------------------------------------------------------------------------
 
