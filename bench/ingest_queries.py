@@ -42,7 +42,7 @@ from agent.app import SWITCH_INTERVAL
 from memory.documents import DocumentIndex, Page, chunk_pages
 from memory.embeddings import Embedder, load_embedder
 from memory.vectors import ChromaStore, open_client
-from tests.support.work import busy_median
+from tests.support.work import busy_beside, busy_median, percentile
 
 QUESTION = "какое давление открывает клапан?"
 
@@ -57,10 +57,6 @@ async def query_times(embedder: Embedder, stop: asyncio.Event) -> list[float]:
     return times
 
 
-def p95(values: list[float]) -> float:
-    return sorted(values)[int(len(values) * 0.95)]
-
-
 async def busy_while_chunking(
     embedder: Embedder, text: str, interval: float
 ) -> tuple[float, float]:
@@ -70,19 +66,11 @@ async def busy_while_chunking(
     sys.setswitchinterval(interval)
     try:
         started = time.perf_counter()
-        chunking = asyncio.ensure_future(
-            asyncio.to_thread(
-                chunk_pages,
-                [Page(0, text)],
-                embedder.count_tokens,
-                max_tokens=200,
-                overlap_tokens=40,
-            )
+        chunking = asyncio.to_thread(
+            chunk_pages, [Page(0, text)], embedder.count_tokens, max_tokens=200, overlap_tokens=40
         )
-        await asyncio.sleep(0.3)  # under way
-        busy = await busy_median(10)
-        assert not chunking.done(), "the chunking ended before the work was timed"
-        await chunking
+        busy, task = await busy_beside(chunking, 10)
+        await task
         return busy, time.perf_counter() - started
     finally:
         sys.setswitchinterval(default)
@@ -126,11 +114,11 @@ async def main() -> None:
     print(f"ingest_seconds_during_queries={seconds:.1f}")
     print(f"ingest_during_queries_over_quiet={seconds / quiet:.2f}")
     print(f"query_p50_ms_idle={statistics.median(idle):.1f}")
-    print(f"query_p95_ms_idle={p95(idle):.1f}")
+    print(f"query_p95_ms_idle={percentile(idle, 0.95):.1f}")
     print(f"query_p50_ms_ingest={statistics.median(during):.1f}")
-    print(f"query_p95_ms_ingest={p95(during):.1f}")
+    print(f"query_p95_ms_ingest={percentile(during, 0.95):.1f}")
     print(f"query_max_ms_ingest={max(during):.1f}")
-    print(f"query_p95_ingest_over_idle={p95(during) / p95(idle):.1f}")
+    print(f"query_p95_ingest_over_idle={percentile(during, 0.95) / percentile(idle, 0.95):.1f}")
 
     idle_work = await busy_median(10)
     default_work, default_seconds = await busy_while_chunking(embedder, text * 3, 0.005)

@@ -87,6 +87,7 @@ from memory.memories import Memory, MemoryStore, _item  # noqa: E402
 from memory.models import ChannelRow, MessageRow  # noqa: E402
 from memory.vectors import ChromaStore, Item, open_client  # noqa: E402
 from tests.support.retrieval import WordHashEmbedder  # noqa: E402
+from tests.support.work import percentile  # noqa: E402
 
 # Messages sent before the timed ones, to a channel of their own: they pay what the process
 # pays once (statement compilation, opening pooled connections, Chroma's first query).
@@ -267,11 +268,6 @@ def document_texts(count: int) -> list[str]:
         words = path.read_text(encoding="utf-8").split()
         texts += [" ".join(words[i : i + 150]) for i in range(0, len(words), 150)]
     return [texts[n % len(texts)] for n in range(count)]
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 async def one_at_a_time(core: Core, timed: Timed, count: int, channels: int) -> list[float]:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memory import pdf
 from tests.support.pdfs import simple_pdf, slow_pdf
-from tests.support.work import SENTENCE, busy_median
+from tests.support.work import SENTENCE, busy_beside, busy_median
 
 
 async def main() -> None:
@@ -70,16 +70,9 @@ async def main() -> None:
     rounds = 20
     hostile = slow_pdf(pages=8)  # about 10 s of pypdf's time
     idle = await busy_median(rounds)
-    # A thread cannot be stopped: this one is waited for before the child's turn.
-    on_thread = asyncio.ensure_future(asyncio.to_thread(pdf.extract, hostile))
-    await asyncio.sleep(0.5)  # the reading is under way
-    thread = await busy_median(rounds)
-    assert not on_thread.done(), "the slow PDF was read before the work was timed"
-    await on_thread
-    in_a_child = asyncio.ensure_future(pdf.read(hostile, seconds=60))
-    await asyncio.sleep(0.5)
-    in_child = await busy_median(rounds)
-    assert not in_a_child.done(), "the slow PDF was read before the work was timed"
+    thread, on_thread = await busy_beside(asyncio.to_thread(pdf.extract, hostile), rounds)
+    await on_thread  # a thread cannot be stopped: waited for before the child's turn
+    in_child, in_a_child = await busy_beside(pdf.read(hostile, seconds=60), rounds)
     in_a_child.cancel()  # the child is killed
     await asyncio.gather(in_a_child, return_exceptions=True)
     print(f"busy_ms_idle={idle:.2f}")
