@@ -141,8 +141,7 @@ class TelegramAdapter:
         self._stopping = asyncio.Event()
         self._ready = asyncio.Event()  # connected once, or stopping (reopen waits on it)
         self._connected = False
-        self._session: _Session | None = None
-        self.bot: Bot | None = None
+        self._session: _Session | None = None  # the current run's
         self.me: User | None = None
         # Why Telegram stopped by itself (a rejected token); None while fine.
         self.failure: str | None = None
@@ -150,6 +149,11 @@ class TelegramAdapter:
     @property
     def name(self) -> str:
         return "telegram"
+
+    @property
+    def bot(self) -> Bot | None:
+        """The current run's Bot API client."""
+        return self._session.bot if self._session is not None else None
 
     @property
     def connected(self) -> bool:
@@ -167,7 +171,6 @@ class TelegramAdapter:
             return
         if logging.getLogger("aiogram").isEnabledFor(logging.DEBUG):
             bot.session.middleware(RequestLogging())  # one line per request: method, bot id
-        self.bot = bot
         session = self._session = _Session(bot)
         serving = asyncio.create_task(self._serve(bot), name="telegram:updates")
         stopping = asyncio.create_task(self._stopping.wait())
